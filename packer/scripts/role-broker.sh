@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# broker: mosquitto from Debian. cloud-init (roles/broker/cloud-init.yaml) writes its
+# configuration and password file, then enables and starts it; until then it stays off.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get -y -q install --no-install-recommends mosquitto mosquitto-clients
+systemctl disable --now mosquitto.service
