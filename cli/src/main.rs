@@ -1,1 +1,69 @@
-fn main() {}
+//! tyrell: deploys and operates a ping swarm on AWS with blue-green releases.
+//!
+//! Three layers that never leak into each other: `commands` (parse, call, print) →
+//! `engine` (the deployer's logic over roles and domain types) → `aws` (thin wrappers,
+//! the only place SDK types appear).
+
+mod aws;
+mod commands;
+mod engine;
+
+use std::process::ExitCode;
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "tyrell=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TYRELL_LOG").unwrap_or_else(|_| level.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let lib = match engine::library::Library::load() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let matches = commands::command(&lib).get_matches();
+    let (global, inv) = match commands::parse(&lib, &matches) {
+        Ok(x) => x,
+        Err(e) => e.exit(),
+    };
+    init_logging(global.verbose);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
+    let started = std::time::Instant::now();
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = commands::run(&global, lib, inv) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    match result {
+        Some(Ok((printed, calls))) => {
+            printed.print(global.output);
+            if let Some(n) = calls {
+                tracing::info!("{n} AWS API calls in {:.1}s", started.elapsed().as_secs_f64());
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!();
+            match aws::cfn::IN_FLIGHT.lock().unwrap().take() {
+                Some(what) => eprintln!(
+                    "interrupted: stopped waiting, but AWS goes on: {what}.\nLook at it with `aws cloudformation describe-stack-events --stack-name STACK` or the tyrell list commands."
+                ),
+                None => eprintln!("interrupted"),
+            }
+            ExitCode::from(130)
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Embeds every file under ../roles and ../templates into the binary, so `tyrell` is one
+//! self-contained file. Roles stay data: a new directory under roles/ is picked up by the
+//! next build with no code change (and `TYRELL_ROLES_DIR` reads them at run time instead).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let mut files = Vec::new();
+    for d in ["roles", "templates"] {
+        println!("cargo:rerun-if-changed={}", root.join(d).display());
+        walk(&root.join(d), &mut files);
+    }
+    files.sort();
+    let mut src = String::from("/// Files of roles/ and templates/, by path relative to the workspace root.\npub static EMBEDDED: &[(&str, &str)] = &[\n");
+    for f in files {
+        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
+        if std::fs::read_to_string(&f).is_err() {
+            continue; // binary files have no place in roles/
+        }
+        writeln!(src, "    ({rel:?}, include_str!({:?})),", f.display().to_string()).unwrap();
+    }
+    src.push_str("];\n");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("embedded.rs");
+    std::fs::write(out, src).unwrap();
+}

@@ -1,0 +1,83 @@
+//! Auto Scaling: groups and their instances, and the tag that marks a role's active
+//! version for roles that take no inbound traffic.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_autoscaling::types::Tag;
+use aws_sdk_autoscaling::Client;
+
+use super::{describe, AwsError};
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    pub desired: i32,
+    pub min: i32,
+    pub max: i32,
+    pub instances: Vec<Instance>,
+    pub tags: BTreeMap<String, String>,
+    pub target_groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    /// `InService`, `Pending`, `Terminating`, ...
+    pub lifecycle: String,
+    /// `Healthy` / `Unhealthy`.
+    pub health: String,
+}
+
+impl Group {
+    pub fn in_service(&self) -> usize {
+        self.instances.iter().filter(|i| i.lifecycle == "InService" && i.health == "Healthy").count()
+    }
+}
+
+pub async fn group(asg: &Client, name: &str) -> Result<Option<Group>, AwsError> {
+    let out = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(name)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot read Auto Scaling group {name}"), e))?;
+    Ok(out.auto_scaling_groups().first().map(|g| Group {
+        name: g.auto_scaling_group_name().unwrap_or_default().into(),
+        desired: g.desired_capacity().unwrap_or_default(),
+        min: g.min_size().unwrap_or_default(),
+        max: g.max_size().unwrap_or_default(),
+        instances: g
+            .instances()
+            .iter()
+            .map(|i| Instance {
+                id: i.instance_id().unwrap_or_default().into(),
+                lifecycle: i.lifecycle_state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                health: i.health_status().unwrap_or_default().into(),
+            })
+            .collect(),
+        tags: g
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
+            .collect(),
+        target_groups: g.target_group_arns().to_vec(),
+    }))
+}
+
+/// Sets (or replaces) one tag on a group, not propagated to instances.
+pub async fn set_tag(asg: &Client, group: &str, key: &str, value: &str) -> Result<(), AwsError> {
+    asg.create_or_update_tags()
+        .tags(
+            Tag::builder()
+                .resource_id(group)
+                .resource_type("auto-scaling-group")
+                .key(key)
+                .value(value)
+                .propagate_at_launch(false)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot tag Auto Scaling group {group}"), e))?;
+    Ok(())
+}

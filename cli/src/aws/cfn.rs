@@ -1,0 +1,479 @@
+//! CloudFormation: stacks as plain data, and a bounded waiter that follows a stack to a
+//! terminal state, streaming its events and naming every failed resource.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use aws_sdk_cloudformation::types::{Capability, OnFailure, Parameter, Tag};
+use aws_sdk_cloudformation::Client;
+
+use super::{describe, AwsError};
+
+/// A stack as tyrell sees it.
+#[derive(Debug, Clone, Default)]
+pub struct StackInfo {
+    pub name: String,
+    pub id: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub created: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, String>,
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl StackInfo {
+    pub fn tag(&self, k: &str) -> Option<&str> {
+        self.tags.get(k).map(String::as_str)
+    }
+    pub fn output(&self, k: &str) -> Option<&str> {
+        self.outputs.get(k).map(String::as_str)
+    }
+}
+
+fn to_info(s: &aws_sdk_cloudformation::types::Stack) -> StackInfo {
+    StackInfo {
+        name: s.stack_name().unwrap_or_default().to_string(),
+        id: s.stack_id().unwrap_or_default().to_string(),
+        status: s.stack_status().map(|x| x.as_str().to_string()).unwrap_or_default(),
+        reason: s.stack_status_reason().map(str::to_string),
+        created: s.creation_time().map(|t| t.to_string()),
+        tags: s
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
+            .collect(),
+        outputs: s
+            .outputs()
+            .iter()
+            .map(|o| (o.output_key().unwrap_or_default().into(), o.output_value().unwrap_or_default().into()))
+            .collect(),
+        parameters: s
+            .parameters()
+            .iter()
+            .map(|p| (p.parameter_key().unwrap_or_default().into(), p.parameter_value().unwrap_or_default().into()))
+            .collect(),
+    }
+}
+
+/// One stack, or `None` when it does not exist (or is fully deleted).
+pub async fn get(cfn: &Client, name: &str) -> Result<Option<StackInfo>, AwsError> {
+    match cfn.describe_stacks().stack_name(name).send().await {
+        Ok(out) => Ok(out.stacks().first().map(to_info).filter(|s| s.status != "DELETE_COMPLETE")),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(describe(&format!("cannot read stack {name}"), e)),
+    }
+}
+
+fn is_missing<R>(
+    e: &aws_smithy_runtime_api::client::result::SdkError<
+        impl std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata,
+        R,
+    >,
+) -> bool {
+    match e {
+        aws_smithy_runtime_api::client::result::SdkError::ServiceError(se) => {
+            se.err().code() == Some("ValidationError")
+                && se.err().message().is_some_and(|m| m.contains("does not exist"))
+        }
+        _ => false,
+    }
+}
+
+/// Every live stack carrying tag `tyrell:role` (any value when `role` is `None`).
+pub async fn list_tyrell(cfn: &Client, role: Option<&str>) -> Result<Vec<StackInfo>, AwsError> {
+    let mut out = Vec::new();
+    let mut pages = cfn.describe_stacks().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| describe("cannot list CloudFormation stacks", e))?;
+        for s in page.stacks() {
+            let info = to_info(s);
+            if info.status == "DELETE_COMPLETE" {
+                continue;
+            }
+            match (info.tag(crate::engine::TAG_ROLE), role) {
+                (Some(r), Some(want)) if r == want => out.push(info),
+                (Some(_), None) => out.push(info),
+                _ => {}
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// What to create: a rendered template, its parameters and tags.
+#[derive(Debug, Clone, Default)]
+pub struct StackSpec {
+    pub name: String,
+    pub template: String,
+    pub parameters: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+fn params(p: &BTreeMap<String, String>) -> Vec<Parameter> {
+    p.iter().map(|(k, v)| Parameter::builder().parameter_key(k).parameter_value(v).build()).collect()
+}
+
+/// Starts creating a stack. A failed creation deletes what it made (`OnFailure=DELETE`),
+/// so a bad deploy never leaves half a stack behind; the waiter reports why it failed.
+pub async fn create(cfn: &Client, spec: &StackSpec) -> Result<String, AwsError> {
+    let out = cfn
+        .create_stack()
+        .stack_name(&spec.name)
+        .template_body(&spec.template)
+        .set_parameters(Some(params(&spec.parameters)))
+        .set_tags(Some(spec.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
+        .capabilities(Capability::CapabilityIam)
+        .capabilities(Capability::CapabilityNamedIam)
+        .on_failure(OnFailure::Delete)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("CloudFormation refused to create stack {}", spec.name), e))?;
+    Ok(out.stack_id().unwrap_or(&spec.name).to_string())
+}
+
+/// Starts updating parameters of a stack, keeping its template and every other parameter.
+pub async fn update_parameters(
+    cfn: &Client,
+    stack: &StackInfo,
+    changes: &BTreeMap<String, String>,
+) -> Result<(), AwsError> {
+    let ps: Vec<Parameter> = stack
+        .parameters
+        .keys()
+        .map(|k| match changes.get(k) {
+            Some(v) => Parameter::builder().parameter_key(k).parameter_value(v).build(),
+            None => Parameter::builder().parameter_key(k).use_previous_value(true).build(),
+        })
+        .collect();
+    cfn.update_stack()
+        .stack_name(&stack.name)
+        .use_previous_template(true)
+        .set_parameters(Some(ps))
+        .capabilities(Capability::CapabilityIam)
+        .capabilities(Capability::CapabilityNamedIam)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("CloudFormation refused to update stack {}", stack.name), e))?;
+    Ok(())
+}
+
+pub async fn delete(cfn: &Client, name: &str) -> Result<(), AwsError> {
+    cfn.delete_stack()
+        .stack_name(name)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("CloudFormation refused to delete stack {name}"), e))?;
+    Ok(())
+}
+
+/// The operation being waited on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Op {
+    fn verb(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// What a stack status means for the operation being waited on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Still going the right way.
+    Wait,
+    /// Going the wrong way (rolling back, deleting a failed create): keep waiting for
+    /// the end, the outcome is already a failure.
+    Failing,
+    /// Reached the wanted state.
+    Done,
+    /// Reached a terminal state other than the wanted one.
+    Failed,
+}
+
+/// The verdict on `status` (a CloudFormation stack status, or `None` when the stack no
+/// longer exists) for the operation `op`. Pure: the waiter's whole state machine.
+pub fn judge(op: Op, status: Option<&str>) -> Verdict {
+    use Verdict::*;
+    let Some(status) = status else {
+        // Gone: what a delete wants; a create with OnFailure=DELETE that failed; an update
+        // whose stack someone else removed.
+        return if op == Op::Delete { Done } else { Failed };
+    };
+    match (op, status) {
+        (Op::Create, "CREATE_COMPLETE") | (Op::Update, "UPDATE_COMPLETE") | (Op::Delete, "DELETE_COMPLETE") => Done,
+        (Op::Create, "CREATE_IN_PROGRESS" | "REVIEW_IN_PROGRESS") => Wait,
+        (Op::Update, "UPDATE_IN_PROGRESS" | "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS") => Wait,
+        (Op::Delete, "DELETE_IN_PROGRESS") => Wait,
+        (Op::Create, "ROLLBACK_IN_PROGRESS" | "DELETE_IN_PROGRESS") => Failing,
+        (Op::Update, "UPDATE_ROLLBACK_IN_PROGRESS" | "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS") => Failing,
+        (_, s) if s.ends_with("_IN_PROGRESS") => Failing,
+        // Every other status is terminal and not the one wanted: *_FAILED, ROLLBACK_*,
+        // DELETE_COMPLETE of a create, UPDATE_ROLLBACK_COMPLETE, ...
+        _ => Failed,
+    }
+}
+
+/// A stack event, as shown to the operator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub time: String,
+    pub logical_id: String,
+    pub resource_type: String,
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}  {:<28} {:<40} {}", self.time, self.status, self.resource_type, self.logical_id)?;
+        if let Some(r) = &self.reason {
+            write!(f, "  {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A resource that failed, with CloudFormation's reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub logical_id: String,
+    pub resource_type: String,
+    pub status: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}) {}: {}", self.logical_id, self.resource_type, self.status, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("stack {stack} did not {verb}: it ended {status}{}", failures_text(.failures, .reason))]
+    Failed { stack: String, verb: &'static str, status: String, reason: Option<String>, failures: Vec<Failure> },
+    #[error("gave up after {waited:?} waiting for stack {stack} to {verb} (still {status}); CloudFormation goes on: follow it with `tyrell ... describe` or `aws cloudformation describe-stack-events --stack-name {stack}`")]
+    Timeout { stack: String, verb: &'static str, status: String, waited: Duration },
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+fn failures_text(failures: &[Failure], reason: &Option<String>) -> String {
+    let mut s = String::new();
+    if let Some(r) = reason {
+        s.push_str(&format!(" ({r})"));
+    }
+    for f in failures {
+        s.push_str(&format!("\n  failed: {f}"));
+    }
+    s
+}
+
+/// How to wait.
+#[derive(Debug, Clone)]
+pub struct WaitOptions {
+    pub timeout: Duration,
+    /// First delay between polls; doubled (up to `max_delay`) while nothing changes.
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl WaitOptions {
+    pub fn with_timeout(timeout: Duration) -> Self {
+        WaitOptions { timeout, first_delay: Duration::from_millis(1000), max_delay: Duration::from_secs(15) }
+    }
+}
+
+/// Receives what the waiter sees.
+pub trait Progress {
+    /// A new stack event, oldest first.
+    fn event(&mut self, stack: &str, event: &Event);
+    /// The stack's status after a poll.
+    fn status(&mut self, stack: &str, status: &str, elapsed: Duration);
+}
+
+/// What the process is waiting on right now, for the Ctrl-C message.
+pub static IN_FLIGHT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Follows `stack` (name or id) until `op` reaches a terminal state or `opts.timeout`
+/// passes, reporting events and status to `progress`. Returns the final stack (`None`
+/// after a delete).
+pub async fn wait(
+    cfn: &Client,
+    stack: &str,
+    display: &str,
+    op: Op,
+    opts: &WaitOptions,
+    progress: &mut dyn Progress,
+) -> Result<Option<StackInfo>, WaitError> {
+    let start = tokio::time::Instant::now();
+    let mut delay = opts.first_delay;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut first = true;
+    let mut last_status = String::new();
+    let mut events_supported = true;
+    loop {
+        let info = get(cfn, stack).await?;
+        let status = info.as_ref().map(|s| s.status.clone());
+        *IN_FLIGHT.lock().unwrap() = Some(format!("stack {display} is {}", status.as_deref().unwrap_or("gone")));
+        if events_supported {
+            match new_events(cfn, stack, &mut seen, first && op != Op::Create).await {
+                Ok(evs) => evs.iter().for_each(|e| progress.event(display, e)),
+                Err(_) if info.is_none() => {}
+                Err(_) => events_supported = false,
+            }
+        }
+        first = false;
+        let shown = status.as_deref().unwrap_or("DELETE_COMPLETE");
+        progress.status(display, shown, start.elapsed());
+        let changed = shown != last_status;
+        last_status = shown.to_string();
+        match judge(op, status.as_deref()) {
+            Verdict::Done => {
+                *IN_FLIGHT.lock().unwrap() = None;
+                return Ok(info);
+            }
+            Verdict::Failed => {
+                *IN_FLIGHT.lock().unwrap() = None;
+                let failures = failures(cfn, stack).await.unwrap_or_default();
+                return Err(WaitError::Failed {
+                    stack: display.to_string(),
+                    verb: op.verb(),
+                    status: shown.to_string(),
+                    reason: info.and_then(|i| i.reason),
+                    failures,
+                });
+            }
+            Verdict::Wait | Verdict::Failing => {}
+        }
+        if start.elapsed() >= opts.timeout {
+            return Err(WaitError::Timeout {
+                stack: display.to_string(),
+                verb: op.verb(),
+                status: shown.to_string(),
+                waited: opts.timeout,
+            });
+        }
+        delay = if changed { opts.first_delay } else { (delay * 2).min(opts.max_delay) };
+        let left = opts.timeout.saturating_sub(start.elapsed());
+        tokio::time::sleep(delay.min(left)).await;
+    }
+}
+
+/// Events not seen before, oldest first. With `baseline`, everything present now is
+/// marked seen and nothing is returned (events of earlier operations on the stack).
+async fn new_events(
+    cfn: &Client,
+    stack: &str,
+    seen: &mut HashSet<String>,
+    baseline: bool,
+) -> Result<Vec<Event>, AwsError> {
+    let out = cfn
+        .describe_stack_events()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot read events of {stack}"), e))?;
+    let mut fresh = Vec::new();
+    for e in out.stack_events() {
+        let id = e.event_id().unwrap_or_default().to_string();
+        if !seen.insert(id.clone()) || baseline {
+            continue;
+        }
+        fresh.push(Event {
+            id,
+            time: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
+            logical_id: e.logical_resource_id().unwrap_or_default().into(),
+            resource_type: e.resource_type().unwrap_or_default().into(),
+            status: e.resource_status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            reason: e.resource_status_reason().map(str::to_string),
+        });
+    }
+    fresh.reverse();
+    Ok(fresh)
+}
+
+/// The failed resources of the latest operation on `stack`, with their reasons. The
+/// stack's own summary line ("The following resource(s) failed...") comes last.
+pub async fn failures(cfn: &Client, stack: &str) -> Result<Vec<Failure>, AwsError> {
+    let out = cfn
+        .describe_stack_events()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot read events of {stack}"), e))?;
+    let mut res: Vec<Failure> = Vec::new();
+    let mut own: Vec<Failure> = Vec::new();
+    for e in out.stack_events().iter().rev() {
+        let status = e.resource_status().map(|s| s.as_str().to_string()).unwrap_or_default();
+        if !status.ends_with("_FAILED") {
+            continue;
+        }
+        let f = Failure {
+            logical_id: e.logical_resource_id().unwrap_or_default().into(),
+            resource_type: e.resource_type().unwrap_or_default().into(),
+            status,
+            reason: e.resource_status_reason().unwrap_or("no reason given").into(),
+        };
+        if e.resource_type() == Some("AWS::CloudFormation::Stack") {
+            own.push(f);
+        } else if !res.contains(&f) {
+            res.push(f);
+        }
+    }
+    res.extend(own);
+    Ok(res)
+}
+
+/// True when `status` is a settled state in which the stack can be changed again.
+pub fn is_settled(status: &str) -> bool {
+    !status.ends_with("_IN_PROGRESS")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_cover_documented_sequences() {
+        use Verdict::*;
+        let seq = |op, sts: &[Option<&str>]| sts.iter().map(|s| judge(op, *s)).collect::<Vec<_>>();
+        assert_eq!(seq(Op::Create, &[Some("CREATE_IN_PROGRESS"), Some("CREATE_COMPLETE")]), vec![Wait, Done]);
+        assert_eq!(
+            seq(Op::Create, &[Some("CREATE_IN_PROGRESS"), Some("ROLLBACK_IN_PROGRESS"), Some("ROLLBACK_COMPLETE")]),
+            vec![Wait, Failing, Failed]
+        );
+        assert_eq!(seq(Op::Create, &[Some("ROLLBACK_FAILED"), Some("CREATE_FAILED")]), vec![Failed, Failed]);
+        assert_eq!(seq(Op::Create, &[Some("DELETE_IN_PROGRESS"), None]), vec![Failing, Failed]);
+        assert_eq!(seq(Op::Delete, &[Some("DELETE_IN_PROGRESS"), Some("DELETE_FAILED")]), vec![Wait, Failed]);
+        assert_eq!(seq(Op::Delete, &[Some("DELETE_IN_PROGRESS"), None]), vec![Wait, Done]);
+        assert_eq!(
+            seq(
+                Op::Update,
+                &[
+                    Some("UPDATE_IN_PROGRESS"),
+                    Some("UPDATE_ROLLBACK_IN_PROGRESS"),
+                    Some("UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"),
+                    Some("UPDATE_ROLLBACK_COMPLETE")
+                ]
+            ),
+            vec![Wait, Failing, Failing, Failed]
+        );
+        assert_eq!(
+            seq(Op::Update, &[Some("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"), Some("UPDATE_COMPLETE")]),
+            vec![Wait, Done]
+        );
+        assert_eq!(seq(Op::Update, &[Some("UPDATE_ROLLBACK_FAILED"), None]), vec![Failed, Failed]);
+    }
+}

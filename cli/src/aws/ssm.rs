@@ -1,0 +1,40 @@
+//! SSM Parameter Store: the swarm's generated secrets, as SecureStrings.
+
+use aws_sdk_ssm::types::ParameterType;
+use aws_sdk_ssm::Client;
+
+use super::{describe, error_code, AwsError};
+
+/// Creates a SecureString parameter; refuses to overwrite an existing one.
+pub async fn put_secret(ssm: &Client, name: &str, value: &str, description: &str) -> Result<(), AwsError> {
+    ssm.put_parameter()
+        .name(name)
+        .value(value)
+        .description(description)
+        .r#type(ParameterType::SecureString)
+        .overwrite(false)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot store secret parameter {name}"), e))?;
+    Ok(())
+}
+
+pub async fn exists(ssm: &Client, name: &str) -> Result<bool, AwsError> {
+    match ssm.get_parameter().name(name).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if error_code(&e) == Some("ParameterNotFound") => Ok(false),
+        Err(e) => Err(describe(&format!("cannot read parameter {name}"), e)),
+    }
+}
+
+/// Deletes parameters; missing ones are fine.
+pub async fn delete(ssm: &Client, names: &[String]) -> Result<(), AwsError> {
+    for n in names {
+        match ssm.delete_parameter().name(n).send().await {
+            Ok(_) => {}
+            Err(e) if error_code(&e) == Some("ParameterNotFound") => {}
+            Err(e) => return Err(describe(&format!("cannot delete parameter {n}"), e)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The command line: one module per noun. Parses intent, calls the engine, prints. No
+//! SDK types here.
+
+pub mod fleet;
+pub mod metrics;
+pub mod network;
+pub mod output;
+pub mod roles;
+pub mod stacks;
+
+use std::time::Duration;
+
+use clap::{Args, FromArgMatches, Parser, Subcommand};
+
+use crate::aws::cfn::WaitOptions;
+use crate::aws::{Aws, Target};
+use crate::engine::library::Library;
+use crate::engine::Engine;
+use output::{Format, Printed, StderrReporter};
+
+const AFTER_HELP: &str = "\
+A swarm, start to finish:
+  tyrell network create swarm-net                  # a VPC; prints its vpc id
+  tyrell stacks create -v vpc-0abc1234 swarm1      # the swarm's base stack
+  tyrell brokers create -a ami-0b1c2d3e swarm1     # a version of each role
+  tyrell bees create -a ami-0b1c2d3e -s 5 swarm1
+  tyrell routers create -a ami-0b1c2d3e -s 2 swarm1
+  tyrell stacks describe swarm1                    # URL, broker, queue, secrets
+  tyrell stacks remove swarm1 --all                # everything, versions first
+
+AWS credentials, region and endpoint come from the standard AWS chain (AWS_PROFILE,
+AWS_REGION, AWS_ENDPOINT_URL, SSO, instance roles); the global options override them.
+Results go to stdout (--output json for scripts); progress goes to stderr.";
+
+#[derive(Parser, Debug)]
+#[command(name = "tyrell", version, about = "Deploy and operate a ping swarm on AWS with blue-green releases", after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(flatten)]
+    pub verbose: Verbose,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// AWS region (default: the AWS chain, e.g. AWS_REGION or your profile's region)
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// AWS profile from ~/.aws/config (default: AWS_PROFILE or "default")
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// Send every AWS call to this endpoint, e.g. a local emulator (default: AWS_ENDPOINT_URL)
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Result format on stdout
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Longest wait for any one AWS operation, e.g. 900, 15m, 1h
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "30m", value_name = "DURATION")]
+    pub timeout: Duration,
+    /// More logging on stderr (info and AWS call count; twice: debug; three times: trace)
+    #[arg(long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `-v` before the command: short for --verbose. (After the command it cannot be global:
+/// `stacks create -v` and `metrics create -v` take the VPC id.)
+#[derive(Args, Debug, Clone)]
+pub struct Verbose {
+    /// More logging on stderr, as --verbose; give it before the command: tyrell -v stacks ...
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    pub v: u8,
+}
+
+/// `90`, `90s`, `15m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use seconds or a number with s, m or h (e.g. 15m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("invalid duration {s:?}: use seconds or a number with s, m or h (e.g. 15m)")),
+    };
+    if secs == 0 {
+        return Err("the timeout must be at least 1 second".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Networks: a VPC with public and private subnets (lists them without a subcommand)
+    Network(network::NetworkArgs),
+    /// Base stacks: the static resources of a swarm (lists them without a subcommand)
+    Stacks(stacks::StacksArgs),
+    /// Metrics boxes: InfluxDB + Grafana, one per VPC (lists them without a subcommand)
+    Metrics(metrics::MetricsArgs),
+    /// The role definitions tyrell deploys, and their rendered cloud-init
+    Roles(roles::RolesArgs),
+}
+
+/// What to run: a static command, or a role noun (`bees`, `routers`, ...).
+pub enum Invocation {
+    Static(Command),
+    Fleet(String, fleet::FleetArgs),
+}
+
+/// Builds the full command line: the static nouns, plus one noun per role manifest.
+pub fn command(lib: &Library) -> clap::Command {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    for m in lib.roles() {
+        let sub = clap::Command::new(m.noun.clone())
+            .about(format!("{} (lists versions without a subcommand)", m.about))
+            .after_help(fleet::after_help(m));
+        cmd = cmd.subcommand(<fleet::FleetArgs as Args>::augment_args(sub));
+    }
+    cmd
+}
+
+pub fn parse(lib: &Library, matches: &clap::ArgMatches) -> Result<(Global, Invocation), clap::Error> {
+    let mut global = Global::from_arg_matches(matches)?;
+    global.verbose += Verbose::from_arg_matches(matches)?.v;
+    if let Some((name, sub)) = matches.subcommand() {
+        if let Some(m) = lib.roles().iter().find(|m| m.noun == name) {
+            return Ok((global, Invocation::Fleet(m.role.clone(), fleet::FleetArgs::from_arg_matches(sub)?)));
+        }
+    }
+    let cli = Cli::from_arg_matches(matches)?;
+    Ok((global, Invocation::Static(cli.command)))
+}
+
+/// Connects to AWS (lazily, per command: `roles` needs no AWS at all).
+pub async fn engine(global: &Global, lib: Library) -> anyhow::Result<Engine> {
+    let aws = Aws::connect(&Target {
+        region: global.region.clone(),
+        profile: global.profile.clone(),
+        endpoint_url: global.endpoint_url.clone(),
+    })
+    .await?;
+    Ok(Engine { aws, lib, wait: WaitOptions::with_timeout(global.timeout), report: Box::new(StderrReporter::new()) })
+}
+
+pub async fn run(global: &Global, lib: Library, inv: Invocation) -> anyhow::Result<(Printed, Option<usize>)> {
+    if let Invocation::Static(Command::Roles(r)) = inv {
+        return Ok((roles::run(&lib, r)?, None));
+    }
+    let mut e = engine(global, lib).await?;
+    let printed = match inv {
+        Invocation::Static(Command::Network(a)) => network::run(&mut e, a).await?,
+        Invocation::Static(Command::Stacks(a)) => stacks::run(&mut e, a).await?,
+        Invocation::Static(Command::Metrics(a)) => metrics::run(&mut e, a).await?,
+        Invocation::Static(Command::Roles(_)) => unreachable!("handled above"),
+        Invocation::Fleet(role, a) => fleet::run(&mut e, &role, a).await?,
+    };
+    Ok((printed, Some(e.aws.calls())))
+}

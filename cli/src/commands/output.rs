@@ -1,0 +1,126 @@
+//! Printing: results to stdout (a table, or exactly one JSON document), progress to stderr.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use crate::aws::cfn;
+use crate::engine::Reporter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// A command's result: one JSON document, and its human rendering.
+pub struct Printed {
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+impl Printed {
+    pub fn new(json: serde_json::Value, text: impl Into<String>) -> Printed {
+        Printed { json, text: text.into() }
+    }
+
+    pub fn print(&self, format: Format) {
+        let mut out = std::io::stdout().lock();
+        let _ = match format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&self.json).unwrap()),
+            Format::Table if self.text.is_empty() => Ok(()),
+            Format::Table => writeln!(out, "{}", self.text.trim_end()),
+        };
+    }
+}
+
+/// A plain-text table with left-aligned columns.
+pub fn table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.as_ref().chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut s = line(headers.to_vec());
+    s.push('\n');
+    for r in rows {
+        s.push_str(&line(r.iter().map(|c| c.as_ref()).collect()));
+        s.push('\n');
+    }
+    s
+}
+
+/// `key: value` lines, keys aligned.
+pub fn key_values(pairs: &[(String, String)]) -> String {
+    let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    pairs.iter().map(|(k, v)| format!("{:<w$}  {}\n", format!("{k}:"), v, w = w + 1)).collect()
+}
+
+/// Progress on stderr: steps and stack events as lines; on a terminal, the current
+/// stack status as one live line, otherwise a line per status change.
+pub struct StderrReporter {
+    tty: bool,
+    live: bool,
+    last: String,
+}
+
+impl StderrReporter {
+    pub fn new() -> StderrReporter {
+        StderrReporter { tty: std::io::stderr().is_terminal(), live: false, last: String::new() }
+    }
+
+    fn clear(&mut self) {
+        if self.live {
+            eprint!("\r\x1b[K");
+            self.live = false;
+        }
+    }
+}
+
+impl cfn::Progress for StderrReporter {
+    fn event(&mut self, stack: &str, e: &cfn::Event) {
+        self.clear();
+        eprintln!("    {stack}  {e}");
+    }
+
+    fn status(&mut self, stack: &str, status: &str, elapsed: Duration) {
+        let line = format!("    {stack}: {status}");
+        if self.tty {
+            self.clear();
+            eprint!("{line} ({}s)", elapsed.as_secs());
+            let _ = std::io::stderr().flush();
+            self.live = true;
+        } else if line != self.last {
+            eprintln!("{line} ({}s)", elapsed.as_secs());
+        }
+        self.last = line;
+    }
+}
+
+impl Reporter for StderrReporter {
+    fn step(&mut self, msg: &str) {
+        self.clear();
+        eprintln!("==> {msg}");
+    }
+}
+
+impl Drop for StderrReporter {
+    fn drop(&mut self) {
+        if self.live {
+            eprintln!();
+        }
+    }
+}

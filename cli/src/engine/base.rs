@@ -1,0 +1,221 @@
+//! Base stacks: the static resources of one swarm (security groups, load balancers,
+//! queue, bucket, instance roles) and its secrets in SSM.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::render::secret_param;
+use super::{admin_cidrs_param, generate_secret, tags, validate, Engine, TAG_ROLE, TAG_STACK};
+use crate::aws::cfn::{self, StackInfo, StackSpec};
+use crate::aws::{ec2, ssm};
+
+pub const ROLE: &str = "base";
+pub const BROKER_PASSWORD: &str = "broker-password";
+pub const ROUTER_TOKEN: &str = "router-token";
+
+pub struct CreateBase {
+    pub name: String,
+    pub vpc_id: String,
+    pub allow_cidrs: Vec<String>,
+    pub certificate_arn: Option<String>,
+    /// A metrics box to accept this swarm's indexers; `None` picks the one in the VPC, if any.
+    pub metrics: Option<String>,
+}
+
+/// The secrets a swarm's boxes read at boot, by SSM parameter name.
+pub fn secret_params(swarm: &str) -> Vec<String> {
+    [BROKER_PASSWORD, ROUTER_TOKEN].iter().map(|w| secret_param(swarm, w)).collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Base {
+    pub name: String,
+    pub status: String,
+    pub vpc_id: String,
+    pub url: String,
+    pub broker: String,
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+    pub bucket: String,
+    pub secrets: Vec<String>,
+    pub metrics_security_group: Option<String>,
+}
+
+impl From<&StackInfo> for Base {
+    fn from(s: &StackInfo) -> Base {
+        let o = |k: &str| s.output(k).unwrap_or_default().to_string();
+        Base {
+            name: s.name.clone(),
+            status: s.status.clone(),
+            vpc_id: s.parameters.get("VpcId").cloned().unwrap_or_default(),
+            url: o("AlbUrl"),
+            broker: format!("{}:{}", o("BrokerHost"), o("BrokerPort")),
+            queue_url: o("QueueUrl"),
+            dead_letter_queue_url: o("DeadLetterQueueUrl"),
+            bucket: o("BucketName"),
+            secrets: secret_params(&s.name),
+            metrics_security_group: s.parameters.get("MetricsSecurityGroupId").filter(|x| !x.is_empty()).cloned(),
+        }
+    }
+}
+
+impl Engine {
+    pub async fn create_base(&mut self, req: &CreateBase) -> anyhow::Result<Base> {
+        validate::name("swarm", &req.name)?;
+        validate::vpc(&req.vpc_id)?;
+        for c in &req.allow_cidrs {
+            validate::admin_cidr(c)?;
+        }
+        let admin = admin_cidrs_param(&req.allow_cidrs)?;
+        if let Some(arn) = &req.certificate_arn {
+            anyhow::ensure!(
+                arn.starts_with("arn:") && arn.contains(":acm:"),
+                "invalid --certificate-arn {arn:?}: expected an ACM certificate ARN (arn:aws:acm:...)"
+            );
+        }
+        self.ensure_free(&req.name).await?;
+        let vpc = ec2::vpc(&self.aws.ec2, &req.vpc_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("VPC {} does not exist in {}", req.vpc_id, self.aws.region))?;
+        let subnets = ec2::subnets(&self.aws.ec2, &vpc.id).await?;
+        let public: Vec<_> = subnets.iter().filter(|s| s.public).collect();
+        let mut private: Vec<_> = subnets.iter().filter(|s| !s.public).collect();
+        let azs: std::collections::BTreeSet<_> = public.iter().map(|s| &s.az).collect();
+        anyhow::ensure!(
+            azs.len() >= 2,
+            "VPC {} needs public subnets in at least 2 availability zones for the load balancer (found {} in {}); `tyrell network create` makes such a VPC",
+            vpc.id,
+            public.len(),
+            azs.len()
+        );
+        if private.is_empty() {
+            self.report.step(&format!("VPC {} has no private subnets: instances go in the public ones", vpc.id));
+            private = public.clone();
+        }
+        let metrics_sg = self.metrics_for(&vpc.id, req.metrics.as_deref()).await?;
+
+        let secrets = secret_params(&req.name);
+        let mut created = Vec::new();
+        for p in &secrets {
+            if !ssm::exists(&self.aws.ssm, p).await? {
+                self.report.step(&format!("generating secret {p} (SSM SecureString)"));
+                ssm::put_secret(&self.aws.ssm, p, &generate_secret(), &format!("tyrell swarm {}", req.name)).await?;
+                created.push(p.clone());
+            }
+        }
+        let join = |v: &[&ec2::Subnet]| v.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(",");
+        let spec = StackSpec {
+            name: req.name.clone(),
+            template: self.lib.template(ROLE)?.to_string(),
+            parameters: BTreeMap::from([
+                ("VpcId".into(), vpc.id.clone()),
+                ("VpcCidr".into(), vpc.cidr.clone()),
+                ("PublicSubnetIds".into(), join(&public)),
+                ("PrivateSubnetIds".into(), join(&private)),
+                ("AdminCidrs".into(), admin),
+                ("CertificateArn".into(), req.certificate_arn.clone().unwrap_or_default()),
+                ("BrokerPasswordParam".into(), secrets[0].clone()),
+                ("RouterTokenParam".into(), secrets[1].clone()),
+                ("MetricsSecurityGroupId".into(), metrics_sg.unwrap_or_default()),
+            ]),
+            tags: tags(ROLE, &req.name, None),
+        };
+        match self.create_stack(&spec).await {
+            Ok(s) => Ok(Base::from(&s)),
+            Err(e) => {
+                // Nothing half-made: the stack deleted itself (OnFailure=DELETE); so go the secrets.
+                let _ = ssm::delete(&self.aws.ssm, &created).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The security group of the metrics box that should accept this VPC's indexers.
+    async fn metrics_for(&self, vpc: &str, name: Option<&str>) -> anyhow::Result<Option<String>> {
+        let boxes = self.metrics_boxes().await?;
+        let in_vpc: Vec<_> = boxes.iter().filter(|m| m.vpc_id == vpc).collect();
+        match name {
+            Some(n) => {
+                let m = boxes
+                    .iter()
+                    .find(|m| m.name == n)
+                    .ok_or_else(|| anyhow::anyhow!("there is no metrics box named {n}"))?;
+                anyhow::ensure!(m.vpc_id == vpc, "metrics box {n} is in {}, not in {vpc}", m.vpc_id);
+                Ok(Some(m.security_group.clone()))
+            }
+            None if in_vpc.len() == 1 => Ok(Some(in_vpc[0].security_group.clone())),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn bases(&self) -> anyhow::Result<Vec<StackInfo>> {
+        Ok(cfn::list_tyrell(&self.aws.cfn, Some(ROLE)).await?)
+    }
+
+    pub async fn base(&self, name: &str) -> anyhow::Result<StackInfo> {
+        validate::name("swarm", name)?;
+        let s = self.existing(name, ROLE, "base stack").await?;
+        anyhow::ensure!(
+            s.status.ends_with("_COMPLETE") && !s.status.contains("ROLLBACK") && !s.status.starts_with("DELETE"),
+            "base stack {name} is {}, not ready",
+            s.status
+        );
+        Ok(s)
+    }
+
+    /// Every role version stack of a swarm.
+    pub async fn swarm_versions(&self, swarm: &str) -> anyhow::Result<Vec<StackInfo>> {
+        let roles: Vec<&str> = self.lib.roles().iter().map(|m| m.role.as_str()).collect();
+        Ok(cfn::list_tyrell(&self.aws.cfn, None)
+            .await?
+            .into_iter()
+            .filter(|s| s.tag(TAG_STACK) == Some(swarm) && s.tag(TAG_ROLE).is_some_and(|r| roles.contains(&r)))
+            .collect())
+    }
+
+    /// Removes a base stack (with `all`, its role versions first), then its secrets.
+    pub async fn remove_base(&mut self, name: &str, all: bool) -> anyhow::Result<Vec<String>> {
+        validate::name("swarm", name)?;
+        let base = self.existing(name, ROLE, "base stack").await?;
+        let versions = self.swarm_versions(name).await?;
+        if !versions.is_empty() && !all {
+            anyhow::bail!(
+                "swarm {name} still has {} role version(s): {}; remove them first or pass --all",
+                versions.len(),
+                versions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        let mut removed: Vec<String> = versions.iter().map(|s| s.name.clone()).collect();
+        self.delete_stacks(&versions).await?;
+        self.delete_stack(&base).await?;
+        ssm::delete(&self.aws.ssm, &secret_params(name)).await?;
+        removed.push(base.name);
+        Ok(removed)
+    }
+}
+
+/// What an operator needs next, for `stacks describe`.
+pub fn next_steps(b: &Base, region: &str) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("swarm".into(), b.name.clone()),
+        ("status".into(), b.status.clone()),
+        ("vpc".into(), b.vpc_id.clone()),
+        ("url".into(), b.url.clone()),
+        ("broker".into(), b.broker.clone()),
+        ("queue".into(), b.queue_url.clone()),
+        ("dead-letter queue".into(), b.dead_letter_queue_url.clone()),
+        ("bucket".into(), b.bucket.clone()),
+        ("broker password".into(), format!("SSM {} (aws ssm get-parameter --with-decryption --name {})", b.secrets[0], b.secrets[0])),
+        ("router token".into(), format!("SSM {}", b.secrets[1])),
+        (
+            "instances".into(),
+            format!("aws ec2 describe-instances --region {region} --filters Name=tag:tyrell:stack,Values={} --query 'Reservations[].Instances[].[InstanceId,Tags[?Key==`tyrell:role`]|[0].Value]'", b.name),
+        ),
+        ("shell on one".into(), format!("aws ssm start-session --region {region} --target INSTANCE_ID")),
+    ];
+    if let Some(sg) = &b.metrics_security_group {
+        v.push(("metrics box security group".into(), sg.clone()));
+    }
+    v
+}

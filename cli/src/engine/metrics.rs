@@ -1,0 +1,145 @@
+//! The metrics box: one instance with InfluxDB and Grafana, per VPC.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::render::{self, secret_param, Vars};
+use super::{admin_cidrs_param, base, generate_secret, tags, validate, Engine};
+use crate::aws::cfn::{self, StackInfo, StackSpec};
+use crate::aws::{ec2, ssm};
+
+pub const ROLE: &str = "metrics";
+pub const GRAFANA_PASSWORD: &str = "grafana-password";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsBox {
+    pub name: String,
+    pub status: String,
+    pub vpc_id: String,
+    pub instance_id: String,
+    pub private_ip: String,
+    pub security_group: String,
+    pub grafana_url: String,
+    pub influx_url: String,
+    pub grafana_password_param: String,
+}
+
+impl From<&StackInfo> for MetricsBox {
+    fn from(s: &StackInfo) -> MetricsBox {
+        let o = |k: &str| s.output(k).unwrap_or_default().to_string();
+        MetricsBox {
+            name: s.name.clone(),
+            status: s.status.clone(),
+            vpc_id: s.parameters.get("VpcId").cloned().unwrap_or_default(),
+            instance_id: o("InstanceId"),
+            private_ip: o("PrivateIp"),
+            security_group: o("SecurityGroupId"),
+            grafana_url: o("GrafanaUrl"),
+            influx_url: o("InfluxUrl"),
+            grafana_password_param: secret_param(&s.name, GRAFANA_PASSWORD),
+        }
+    }
+}
+
+pub struct CreateMetrics {
+    pub name: String,
+    pub vpc_id: String,
+    pub ami: String,
+    pub instance_type: String,
+    pub allow_cidrs: Vec<String>,
+}
+
+impl Engine {
+    pub async fn create_metrics(&mut self, req: &CreateMetrics) -> anyhow::Result<MetricsBox> {
+        validate::name("metrics box", &req.name)?;
+        validate::vpc(&req.vpc_id)?;
+        validate::ami(&req.ami)?;
+        validate::instance_type(&req.instance_type)?;
+        for c in &req.allow_cidrs {
+            validate::admin_cidr(c)?;
+        }
+        let admin = admin_cidrs_param(&req.allow_cidrs)?;
+        self.ensure_free(&req.name).await?;
+        let vpc = ec2::vpc(&self.aws.ec2, &req.vpc_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("VPC {} does not exist in {}", req.vpc_id, self.aws.region))?;
+        anyhow::ensure!(
+            ec2::image_exists(&self.aws.ec2, &req.ami).await?,
+            "AMI {} does not exist in {}",
+            req.ami,
+            self.aws.region
+        );
+        let subnets = ec2::subnets(&self.aws.ec2, &vpc.id).await?;
+        let subnet = subnets
+            .iter()
+            .find(|s| s.public)
+            .or(subnets.first())
+            .ok_or_else(|| anyhow::anyhow!("VPC {} has no subnets", vpc.id))?;
+        let password = secret_param(&req.name, GRAFANA_PASSWORD);
+        let mut vars = Vars::sample(ROLE);
+        vars.region = self.aws.region.clone();
+        vars.stack = req.name.clone();
+        vars.version = String::new();
+        vars.grafana_password_param = password.clone();
+        let user_data = render::cloud_init(&self.lib, ROLE, &serde_json::to_value(&vars)?)?;
+        let template =
+            render::template_with_user_data(&self.lib, ROLE, &user_data).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        let created = !ssm::exists(&self.aws.ssm, &password).await?;
+        if created {
+            self.report.step(&format!("generating secret {password} (SSM SecureString)"));
+            ssm::put_secret(&self.aws.ssm, &password, &generate_secret(), &format!("tyrell metrics box {}", req.name))
+                .await?;
+        }
+        let spec = StackSpec {
+            name: req.name.clone(),
+            template,
+            parameters: BTreeMap::from([
+                ("VpcId".into(), vpc.id.clone()),
+                ("SubnetId".into(), subnet.id.clone()),
+                ("AmiId".into(), req.ami.clone()),
+                ("InstanceType".into(), req.instance_type.clone()),
+                ("AdminCidrs".into(), admin),
+                ("GrafanaPasswordParam".into(), password.clone()),
+            ]),
+            tags: tags(ROLE, &req.name, None),
+        };
+        match self.create_stack(&spec).await {
+            Ok(s) => Ok(MetricsBox::from(&s)),
+            Err(e) => {
+                if created {
+                    let _ = ssm::delete(&self.aws.ssm, &[password]).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn metrics_boxes(&self) -> anyhow::Result<Vec<MetricsBox>> {
+        Ok(cfn::list_tyrell(&self.aws.cfn, Some(ROLE)).await?.iter().map(MetricsBox::from).collect())
+    }
+
+    /// Removes a metrics box; refuses while a swarm's base stack admits its indexers to it.
+    pub async fn remove_metrics(&mut self, name: &str) -> anyhow::Result<MetricsBox> {
+        validate::name("metrics box", name)?;
+        let stack = self.existing(name, ROLE, "metrics box").await?;
+        let m = MetricsBox::from(&stack);
+        let users: Vec<String> = self
+            .bases()
+            .await?
+            .iter()
+            .map(base::Base::from)
+            .filter(|b| b.metrics_security_group.as_deref() == Some(m.security_group.as_str()))
+            .map(|b| b.name)
+            .collect();
+        anyhow::ensure!(
+            users.is_empty(),
+            "metrics box {name} is used by swarm(s) {}: remove them first",
+            users.join(", ")
+        );
+        self.delete_stack(&stack).await?;
+        ssm::delete(&self.aws.ssm, &[m.grafana_password_param.clone()]).await?;
+        Ok(m)
+    }
+}

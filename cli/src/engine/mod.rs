@@ -1,0 +1,135 @@
+//! The deployer's logic, over the role definitions and a few domain types. Talks to AWS
+//! only through `crate::aws`; prints nothing itself (progress goes to a [`Reporter`]).
+
+pub mod base;
+pub mod fleet;
+pub mod library;
+pub mod metrics;
+pub mod network;
+pub mod render;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::aws::cfn::{self, Op, StackInfo, StackSpec, WaitOptions};
+use crate::aws::Aws;
+use library::Library;
+
+pub const TAG_ROLE: &str = "tyrell:role";
+pub const TAG_STACK: &str = "tyrell:stack";
+pub const TAG_VERSION: &str = "tyrell:version";
+/// On an Auto Scaling group: `true` on the active version of a role without inbound traffic.
+pub const TAG_ACTIVE: &str = "tyrell:active";
+pub const TAG_BUILT_BY: &str = "tyrell:built-by";
+
+/// Receives progress: stack events and status (through [`cfn::Progress`]) and steps.
+pub trait Reporter: cfn::Progress + Send {
+    /// One line about what tyrell is doing now.
+    fn step(&mut self, msg: &str);
+}
+
+/// A reporter that drops everything (for JSON-only consumers and tests).
+pub struct Quiet;
+impl cfn::Progress for Quiet {
+    fn event(&mut self, _: &str, _: &cfn::Event) {}
+    fn status(&mut self, _: &str, _: &str, _: Duration) {}
+}
+impl Reporter for Quiet {
+    fn step(&mut self, _: &str) {}
+}
+
+pub struct Engine {
+    pub aws: Aws,
+    pub lib: Library,
+    pub wait: WaitOptions,
+    pub report: Box<dyn Reporter>,
+}
+
+/// Tags of a stack tyrell creates.
+pub fn tags(role: &str, stack: &str, version: Option<&str>) -> BTreeMap<String, String> {
+    let mut t = BTreeMap::from([
+        (TAG_ROLE.to_string(), role.to_string()),
+        (TAG_STACK.to_string(), stack.to_string()),
+        (TAG_BUILT_BY.to_string(), "tyrell".to_string()),
+    ]);
+    if let Some(v) = version {
+        t.insert(TAG_VERSION.to_string(), v.to_string());
+    }
+    t
+}
+
+/// Pads admin CIDRs to the fixed four entries the templates take.
+pub fn admin_cidrs_param(cidrs: &[String]) -> anyhow::Result<String> {
+    anyhow::ensure!(cidrs.len() <= 4, "at most 4 --allow-cidr blocks are supported, got {}", cidrs.len());
+    let mut v = cidrs.to_vec();
+    v.resize(4, String::new());
+    Ok(v.join(","))
+}
+
+impl Engine {
+    /// Creates a stack and waits for it, reporting progress; returns it complete.
+    pub async fn create_stack(&mut self, spec: &StackSpec) -> anyhow::Result<StackInfo> {
+        self.report.step(&format!("creating stack {}", spec.name));
+        let id = cfn::create(&self.aws.cfn, spec).await?;
+        let done = cfn::wait(&self.aws.cfn, &id, &spec.name, Op::Create, &self.wait, self.report.as_mut()).await?;
+        done.ok_or_else(|| anyhow::anyhow!("stack {} vanished after it was created", spec.name))
+    }
+
+    /// Deletes a stack and waits until it is gone.
+    pub async fn delete_stack(&mut self, stack: &StackInfo) -> anyhow::Result<()> {
+        self.report.step(&format!("removing stack {}", stack.name));
+        cfn::delete(&self.aws.cfn, &stack.name).await?;
+        cfn::wait(&self.aws.cfn, &stack.id, &stack.name, Op::Delete, &self.wait, self.report.as_mut()).await?;
+        Ok(())
+    }
+
+    /// Deletes several stacks at once and waits for all of them (in parallel in AWS).
+    pub async fn delete_stacks(&mut self, stacks: &[StackInfo]) -> anyhow::Result<()> {
+        for s in stacks {
+            self.report.step(&format!("removing stack {}", s.name));
+            cfn::delete(&self.aws.cfn, &s.name).await?;
+        }
+        for s in stacks {
+            cfn::wait(&self.aws.cfn, &s.id, &s.name, Op::Delete, &self.wait, self.report.as_mut()).await?;
+        }
+        Ok(())
+    }
+
+    /// Changes some parameters of a stack and waits for the update.
+    pub async fn update_stack(
+        &mut self,
+        stack: &StackInfo,
+        changes: &BTreeMap<String, String>,
+    ) -> anyhow::Result<StackInfo> {
+        self.report.step(&format!("updating stack {}", stack.name));
+        cfn::update_parameters(&self.aws.cfn, stack, changes).await?;
+        let done =
+            cfn::wait(&self.aws.cfn, &stack.id, &stack.name, Op::Update, &self.wait, self.report.as_mut()).await?;
+        done.ok_or_else(|| anyhow::anyhow!("stack {} vanished during its update", stack.name))
+    }
+
+    /// A stack that must exist, be tyrell's, have the given role and be settled.
+    pub async fn existing(&self, name: &str, role: &str, what: &str) -> anyhow::Result<StackInfo> {
+        let s = cfn::get(&self.aws.cfn, name).await?;
+        let Some(s) = s else { anyhow::bail!("there is no {what} named {name}") };
+        anyhow::ensure!(s.tag(TAG_ROLE) == Some(role), "stack {name} is not a tyrell {what}");
+        Ok(s)
+    }
+
+    /// Fails when any stack (tyrell's or not) already has this name.
+    pub async fn ensure_free(&self, name: &str) -> anyhow::Result<()> {
+        if let Some(s) = cfn::get(&self.aws.cfn, name).await? {
+            match s.tag(TAG_ROLE) {
+                Some(r) => anyhow::bail!("a tyrell {r} stack named {name} already exists ({})", s.status),
+                None => anyhow::bail!("a CloudFormation stack named {name} already exists and is not tyrell's"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A random secret: 32 characters from two UUIDv4s (122 random bits each).
+pub fn generate_secret() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())[..32].to_string()
+}

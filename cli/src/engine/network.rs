@@ -1,0 +1,98 @@
+//! Networks: one stack per VPC.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{tags, validate, Engine, TAG_ROLE};
+use crate::aws::cfn::{self, StackInfo, StackSpec};
+
+pub const ROLE: &str = "network";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub name: String,
+    pub status: String,
+    pub vpc_id: String,
+    pub cidr: String,
+    pub public_subnets: Vec<String>,
+    pub private_subnets: Vec<String>,
+}
+
+pub fn split_list(s: Option<&str>) -> Vec<String> {
+    s.unwrap_or_default().split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+}
+
+impl From<&StackInfo> for Network {
+    fn from(s: &StackInfo) -> Network {
+        Network {
+            name: s.name.clone(),
+            status: s.status.clone(),
+            vpc_id: s.output("VpcId").unwrap_or_default().into(),
+            cidr: s.output("VpcCidr").or(s.parameters.get("Cidr").map(String::as_str)).unwrap_or_default().into(),
+            public_subnets: split_list(s.output("PublicSubnetIds")),
+            private_subnets: split_list(s.output("PrivateSubnetIds")),
+        }
+    }
+}
+
+pub struct CreateNetwork {
+    pub name: String,
+    pub cidr: String,
+    pub azs: u8,
+    pub nat: bool,
+}
+
+impl Engine {
+    pub async fn create_network(&mut self, req: &CreateNetwork) -> anyhow::Result<Network> {
+        validate::name("network", &req.name)?;
+        validate::vpc_cidr(&req.cidr)?;
+        anyhow::ensure!(
+            (2..=3).contains(&req.azs),
+            "invalid --azs {}: a network spans 2 or 3 availability zones",
+            req.azs
+        );
+        self.ensure_free(&req.name).await?;
+        let spec = StackSpec {
+            name: req.name.clone(),
+            template: self.lib.template(ROLE)?.to_string(),
+            parameters: BTreeMap::from([
+                ("Cidr".into(), req.cidr.clone()),
+                ("AzCount".into(), req.azs.to_string()),
+                ("NatGateway".into(), req.nat.to_string()),
+            ]),
+            tags: tags(ROLE, &req.name, None),
+        };
+        let s = self.create_stack(&spec).await?;
+        Ok(Network::from(&s))
+    }
+
+    pub async fn networks(&self) -> anyhow::Result<Vec<Network>> {
+        Ok(cfn::list_tyrell(&self.aws.cfn, Some(ROLE)).await?.iter().map(Network::from).collect())
+    }
+
+    pub async fn network(&self, name: &str) -> anyhow::Result<Network> {
+        validate::name("network", name)?;
+        Ok(Network::from(&self.existing(name, ROLE, "network").await?))
+    }
+
+    /// Removes a network; refuses while a base stack or metrics box lives in its VPC.
+    pub async fn remove_network(&mut self, name: &str) -> anyhow::Result<Network> {
+        validate::name("network", name)?;
+        let stack = self.existing(name, ROLE, "network").await?;
+        let net = Network::from(&stack);
+        let users: Vec<String> = cfn::list_tyrell(&self.aws.cfn, None)
+            .await?
+            .into_iter()
+            .filter(|s| s.tag(TAG_ROLE) != Some(ROLE) && s.parameters.get("VpcId") == Some(&net.vpc_id))
+            .map(|s| format!("{} ({})", s.name, s.tag(TAG_ROLE).unwrap_or("?")))
+            .collect();
+        anyhow::ensure!(
+            users.is_empty(),
+            "network {name} is still used by {}: remove them first (tyrell stacks remove NAME --all, tyrell metrics remove NAME)",
+            users.join(", ")
+        );
+        self.delete_stack(&stack).await?;
+        Ok(net)
+    }
+}

@@ -1,0 +1,163 @@
+//! Rendering: a role's cloud-init (handlebars, strict) from the values of its swarm, and
+//! the CloudFormation template that carries it as user data.
+
+use base64::Engine as _;
+use handlebars::{Handlebars, RenderErrorReason};
+use serde::Serialize;
+
+use super::library::Library;
+
+/// The values a cloud-init template may use (docs/ARCHITECTURE.md, "Cloud-init
+/// rendering"). Names of secrets only, never their values.
+#[derive(Debug, Clone, Serialize)]
+pub struct Vars {
+    pub region: String,
+    pub stack: String,
+    pub role: String,
+    pub version: String,
+    pub broker_host: String,
+    pub broker_port: u16,
+    pub queue_url: String,
+    pub bucket: String,
+    pub metrics_host: String,
+    pub router_port: u16,
+    pub broker_password_param: String,
+    pub router_token_param: String,
+    pub grafana_password_param: String,
+}
+
+pub const ROUTER_PORT: u16 = 8080;
+pub const BROKER_PORT: u16 = 1883;
+
+impl Vars {
+    /// Example values, for `tyrell roles render` and the template checks.
+    pub fn sample(role: &str) -> Vars {
+        Vars {
+            region: "eu-west-1".into(),
+            stack: "swarm1".into(),
+            role: role.into(),
+            version: "v261123101500".into(),
+            broker_host: "swarm1-broker-0123456789.elb.eu-west-1.amazonaws.com".into(),
+            broker_port: BROKER_PORT,
+            queue_url: "https://sqs.eu-west-1.amazonaws.com/123456789012/swarm1-pings".into(),
+            bucket: "swarm1-archive-123456789012".into(),
+            metrics_host: "10.0.1.10".into(),
+            router_port: ROUTER_PORT,
+            broker_password_param: secret_param("swarm1", "broker-password"),
+            router_token_param: secret_param("swarm1", "router-token"),
+            grafana_password_param: secret_param("metrics", "grafana-password"),
+        }
+    }
+}
+
+/// The SSM parameter holding one of a swarm's (or metrics box's) secrets.
+pub fn secret_param(owner: &str, what: &str) -> String {
+    format!("/tyrell/{owner}/{what}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("role {0} has no cloud-init template (roles/{0}/cloud-init.yaml)")]
+    NoCloudInit(String),
+    #[error("cannot render roles/{role}/cloud-init.yaml: {reason}")]
+    Template { role: String, reason: String },
+    #[error("roles/{0}/template.yaml has no {{{{user_data}}}} placeholder for the user data")]
+    NoPlaceholder(String),
+    #[error("unknown variable {0:?} (known: {1})")]
+    UnknownVar(String, String),
+}
+
+/// Renders `roles/<role>/cloud-init.yaml` with `vars`. Strict: a variable the template
+/// names but `vars` lacks is an error, not an empty string.
+pub fn cloud_init(lib: &Library, role: &str, vars: &serde_json::Value) -> Result<String, RenderError> {
+    let src = lib.cloud_init(role).ok_or_else(|| RenderError::NoCloudInit(role.into()))?;
+    let err = |reason: String| RenderError::Template { role: role.into(), reason };
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    for (name, text) in lib.partials() {
+        hb.register_partial(name, text).map_err(|e| err(format!("partial {name}: {e}")))?;
+    }
+    let files: std::collections::BTreeMap<String, String> =
+        lib.files_under("roles/").map(|(p, c)| (p.to_string(), c.to_string())).collect();
+    // {{file "roles/metrics/dashboard.json"}}: another file of the role definitions.
+    hb.register_helper(
+        "file",
+        Box::new(
+            move |h: &handlebars::Helper,
+                  _: &Handlebars,
+                  _: &handlebars::Context,
+                  _: &mut handlebars::RenderContext,
+                  out: &mut dyn handlebars::Output| {
+                let path = h
+                    .param(0)
+                    .and_then(|p| p.value().as_str())
+                    .ok_or(RenderErrorReason::ParamNotFoundForIndex("file", 0))?;
+                let text = files
+                    .get(path)
+                    .ok_or_else(|| RenderErrorReason::Other(format!("no file {path} in the role definitions")))?;
+                out.write(text)?;
+                Ok(())
+            },
+        ),
+    );
+    // {{indent 6 (file "...")}}: every line but the first indented, for YAML block scalars.
+    hb.register_helper(
+        "indent",
+        Box::new(
+            |h: &handlebars::Helper,
+             _: &Handlebars,
+             _: &handlebars::Context,
+             _: &mut handlebars::RenderContext,
+             out: &mut dyn handlebars::Output| {
+                let n = h
+                    .param(0)
+                    .and_then(|p| p.value().as_u64())
+                    .ok_or(RenderErrorReason::ParamNotFoundForIndex("indent", 0))?;
+                let text = h
+                    .param(1)
+                    .and_then(|p| p.value().as_str())
+                    .ok_or(RenderErrorReason::ParamNotFoundForIndex("indent", 1))?;
+                let pad = " ".repeat(n as usize);
+                out.write(&text.lines().collect::<Vec<_>>().join(&format!("\n{pad}")))?;
+                Ok(())
+            },
+        ),
+    );
+    let text = hb.render_template(src, vars).map_err(|e| err(e.to_string()))?;
+    if !text.starts_with("#cloud-config\n") {
+        return Err(err("the rendered file must start with a #cloud-config line".into()));
+    }
+    Ok(text)
+}
+
+/// Merges `key=value` overrides into `vars`; only known keys may be set.
+pub fn with_overrides(vars: &Vars, sets: &[(String, String)]) -> Result<serde_json::Value, RenderError> {
+    let mut v = serde_json::to_value(vars).expect("vars serialise");
+    let map = v.as_object_mut().unwrap();
+    for (k, val) in sets {
+        let Some(slot) = map.get_mut(k) else {
+            return Err(RenderError::UnknownVar(k.clone(), map.keys().cloned().collect::<Vec<_>>().join(", ")));
+        };
+        *slot = match slot {
+            serde_json::Value::Number(_) => val.parse::<u64>().map(Into::into).unwrap_or_else(|_| val.clone().into()),
+            _ => val.clone().into(),
+        };
+    }
+    Ok(v)
+}
+
+/// The CloudFormation template `roles/<dir>/template.yaml` with its `{{user_data}}`
+/// placeholder replaced by the base64 of `user_data`.
+pub fn template_with_user_data(
+    lib: &Library,
+    dir: &str,
+    user_data: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let tpl = lib.template(dir)?;
+    const PLACEHOLDER: &str = "{{user_data}}";
+    if !tpl.contains(PLACEHOLDER) {
+        return Err(Box::new(RenderError::NoPlaceholder(dir.into())));
+    }
+    Ok(tpl.replace(PLACEHOLDER, &base64::engine::general_purpose::STANDARD.encode(user_data)))
+}
