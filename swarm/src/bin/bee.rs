@@ -1,1 +1,266 @@
-fn main() {}
+//! bee: pings every target of the retained `watch` list and publishes one record per
+//! target and round on `ping/<target>` (QoS 1). Its last will, retained on
+//! `rip/agent/<agent>`, tells the swarm when it dies.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rumqttc::{AsyncClient, QoS};
+use swarm::config::{self, parse_duration};
+use swarm::mqtt::{self, ConnState, MqttArgs, Msg};
+use swarm::ping::{self, Agent, Icmp, RoundSpec};
+use swarm::stats::{Counter, Snapshot};
+use swarm::{targets, topics};
+
+#[derive(Parser, Debug)]
+#[command(name = "bee", version, about = "Pings the swarm's targets (ICMP echo) and publishes the results over MQTT")]
+struct Args {
+    /// Configuration file (KEY=VALUE lines, as /etc/tyrell/bee.env).
+    #[arg(long, env = "TYRELL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    /// This bee's name (MQTT client id and the records' `agent`); default bee-<hostname>.
+    #[arg(long, env = "BEE_AGENT")]
+    agent: Option<String>,
+    /// The swarm (base stack) name, copied into every record.
+    #[arg(long, env = "TYRELL_STACK", default_value = "")]
+    stack: String,
+    /// The AWS region, copied into every record.
+    #[arg(long, env = "AWS_REGION", default_value = "")]
+    region: String,
+    /// Echo requests per target and round (`ping -c`).
+    #[arg(long, env = "BEE_PROBES", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    probes: u16,
+    /// A round per target starts this often; its probes are spread evenly over it.
+    #[arg(long, env = "BEE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    interval: Duration,
+    /// How long a probe waits for its reply (default: the spacing between probes, so a
+    /// round never overruns its interval).
+    #[arg(long, env = "BEE_PROBE_TIMEOUT", value_parser = parse_duration)]
+    probe_timeout: Option<Duration>,
+    /// How long a name lookup may take.
+    #[arg(long, env = "BEE_RESOLVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    resolve_timeout: Duration,
+    /// Results held while the broker is unreachable; beyond it results are dropped (logged).
+    #[arg(long, env = "BEE_PUBLISH_QUEUE", default_value_t = 50_000)]
+    publish_queue: usize,
+    /// Log the counters this often (0 = never).
+    #[arg(long, env = "STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    stats_interval: Duration,
+}
+
+#[derive(Default)]
+struct BeeStats {
+    rounds: Counter,
+    published: Counter,
+    publish_failed: Counter,
+    error_records: Counter,
+    watch_updates: Counter,
+    watch_malformed: Counter,
+    targets: std::sync::atomic::AtomicU64,
+}
+
+impl Snapshot for BeeStats {
+    fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("targets", self.targets.load(Ordering::Relaxed)),
+            ("rounds", self.rounds.get()),
+            ("published", self.published.get()),
+            ("publish_failed", self.publish_failed.get()),
+            ("error_records", self.error_records.get()),
+            ("watch_updates", self.watch_updates.get()),
+            ("watch_malformed", self.watch_malformed.get()),
+        ]
+    }
+}
+
+/// What every target task shares.
+struct Ctx {
+    icmp: Arc<Icmp>,
+    client: AsyncClient,
+    agent: Agent,
+    spec: RoundSpec,
+    interval: Duration,
+    resolve_timeout: Duration,
+    stats: Arc<BeeStats>,
+    last_fail_log: AtomicI64,
+}
+
+/// Pings one target forever, one round per interval.
+async fn target_loop(ctx: Arc<Ctx>, target: String) {
+    // Spread the targets' rounds over the probe spacing so 10,000 targets do not send
+    // their probes in one burst.
+    let slot = ctx.spec.spacing.max(Duration::from_millis(1));
+    let h = target.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    tokio::time::sleep(Duration::from_micros(h % slot.as_micros().max(1) as u64)).await;
+    let mut tick = tokio::time::interval(ctx.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let topic = topics::ping(&target);
+    loop {
+        tick.tick().await;
+        let outcome = match ping::resolve(&ctx.icmp, &target, ctx.resolve_timeout).await {
+            Ok(addr) => Ok(ping::round(&ctx.icmp, addr, ctx.spec).await),
+            Err(e) => Err(e),
+        };
+        let rec = ctx.agent.record(&target, outcome);
+        ctx.stats.rounds.inc();
+        if rec.status == record::Status::Error {
+            ctx.stats.error_records.inc();
+            tracing::debug!(target = %target, error = rec.error.as_deref().unwrap_or(""), "error record");
+        }
+        let payload = serde_json::to_vec(&rec).expect("a record serialises");
+        match ctx.client.try_publish(&topic, QoS::AtLeastOnce, false, payload) {
+            Ok(()) => ctx.stats.published.inc(),
+            Err(e) => {
+                ctx.stats.publish_failed.inc();
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+                if ctx.last_fail_log.swap(now, Ordering::Relaxed) < now {
+                    tracing::error!(error = %e, failed_total = ctx.stats.publish_failed.get(), "cannot queue a result for the broker (unreachable for long?): results are being dropped");
+                }
+            }
+        }
+    }
+}
+
+/// The running target tasks, kept in step with `watch`.
+struct Targets {
+    ctx: Arc<Ctx>,
+    tasks: HashMap<String, tokio::task::AbortHandle>,
+}
+
+impl Targets {
+    fn set(&mut self, wanted: Vec<String>) {
+        let keep: std::collections::HashSet<&String> = wanted.iter().collect();
+        let before = self.tasks.len();
+        self.tasks.retain(|t, h| {
+            let k = keep.contains(t);
+            if !k {
+                h.abort();
+            }
+            k
+        });
+        let removed = before - self.tasks.len();
+        let mut added = 0;
+        for t in wanted {
+            if !self.tasks.contains_key(&t) {
+                let h = tokio::spawn(target_loop(self.ctx.clone(), t.clone()));
+                self.tasks.insert(t, h.abort_handle());
+                added += 1;
+            }
+        }
+        self.ctx.stats.targets.store(self.tasks.len() as u64, Ordering::Relaxed);
+        tracing::info!(targets = self.tasks.len(), added, removed, "watch list applied");
+    }
+}
+
+fn rip_payload(agent: &Agent, reason: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "agent": agent.agent, "stack": agent.stack, "region": agent.region, "status": "dead", "reason": reason,
+    }))
+    .unwrap()
+}
+
+async fn run(args: Args) -> Result<()> {
+    let agent_name = args.agent.clone().unwrap_or_else(|| format!("bee-{}", swarm::hostname()));
+    if !topics::valid_agent(&agent_name) {
+        bail!("agent name {agent_name:?}: use letters, digits, '-', '_', '.', ':' (it becomes a topic level)");
+    }
+    let icmp = Arc::new(Icmp::new()?);
+    let password = args.mqtt.password().await?;
+    let agent = Agent { stack: args.stack.clone(), region: args.region.clone(), agent: agent_name.clone() };
+    let rip_topic = topics::rip(&agent_name);
+    let opts = args.mqtt.v4(
+        &agent_name,
+        password.as_deref(),
+        Some((rip_topic.clone(), rip_payload(&agent, "connection lost"), true)),
+    )?;
+    let (client, eventloop) = AsyncClient::new(opts, args.publish_queue.max(10));
+
+    let spacing = args.interval / args.probes as u32;
+    let spec = RoundSpec {
+        probes: args.probes,
+        spacing,
+        timeout: args.probe_timeout.unwrap_or(spacing).max(Duration::from_millis(1)),
+    };
+    let stats = Arc::new(BeeStats::default());
+    swarm::stats::spawn_logger("bee", stats.clone(), args.stats_interval);
+    let ctx = Arc::new(Ctx {
+        icmp,
+        client: client.clone(),
+        agent: agent.clone(),
+        spec,
+        interval: args.interval,
+        resolve_timeout: args.resolve_timeout,
+        stats: stats.clone(),
+        last_fail_log: AtomicI64::new(0),
+    });
+    tracing::info!(agent = %agent_name, probes = spec.probes, spacing_ms = spec.spacing.as_millis() as u64,
+        timeout_ms = spec.timeout.as_millis() as u64, interval_ms = args.interval.as_millis() as u64, "bee starting");
+    let targets = Mutex::new(Targets { ctx, tasks: HashMap::new() });
+
+    let state = Arc::new(ConnState::default());
+    let mqtt_args = args.mqtt.clone();
+    let sub_client = client.clone();
+    let clear_topic = rip_topic.clone();
+    let on_message = move |m: Msg<'_>| match m {
+        Msg::Connected => {
+            let c = sub_client.clone();
+            let clear = clear_topic.clone();
+            tokio::spawn(async move {
+                // Alive again: clear this agent's retained last will.
+                let _ = c.publish(clear, QoS::AtLeastOnce, true, Vec::new()).await;
+                if let Err(e) = c.subscribe(topics::WATCH, QoS::AtLeastOnce).await {
+                    tracing::error!(error = %e, "cannot subscribe to watch");
+                }
+            });
+        }
+        Msg::Publish { topic, payload, .. } if topic == topics::WATCH => match targets::parse_watch(payload) {
+            Ok(list) => {
+                stats.watch_updates.inc();
+                targets.lock().unwrap().set(list);
+            }
+            Err(e) => {
+                stats.watch_malformed.inc();
+                tracing::warn!(error = %e, payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]), "malformed watch payload skipped: keeping the current targets");
+            }
+        },
+        Msg::Publish { topic, .. } => tracing::debug!(topic, "unexpected message"),
+    };
+    let driver = tokio::spawn(async move { mqtt::drive_v4(&mqtt_args, eventloop, state, on_message).await });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = driver => bail!("the MQTT driver stopped: {r:?}"),
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    // A clean disconnect does not fire the will: say goodbye ourselves.
+    tracing::info!("stopping: announcing it on {rip_topic}");
+    let _ = client.publish(rip_topic, QoS::AtLeastOnce, true, rip_payload(&agent, "stopped")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A clean DISCONNECT, so the broker discards the "connection lost" will; give the
+    // event loop a moment to send it (it retries only after its first backoff, 250 ms).
+    let _ = client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    config::load_config_file().context("loading the configuration file")?;
+    let args = Args::parse();
+    config::init_logging();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let r = run(args).await;
+        if let Err(e) = &r {
+            tracing::error!(error = format!("{e:#}"), "bee failed");
+        }
+        r
+    })
+}

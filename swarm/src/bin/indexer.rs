@@ -1,1 +1,320 @@
-fn main() {}
+//! indexer: takes the bees' results from the broker (an MQTT 5 shared subscription, so
+//! several indexers split the load) and delivers them to the SQS queue (many records per
+//! message) and to InfluxDB on the metrics box.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use record::{Encoding, PingRecord};
+use rumqttc::v5::mqttbytes::QoS;
+use swarm::config::{self, parse_duration};
+use swarm::influx::{Influx, InfluxSink};
+use swarm::mqtt::{self, ConnState, MqttArgs, Msg};
+use swarm::sink::Buffer;
+use swarm::sqs::SqsSink;
+use swarm::stats::{Counter, Snapshot};
+use swarm::topics;
+
+#[derive(Parser, Debug)]
+#[command(name = "indexer", version, about = "Delivers the swarm's ping records from MQTT to SQS and InfluxDB")]
+struct Args {
+    /// Configuration file (KEY=VALUE lines, as /etc/tyrell/indexer.env).
+    #[arg(long, env = "TYRELL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    /// MQTT client id (stable across restarts so the broker keeps the session); default
+    /// indexer-<hostname>.
+    #[arg(long, env = "INDEXER_CLIENT_ID")]
+    client_id: Option<String>,
+    /// Shared-subscription group: indexers in one group split the results. Empty = each
+    /// indexer gets every result.
+    #[arg(long, env = "INDEXER_SHARE_GROUP", default_value = "indexers")]
+    share_group: String,
+    /// Seconds the broker keeps this indexer's session (and queues its QoS 1 messages)
+    /// while it is disconnected; 0 = a clean session each time.
+    #[arg(long, env = "INDEXER_SESSION_EXPIRY", default_value_t = 600)]
+    session_expiry: u32,
+    /// The SQS queue URL (empty = no SQS delivery).
+    #[arg(long, env = "QUEUE_URL", default_value = "")]
+    queue_url: String,
+    /// Message body encoding: `gzip+base64` (several times more records per message) or `ndjson`.
+    #[arg(long, env = "SQS_ENCODING", default_value = "gzip+base64", value_parser = parse_encoding)]
+    sqs_encoding: Encoding,
+    /// Largest message, and largest batch, in bytes.
+    #[arg(long, env = "SQS_MAX_BYTES", default_value_t = record::MAX_MESSAGE_BYTES)]
+    sqs_max_bytes: usize,
+    /// InfluxDB 1.x URL, http://host:8086 (empty = no InfluxDB delivery).
+    #[arg(long, env = "INFLUX_URL", default_value = "")]
+    influx_url: String,
+    /// InfluxDB database (created when missing).
+    #[arg(long, env = "INFLUX_DB", default_value = "tyrell")]
+    influx_db: String,
+    /// Most points per InfluxDB write.
+    #[arg(long, env = "INFLUX_BATCH", default_value_t = 5000)]
+    influx_batch: usize,
+    /// Records each destination may hold while it is slow or down; beyond it the oldest
+    /// are dropped, counted and logged.
+    #[arg(long, env = "INDEXER_BUFFER", default_value_t = 500_000)]
+    buffer: usize,
+    /// How long to wait for more records before sending a partly filled request.
+    #[arg(long, env = "INDEXER_LINGER", default_value = "1s", value_parser = parse_duration)]
+    linger: Duration,
+    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9102; empty = off).
+    #[arg(long, env = "INDEXER_METRICS_ADDR", default_value = "")]
+    metrics_addr: String,
+    /// On SIGTERM, how long to keep delivering what is buffered before exiting.
+    #[arg(long, env = "INDEXER_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Log the counters this often (0 = never).
+    #[arg(long, env = "STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    stats_interval: Duration,
+}
+
+fn parse_encoding(s: &str) -> Result<Encoding, String> {
+    Encoding::from_attribute(Some(s)).map_err(|e| e.to_string())
+}
+
+#[derive(Default)]
+struct IndexerStats {
+    received: Counter,
+    malformed: Counter,
+    rips: Counter,
+    sqs: Option<Arc<Buffer>>,
+    influx: Option<Arc<Buffer>>,
+    conn: Arc<ConnState>,
+}
+
+impl Snapshot for IndexerStats {
+    fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let mut v = vec![
+            ("connected", self.conn.connected() as u64),
+            ("received", self.received.get()),
+            ("malformed", self.malformed.get()),
+            ("rips", self.rips.get()),
+        ];
+        for (b, names) in [
+            (
+                &self.sqs,
+                [
+                    "sqs_delivered",
+                    "sqs_messages",
+                    "sqs_requests",
+                    "sqs_retries",
+                    "sqs_rejected",
+                    "sqs_dropped",
+                    "sqs_buffered",
+                ],
+            ),
+            (
+                &self.influx,
+                [
+                    "influx_delivered",
+                    "influx_messages",
+                    "influx_requests",
+                    "influx_retries",
+                    "influx_rejected",
+                    "influx_dropped",
+                    "influx_buffered",
+                ],
+            ),
+        ] {
+            if let Some(b) = b {
+                let s = &b.stats;
+                let vals = [
+                    s.delivered.get(),
+                    s.messages.get(),
+                    s.requests.get(),
+                    s.retries.get(),
+                    s.rejected.get(),
+                    s.dropped.get(),
+                    b.len() as u64,
+                ];
+                v.extend(names.into_iter().zip(vals));
+            }
+        }
+        v
+    }
+}
+
+/// Parses and checks one `ping/<target>` message.
+fn parse_ping(topic_target: &str, payload: &[u8]) -> Result<PingRecord, String> {
+    let r: PingRecord = serde_json::from_slice(payload).map_err(|e| format!("not a ping record: {e}"))?;
+    r.validate()?;
+    if r.target != topic_target {
+        return Err(format!("record target {:?} does not match the topic's {topic_target:?}", r.target));
+    }
+    Ok(r)
+}
+
+async fn serve_metrics(addr: String, stats: Arc<IndexerStats>) -> Result<()> {
+    use axum::{routing::get, Router};
+    let s1 = stats.clone();
+    let app = Router::new()
+        .route("/metrics", get(move || async move { swarm::stats::prometheus("indexer", &s1.snapshot()) }))
+        .route(
+            "/healthz",
+            get(move || async move {
+                if stats.conn.connected() {
+                    (axum::http::StatusCode::OK, "ok")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "broker unreachable")
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %addr, "serving /metrics");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<()> {
+    if args.queue_url.is_empty() && args.influx_url.is_empty() {
+        bail!("nothing to deliver to: set QUEUE_URL and/or INFLUX_URL");
+    }
+    let password = args.mqtt.password().await?;
+    let client_id = args.client_id.clone().unwrap_or_else(|| format!("indexer-{}", swarm::hostname()));
+    let conn = Arc::new(ConnState::default());
+    let mut stats = IndexerStats { conn: conn.clone(), ..Default::default() };
+
+    if !args.queue_url.is_empty() {
+        let buffer = Arc::new(Buffer::new("sqs", args.buffer));
+        stats.sqs = Some(buffer.clone());
+        let sink = SqsSink {
+            client: aws_sdk_sqs::Client::new(&config::aws().await),
+            queue_url: args.queue_url.clone(),
+            encoding: args.sqs_encoding,
+            limit: args.sqs_max_bytes,
+            linger: args.linger,
+            buffer,
+        };
+        tokio::spawn(sink.run());
+    }
+    if !args.influx_url.is_empty() {
+        let buffer = Arc::new(Buffer::new("influxdb", args.buffer));
+        stats.influx = Some(buffer.clone());
+        let sink = InfluxSink {
+            influx: Influx::from_url(&args.influx_url, &args.influx_db)?,
+            batch: args.influx_batch.max(1),
+            linger: args.linger,
+            buffer,
+        };
+        tokio::spawn(sink.run());
+    }
+    let stats = Arc::new(stats);
+    let stats_ref = stats.clone();
+    swarm::stats::spawn_logger("indexer", stats.clone(), args.stats_interval);
+    if !args.metrics_addr.is_empty() {
+        let (addr, s) = (args.metrics_addr.clone(), stats.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_metrics(addr, s).await {
+                tracing::error!(error = format!("{e:#}"), "metrics endpoint failed");
+            }
+        });
+    }
+
+    let opts = args.mqtt.v5(&client_id, password.as_deref(), args.session_expiry)?;
+    let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, 1000);
+    let subs =
+        [topics::shared(&args.share_group, topics::PING_ALL), topics::shared(&args.share_group, topics::RIP_ALL)];
+    tracing::info!(client_id = %client_id, subscriptions = ?subs, sqs = !args.queue_url.is_empty(), influxdb = !args.influx_url.is_empty(), "indexer starting");
+    let mqtt_client = client.clone();
+    let on_message = move |m: Msg<'_>| match m {
+        Msg::Connected => {
+            let (c, subs) = (client.clone(), subs.clone());
+            tokio::spawn(async move {
+                for s in subs {
+                    if let Err(e) = c.subscribe(s.clone(), QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, subscription = %s, "cannot subscribe");
+                    }
+                }
+            });
+        }
+        Msg::Publish { topic, payload, .. } => {
+            if let Some(target) = topics::ping_target(topic) {
+                stats.received.inc();
+                match parse_ping(target, payload) {
+                    Ok(r) => {
+                        if let Some(b) = &stats.influx {
+                            match swarm::influx::line(&r) {
+                                Some(l) => b.push(l),
+                                None => b.stats.rejected.inc(),
+                            }
+                        }
+                        if let Some(b) = &stats.sqs {
+                            b.push(serde_json::to_string(&r).expect("a record serialises"));
+                        }
+                    }
+                    Err(e) => {
+                        stats.malformed.inc();
+                        tracing::warn!(topic, error = %e, payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]), "malformed ping message skipped");
+                    }
+                }
+            } else if let Some(agent) = topics::rip_agent(topic) {
+                if payload.is_empty() {
+                    return; // a bee cleared its will: it is back
+                }
+                stats.rips.inc();
+                tracing::warn!(agent, payload = %String::from_utf8_lossy(&payload[..payload.len().min(300)]), "a bee died");
+                if let Some(b) = &stats.influx {
+                    b.push(swarm::influx::rip_line(agent, time::OffsetDateTime::now_utc().unix_timestamp() * 1000));
+                }
+            } else {
+                tracing::debug!(topic, "unexpected message");
+            }
+        }
+    };
+    let mqtt_args = args.mqtt.clone();
+    let mut driver = tokio::spawn(async move { mqtt::drive_v5(&mqtt_args, eventloop, conn, on_message).await });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = &mut driver => bail!("the MQTT driver stopped: {r:?}"),
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    // Take no more messages (the session keeps what arrives meanwhile for our return).
+    let _ = mqtt_client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    driver.abort();
+    // Deliver what is held before going (the unit gives 30 s); say loudly what is left.
+    let buffers: Vec<Arc<Buffer>> = [&stats_ref.sqs, &stats_ref.influx].into_iter().flatten().cloned().collect();
+    let deadline = tokio::time::Instant::now() + args.drain_timeout;
+    loop {
+        let left: usize = buffers.iter().map(|b| b.outstanding()).sum();
+        if left == 0 {
+            tracing::info!("stopping: everything delivered");
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for b in &buffers {
+                if b.outstanding() > 0 {
+                    tracing::error!(
+                        destination = b.name,
+                        records = b.outstanding(),
+                        "stopping with undelivered records: they are lost"
+                    );
+                }
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    config::load_config_file().context("loading the configuration file")?;
+    let args = Args::parse();
+    config::init_logging();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let r = run(args).await;
+        if let Err(e) = &r {
+            tracing::error!(error = format!("{e:#}"), "indexer failed");
+        }
+        r
+    })
+}

@@ -1,0 +1,200 @@
+//! Configuration shared by the three programs.
+//!
+//! Every option is a command-line flag with an environment variable (clap `env`). A
+//! configuration file in the systemd `EnvironmentFile` format (`KEY=VALUE` lines, `#`
+//! comments) can be given with `--config FILE` (or `TYRELL_CONFIG=FILE`): its values fill
+//! in variables the environment does not already set, so the same
+//! `/etc/tyrell/<program>.env` cloud-init writes also works for a local run.
+//! Precedence: flag > environment > file > default.
+//!
+//! Secrets are never flags: each comes from an environment variable holding the value
+//! (local use), a `*_FILE` naming a file that holds it, or a `*_PARAM` naming an SSM
+//! SecureString read at start (on the boxes).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Parses `KEY=VALUE` lines (systemd EnvironmentFile syntax, the subset cloud-init writes).
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            bail!("line {}: expected KEY=VALUE, got {line:?}", i + 1);
+        };
+        let k = k.trim();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("line {}: bad variable name {k:?}", i + 1);
+        }
+        let v = v.trim();
+        let v = if v.len() >= 2
+            && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+        {
+            &v[1..v.len() - 1]
+        } else {
+            v
+        };
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// The `--config FILE` / `--config=FILE` argument, else `TYRELL_CONFIG`.
+fn config_path_from_args() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let s = a.to_string_lossy();
+        if s == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(p) = s.strip_prefix("--config=") {
+            return Some(PathBuf::from(p));
+        }
+    }
+    std::env::var_os("TYRELL_CONFIG").map(PathBuf::from)
+}
+
+/// Loads the configuration file, if one is named, into the environment (without
+/// overriding variables already set). Call first thing in `main`, before any thread starts.
+pub fn load_config_file() -> Result<Option<PathBuf>> {
+    let Some(path) = config_path_from_args() else { return Ok(None) };
+    apply_env_file(&path)?;
+    Ok(Some(path))
+}
+
+fn apply_env_file(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    for (k, v) in parse_env_file(&text).with_context(|| format!("in config file {}", path.display()))? {
+        if std::env::var_os(&k).is_none() {
+            // Single-threaded at this point (before the runtime starts).
+            std::env::set_var(k, v);
+        }
+    }
+    Ok(())
+}
+
+/// Structured JSON logs on stderr; the level from `LOG` (or `RUST_LOG`), default `info`.
+pub fn init_logging() {
+    let filter = std::env::var("LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The AWS configuration from the standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`,
+/// instance role, ...).
+pub async fn aws() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+}
+
+/// Where a secret comes from: its value, a file holding it, or an SSM parameter name.
+#[derive(Debug, Clone, Default)]
+pub struct SecretSource {
+    pub value: Option<String>,
+    pub file: Option<PathBuf>,
+    pub param: Option<String>,
+}
+
+impl SecretSource {
+    pub fn is_set(&self) -> bool {
+        self.value.as_deref().is_some_and(|v| !v.is_empty())
+            || self.file.is_some()
+            || self.param.as_deref().is_some_and(|p| !p.is_empty())
+    }
+
+    /// Reads the secret (value, then file, then SSM); `None` when no source is set.
+    pub async fn resolve(&self, what: &str) -> Result<Option<String>> {
+        if let Some(v) = self.value.as_deref().filter(|v| !v.is_empty()) {
+            return Ok(Some(v.to_string()));
+        }
+        if let Some(f) = &self.file {
+            let v = std::fs::read_to_string(f).with_context(|| format!("reading the {what} from {}", f.display()))?;
+            return Ok(Some(v.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        if let Some(name) = self.param.as_deref().filter(|p| !p.is_empty()) {
+            let ssm = aws_sdk_ssm::Client::new(&aws().await);
+            let out = ssm
+                .get_parameter()
+                .name(name)
+                .with_decryption(true)
+                .send()
+                .await
+                .with_context(|| format!("reading the {what} from SSM parameter {name}"))?;
+            let v =
+                out.parameter.and_then(|p| p.value).with_context(|| format!("SSM parameter {name} has no value"))?;
+            return Ok(Some(v));
+        }
+        Ok(None)
+    }
+}
+
+/// Parses durations written as `10s`, `250ms`, `2m`, `1h` or plain seconds (`10`, `0.5`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (e.g. 10s, 250ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn env_file_syntax() {
+        let v = parse_env_file("# c\n\nA=1\nexport B = \"two words\"\nC='x=y'\nD=\n").unwrap();
+        let want: Vec<(String, String)> = [("A", "1"), ("B", "two words"), ("C", "x=y"), ("D", "")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(v, want);
+        assert!(parse_env_file("novalue\n").is_err());
+        assert!(parse_env_file("A B=1\n").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[tokio::test]
+    async fn secret_sources_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let s = SecretSource { value: Some("v".into()), file: Some(f.clone()), param: None };
+        assert_eq!(s.resolve("x").await.unwrap().as_deref(), Some("v"));
+        let s = SecretSource { value: Some(String::new()), file: Some(f), param: None };
+        assert_eq!(s.resolve("x").await.unwrap().as_deref(), Some("from-file"));
+        assert_eq!(SecretSource::default().resolve("x").await.unwrap(), None);
+        assert!(!SecretSource::default().is_set());
+    }
+}

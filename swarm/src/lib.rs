@@ -1,0 +1,108 @@
+//! The programs that run on the swarm's boxes, and what they share.
+//!
+//! * `bee` ([`ping`]): pings every target of the retained `watch` list with ICMP echo and
+//!   publishes one [`record::PingRecord`] per target and round on `ping/<target>`.
+//! * `indexer` ([`sink`], [`sqs`], [`influx`]): takes `ping/+` through an MQTT 5 shared
+//!   subscription and delivers the records to SQS (packed many to a message) and InfluxDB.
+//! * `router` ([`router`]): the HTTP API behind the load balancer.
+//!
+//! The MQTT contract (kept from the original Python swarm) lives in [`topics`] and
+//! [`targets`]; configuration, secrets and logging in [`config`]; the connection in [`mqtt`].
+
+pub mod config;
+pub mod influx;
+pub mod mqtt;
+pub mod ping;
+pub mod router;
+pub mod sink;
+pub mod sqs;
+pub mod stats;
+pub mod targets;
+pub mod topics;
+
+use std::time::Duration;
+
+/// Exponential backoff with jitter, for reconnecting and retrying.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    cur: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max, cur: min }
+    }
+
+    /// The next delay: doubles each time up to `max`, with up to 25 % random jitter so
+    /// a fleet that lost the same server does not come back in lock-step.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.cur;
+        self.cur = (self.cur * 2).min(self.max);
+        let jitter = base.as_millis() as u64 / 4;
+        let extra = if jitter == 0 { 0 } else { uuid::Uuid::new_v4().as_u128() as u64 % jitter };
+        base + Duration::from_millis(extra)
+    }
+
+    pub fn reset(&mut self) {
+        self.cur = self.min;
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds (`2026-11-23T10:00:00.123Z`), the record's `ts`.
+pub fn now_ts() -> String {
+    format_ts(time::OffsetDateTime::now_utc())
+}
+
+pub fn format_ts(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Milliseconds since the epoch of a record timestamp (RFC 3339).
+pub fn ts_millis(ts: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// This machine's host name (for default client ids and agent names).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let d: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert!((100..125).contains(&d[0]) && (200..250).contains(&d[1]), "{d:?}");
+        assert!((350..438).contains(&d[2]) && (350..438).contains(&d[3]), "{d:?}");
+        b.reset();
+        assert!(b.next_delay() < Duration::from_millis(125));
+    }
+
+    #[test]
+    fn timestamps_are_record_shaped() {
+        let ts = now_ts();
+        assert!(record::hour_of(&ts).is_some(), "{ts}");
+        assert_eq!(ts_millis("2026-11-23T10:00:00.123Z"), Some(1_795_428_000_123));
+        assert_eq!(format_ts(time::macros::datetime!(2026-11-23 10:00:00.123 UTC)), "2026-11-23T10:00:00.123Z");
+    }
+}

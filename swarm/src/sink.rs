@@ -1,0 +1,178 @@
+//! A bounded in-memory buffer in front of a slow or failing destination.
+//!
+//! The indexer keeps one per destination (SQS, InfluxDB): MQTT messages keep flowing in
+//! while a destination is down, up to the buffer's capacity. When it is full the oldest
+//! records are dropped — never silently: every drop is counted (`dropped`) and logged
+//! as an error (at most once a second, with the running total).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::stats::Counter;
+
+/// What happened to the records that went through one destination.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Records the destination accepted.
+    pub delivered: Counter,
+    /// Requests made (SQS batches, InfluxDB writes).
+    pub requests: Counter,
+    /// Messages sent (SQS only).
+    pub messages: Counter,
+    /// Failed attempts that will be retried.
+    pub retries: Counter,
+    /// Records the destination refused for good (malformed, too large): logged, not retried.
+    pub rejected: Counter,
+    /// Records dropped because the buffer was full while the destination was unavailable.
+    pub dropped: Counter,
+}
+
+struct Inner {
+    q: VecDeque<String>,
+    bytes: usize,
+    last_drop_log: Option<Instant>,
+    dropped_since_log: u64,
+}
+
+pub struct Buffer {
+    pub name: &'static str,
+    cap: usize,
+    inner: Mutex<Inner>,
+    notify: Notify,
+    pub stats: SinkStats,
+    /// Records taken from the buffer by the sender and not yet delivered (or given up).
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl Buffer {
+    pub fn new(name: &'static str, cap: usize) -> Buffer {
+        Buffer {
+            name,
+            cap: cap.max(1),
+            inner: Mutex::new(Inner { q: VecDeque::new(), bytes: 0, last_drop_log: None, dropped_since_log: 0 }),
+            notify: Notify::new(),
+            stats: SinkStats::default(),
+            held: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Appends a record; when full, drops the oldest one (counted and logged).
+    pub fn push(&self, item: String) {
+        let mut g = self.inner.lock().unwrap();
+        if g.q.len() >= self.cap {
+            if let Some(old) = g.q.pop_front() {
+                g.bytes -= old.len();
+            }
+            self.stats.dropped.inc();
+            g.dropped_since_log += 1;
+            let now = Instant::now();
+            if g.last_drop_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                tracing::error!(
+                    destination = self.name,
+                    dropped = g.dropped_since_log,
+                    dropped_total = self.stats.dropped.get(),
+                    capacity = self.cap,
+                    "buffer full: the destination is not keeping up or is down; dropping the oldest records"
+                );
+                g.last_drop_log = Some(now);
+                g.dropped_since_log = 0;
+            }
+        }
+        g.bytes += item.len();
+        g.q.push_back(item);
+        drop(g);
+        self.notify.notify_one();
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap().q.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sender reports how many records it holds outside the buffer.
+    pub fn set_held(&self, n: usize) {
+        self.held.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records not yet delivered: buffered plus held by the sender.
+    pub fn outstanding(&self) -> usize {
+        self.len() + self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().unwrap().bytes
+    }
+
+    /// Takes records from the front: at most `max_items`, and no more than `max_bytes`
+    /// (but always at least one when there is one).
+    pub fn drain(&self, max_items: usize, max_bytes: usize) -> Vec<String> {
+        let mut g = self.inner.lock().unwrap();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while out.len() < max_items {
+            let Some(front) = g.q.front() else { break };
+            if !out.is_empty() && bytes + front.len() > max_bytes {
+                break;
+            }
+            let item = g.q.pop_front().unwrap();
+            bytes += item.len();
+            g.bytes -= item.len();
+            out.push(item);
+        }
+        out
+    }
+
+    /// Waits until the buffer holds something.
+    pub async fn wait_non_empty(&self) {
+        loop {
+            let n = self.notify.notified();
+            if !self.is_empty() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// Waits for records, then lingers up to `linger` for more (until `fill_bytes` are
+    /// there), so that requests carry many records each.
+    pub async fn wait_batch(&self, linger: Duration, fill_bytes: usize) {
+        self.wait_non_empty().await;
+        let deadline = tokio::time::Instant::now() + linger;
+        while self.bytes() < fill_bytes && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout_at(deadline, self.notify.notified()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_oldest_when_full_and_counts() {
+        let b = Buffer::new("t", 3);
+        for i in 0..5 {
+            b.push(format!("r{i}"));
+        }
+        assert_eq!(b.stats.dropped.get(), 2);
+        assert_eq!(b.drain(10, 1000), vec!["r2", "r3", "r4"]);
+        assert!(b.is_empty() && b.bytes() == 0);
+    }
+
+    #[test]
+    fn drain_respects_limits_but_takes_one() {
+        let b = Buffer::new("t", 100);
+        b.push("x".repeat(50));
+        b.push("y".repeat(10));
+        b.push("z".repeat(10));
+        assert_eq!(b.drain(10, 5).len(), 1);
+        assert_eq!(b.drain(1, 1000).len(), 1);
+        assert_eq!(b.bytes(), 10);
+    }
+}

@@ -1,0 +1,303 @@
+//! Delivery of records to the SQS queue: many records per message (NDJSON, optionally
+//! gzip+base64 — see the record crate), up to ten messages per `SendMessageBatch`, with
+//! every message and every whole batch within the SQS size limit.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use record::{encode_body, pack_lines, Encoding, ENCODING_ATTRIBUTE};
+
+use crate::sink::Buffer;
+use crate::Backoff;
+
+/// Most entries a `SendMessageBatch` takes.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+
+/// One message to send: its body and how many records it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub body: String,
+    pub records: usize,
+}
+
+/// Bytes a message's encoding attribute adds to its size (SQS counts name, type, value).
+pub fn attribute_overhead(enc: Encoding) -> usize {
+    ENCODING_ATTRIBUTE.len() + "String".len() + enc.as_str().len()
+}
+
+impl Entry {
+    /// The size SQS counts for this message.
+    pub fn size(&self, enc: Encoding) -> usize {
+        self.body.len() + attribute_overhead(enc)
+    }
+}
+
+/// Encodes records (one NDJSON line each) into messages of at most `limit` bytes each
+/// (attribute included), in order. Returns the messages and the indexes of records that
+/// cannot fit in any message.
+pub fn encode_entries(lines: &[String], enc: Encoding, limit: usize) -> (Vec<Entry>, Vec<usize>) {
+    let budget = limit.saturating_sub(attribute_overhead(enc));
+    match enc {
+        Encoding::Ndjson => {
+            let (bodies, oversized) = pack_lines(lines.iter().map(String::as_str), budget);
+            let entries = bodies.into_iter().map(|b| Entry { records: b.lines().count(), body: b }).collect();
+            (entries, oversized)
+        }
+        Encoding::GzipBase64 => {
+            // NDJSON compresses several-fold: pack generous raw chunks, then split any
+            // whose encoding still exceeds the budget.
+            let (chunks, oversized_raw) = pack_lines(lines.iter().map(String::as_str), budget.saturating_mul(4).max(1));
+            let mut entries = Vec::new();
+            let mut oversized = oversized_raw;
+            for chunk in chunks {
+                let chunk_lines: Vec<&str> = chunk.lines().collect();
+                gzip_split(&chunk_lines, budget, &mut entries, &mut oversized, lines);
+            }
+            oversized.sort_unstable();
+            (entries, oversized)
+        }
+    }
+}
+
+fn gzip_split(chunk: &[&str], budget: usize, out: &mut Vec<Entry>, oversized: &mut Vec<usize>, all: &[String]) {
+    if chunk.is_empty() {
+        return;
+    }
+    let mut nd = String::with_capacity(chunk.iter().map(|l| l.len() + 1).sum());
+    for l in chunk {
+        nd.push_str(l);
+        nd.push('\n');
+    }
+    let body = encode_body(&nd, Encoding::GzipBase64);
+    if body.len() <= budget {
+        out.push(Entry { body, records: chunk.len() });
+    } else if chunk.len() == 1 {
+        // A single record that does not fit even compressed.
+        if let Some(i) = all.iter().position(|l| l == chunk[0]) {
+            oversized.push(i);
+        }
+    } else {
+        let (a, b) = chunk.split_at(chunk.len() / 2);
+        gzip_split(a, budget, out, oversized, all);
+        gzip_split(b, budget, out, oversized, all);
+    }
+}
+
+/// Takes the next batch from the front of `pending`: at most ten messages whose sizes
+/// add up to at most `limit` (SQS caps the whole batch request's payload too).
+pub fn take_batch(pending: &mut VecDeque<Entry>, enc: Encoding, limit: usize) -> Vec<Entry> {
+    let mut batch = Vec::new();
+    let mut total = 0;
+    while batch.len() < MAX_BATCH_ENTRIES {
+        let Some(e) = pending.front() else { break };
+        if total + e.size(enc) > limit {
+            break;
+        }
+        total += e.size(enc);
+        batch.push(pending.pop_front().unwrap());
+    }
+    batch
+}
+
+/// The SQS destination of the indexer.
+pub struct SqsSink {
+    pub client: aws_sdk_sqs::Client,
+    pub queue_url: String,
+    pub encoding: Encoding,
+    /// Message (and batch) size limit in bytes.
+    pub limit: usize,
+    /// How long to wait for more records before sending a partly filled message.
+    pub linger: Duration,
+    pub buffer: Arc<Buffer>,
+}
+
+impl SqsSink {
+    /// Runs forever: drains the buffer into messages and sends them, retrying transient
+    /// failures with backoff (the records stay held meanwhile).
+    pub async fn run(self) {
+        let enc = self.encoding;
+        let stats = &self.buffer.stats;
+        let mut pending: VecDeque<Entry> = VecDeque::new();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let raw_fill = match enc {
+            Encoding::Ndjson => self.limit,
+            Encoding::GzipBase64 => self.limit * 4,
+        };
+        loop {
+            self.buffer.set_held(pending.iter().map(|e| e.records).sum());
+            if pending.is_empty() {
+                self.buffer.wait_batch(self.linger, raw_fill).await;
+                let lines = self.buffer.drain(usize::MAX, raw_fill * 2);
+                self.buffer.set_held(lines.len());
+                let (entries, oversized) = encode_entries(&lines, enc, self.limit);
+                for i in oversized {
+                    stats.rejected.inc();
+                    tracing::error!(
+                        destination = "sqs",
+                        bytes = lines[i].len(),
+                        limit = self.limit,
+                        record = %truncate(&lines[i], 200),
+                        "record larger than the SQS message limit: not sent"
+                    );
+                }
+                pending.extend(entries);
+                continue;
+            }
+            let batch = take_batch(&mut pending, enc, self.limit);
+            if batch.is_empty() {
+                // Cannot happen (every entry fits the limit), but never spin.
+                let e = pending.pop_front().unwrap();
+                stats.rejected.add(e.records as u64);
+                tracing::error!(destination = "sqs", records = e.records, "message larger than the limit: not sent");
+                continue;
+            }
+            match self.send(&batch).await {
+                Ok(failed) => {
+                    stats.requests.inc();
+                    let mut retry = Vec::new();
+                    for (i, e) in batch.into_iter().enumerate() {
+                        match failed.iter().find(|f| f.0 == i) {
+                            None => {
+                                stats.delivered.add(e.records as u64);
+                                stats.messages.inc();
+                            }
+                            Some((_, true, reason)) => {
+                                stats.rejected.add(e.records as u64);
+                                tracing::error!(destination = "sqs", records = e.records, reason = %reason, "SQS refused a message: records not delivered");
+                            }
+                            Some((_, false, reason)) => {
+                                tracing::warn!(destination = "sqs", records = e.records, reason = %reason, "SQS failed a message: will retry");
+                                retry.push(e);
+                            }
+                        }
+                    }
+                    if retry.is_empty() {
+                        backoff.reset();
+                    } else {
+                        stats.retries.inc();
+                        for e in retry.into_iter().rev() {
+                            pending.push_front(e);
+                        }
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+                Err(err) => {
+                    stats.retries.inc();
+                    let delay = backoff.next_delay();
+                    let held = pending.iter().chain(batch.iter()).map(|e| e.records).sum::<usize>() + self.buffer.len();
+                    tracing::error!(destination = "sqs", error = %err, held_records = held, retry_in_ms = delay.as_millis() as u64, "SendMessageBatch failed: holding the records and retrying");
+                    for e in batch.into_iter().rev() {
+                        pending.push_front(e);
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Sends one batch; returns the failed entries as (index, sender's fault, reason).
+    async fn send(&self, batch: &[Entry]) -> Result<Vec<(usize, bool, String)>, String> {
+        let attr = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(self.encoding.as_str())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut req = self.client.send_message_batch().queue_url(&self.queue_url);
+        for (i, e) in batch.iter().enumerate() {
+            req = req.entries(
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&e.body)
+                    .message_attributes(ENCODING_ATTRIBUTE, attr.clone())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let out = req.send().await.map_err(|e| format!("{}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+        Ok(out
+            .failed
+            .iter()
+            .filter_map(|f| {
+                let i = f.id.parse::<usize>().ok()?;
+                Some((i, f.sender_fault, format!("{}: {}", f.code, f.message.as_deref().unwrap_or(""))))
+            })
+            .collect())
+    }
+}
+
+pub fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use record::decode_body;
+
+    fn lines(n: usize, width: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let r = record::PingRecord {
+                    id: format!("{i}-{}", "x".repeat(width)),
+                    ts: "2026-11-23T10:00:00.123Z".into(),
+                    stack: "s".into(),
+                    region: "r".into(),
+                    agent: "a".into(),
+                    target: format!("127.0.{}.{}", i / 256, i % 256),
+                    status: record::Status::Ok,
+                    loss: 0.0,
+                    rtt_ms: None,
+                    error: None,
+                };
+                serde_json::to_string(&r).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_message_and_batch_fits_and_nothing_is_lost() {
+        let input = lines(3000, 40);
+        for enc in [Encoding::Ndjson, Encoding::GzipBase64] {
+            let limit = 16 * 1024;
+            let (entries, oversized) = encode_entries(&input, enc, limit);
+            assert!(oversized.is_empty());
+            assert!(entries.iter().all(|e| e.size(enc) <= limit), "{enc:?}");
+            let mut pending: VecDeque<Entry> = entries.into();
+            let mut out = Vec::new();
+            while !pending.is_empty() {
+                let b = take_batch(&mut pending, enc, limit);
+                assert!(!b.is_empty() && b.len() <= MAX_BATCH_ENTRIES);
+                assert!(b.iter().map(|e| e.size(enc)).sum::<usize>() <= limit);
+                for e in b {
+                    let decoded = decode_body(&e.body, enc).unwrap();
+                    assert_eq!(decoded.len(), e.records);
+                    out.extend(decoded.into_iter().map(|l| l.raw));
+                }
+            }
+            assert_eq!(out, input, "{enc:?}: order and content kept");
+        }
+    }
+
+    #[test]
+    fn gzip_packs_many_more_records_per_message() {
+        let input = lines(5000, 10);
+        let limit = record::MAX_MESSAGE_BYTES;
+        let (nd, _) = encode_entries(&input, Encoding::Ndjson, limit);
+        let (gz, _) = encode_entries(&input, Encoding::GzipBase64, limit);
+        assert!(gz.len() * 3 <= nd.len(), "gzip {} messages vs ndjson {}", gz.len(), nd.len());
+    }
+
+    #[test]
+    fn oversized_records_are_reported() {
+        let mut input = lines(3, 10);
+        input.insert(1, format!("{{\"id\":\"{}\"}}", "q".repeat(5000)));
+        let (entries, oversized) = encode_entries(&input, Encoding::Ndjson, 1000);
+        assert_eq!(oversized, vec![1]);
+        assert_eq!(entries.iter().map(|e| e.records).sum::<usize>(), 3);
+    }
+}

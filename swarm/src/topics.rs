@@ -1,0 +1,65 @@
+//! The MQTT topics of the swarm (the contract of the original Python swarm, kept so its
+//! tools still work).
+
+/// Retained: the target list (space-separated names/addresses, or a JSON array).
+pub const WATCH: &str = "watch";
+/// Prefix of the result topics: one `ping/<target>` message per target and round, QoS 1.
+pub const PING_PREFIX: &str = "ping/";
+/// All result topics.
+pub const PING_ALL: &str = "ping/+";
+/// Prefix of a bee's last will: `rip/agent/<agent>`.
+pub const RIP_AGENT_PREFIX: &str = "rip/agent/";
+/// All last wills.
+pub const RIP_ALL: &str = "rip/#";
+
+pub fn ping(target: &str) -> String {
+    format!("{PING_PREFIX}{target}")
+}
+
+pub fn rip(agent: &str) -> String {
+    format!("{RIP_AGENT_PREFIX}{agent}")
+}
+
+/// The target of a `ping/<target>` topic.
+pub fn ping_target(topic: &str) -> Option<&str> {
+    topic.strip_prefix(PING_PREFIX).filter(|t| !t.is_empty() && !t.contains('/'))
+}
+
+/// The agent of a `rip/agent/<agent>` topic.
+pub fn rip_agent(topic: &str) -> Option<&str> {
+    topic.strip_prefix(RIP_AGENT_PREFIX).filter(|a| !a.is_empty() && !a.contains('/'))
+}
+
+/// A shared subscription (`$share/<group>/<filter>`, MQTT 5) or the plain filter when
+/// `group` is empty.
+pub fn shared(group: &str, filter: &str) -> String {
+    if group.is_empty() {
+        filter.to_string()
+    } else {
+        format!("$share/{group}/{filter}")
+    }
+}
+
+/// Whether a string may be an agent name: it becomes a topic level and a client id.
+pub fn valid_agent(agent: &str) -> bool {
+    !agent.is_empty()
+        && agent.len() <= 128
+        && agent.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip() {
+        assert_eq!(ping_target(&ping("::1")), Some("::1"));
+        assert_eq!(ping_target("ping/a/b"), None);
+        assert_eq!(ping_target("ping/"), None);
+        assert_eq!(rip_agent(&rip("bee-1")), Some("bee-1"));
+        assert_eq!(shared("indexers", PING_ALL), "$share/indexers/ping/+");
+        assert_eq!(shared("", PING_ALL), "ping/+");
+        assert!(valid_agent("bee-i-0abc.eu-west-1"));
+        assert!(!valid_agent("bee/x") && !valid_agent("bee+") && !valid_agent(""));
+    }
+}

@@ -1,0 +1,104 @@
+//! Helpers shared by the swarm's end-to-end tests: the real binaries against a real
+//! mosquitto (and influxd, and the AWS emulator).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testkit::proc::Guard;
+use testkit::servers::Mosquitto;
+
+pub const USER: &str = "tyrell";
+pub const PASSWORD: &str = "s3cret-broker-pw";
+
+pub fn log_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}.log", testkit::unique(name)))
+}
+
+/// The broker environment of a swarm program.
+pub fn broker_env(cmd: &mut Command, port: u16) {
+    cmd.env("BROKER_HOST", "127.0.0.1")
+        .env("BROKER_PORT", port.to_string())
+        .env("BROKER_USERNAME", USER)
+        .env("BROKER_PASSWORD", PASSWORD)
+        .env("BROKER_MAX_BACKOFF", "1s")
+        .env("LOG", "info");
+}
+
+/// A running swarm program and its log.
+pub struct Program {
+    pub guard: Guard,
+    pub log: PathBuf,
+}
+
+impl Program {
+    pub fn start(mut cmd: Command, name: &str) -> Program {
+        let log = log_path(name);
+        for k in ["TYRELL_CONFIG", "BEE_AGENT", "QUEUE_URL", "INFLUX_URL", "ROUTER_TOKEN"] {
+            if std::env::var_os(k).is_some() && cmd.get_envs().all(|(e, _)| e != k) {
+                cmd.env_remove(k);
+            }
+        }
+        let guard = Guard::spawn(cmd, &log);
+        Program { guard, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub fn bee(port: u16, agent: &str) -> Program {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bee"));
+    broker_env(&mut cmd, port);
+    cmd.env("BEE_AGENT", agent)
+        .env("TYRELL_STACK", "swarmtest")
+        .env("AWS_REGION", "us-east-1")
+        .env("BEE_PROBES", "3")
+        .env("BEE_INTERVAL", "1s")
+        .env("BEE_RESOLVE_TIMEOUT", "2s")
+        .env("STATS_INTERVAL", "2s");
+    Program::start(cmd, agent)
+}
+
+/// Publishes with the real `mosquitto_pub` (the original swarm's tools speak plain MQTT).
+pub fn mqtt_pub(port: u16, topic: &str, payload: &[u8], retain: bool) {
+    let mut cmd = Command::new(testkit::system_tool("mosquitto_pub"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", USER, "-P", PASSWORD, "-q", "1", "-t", topic, "-s"]);
+    if retain {
+        cmd.arg("-r");
+    }
+    let mut child = cmd.stdin(std::process::Stdio::piped()).spawn().expect("mosquitto_pub");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(payload).unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "mosquitto_pub to {topic} failed");
+}
+
+/// Reads up to `count` messages from `topic` within `secs` with `mosquitto_sub` (-v:
+/// "topic payload" lines).
+pub fn mqtt_sub(port: u16, topic: &str, count: usize, secs: u64) -> Vec<String> {
+    let out = Command::new(testkit::system_tool("mosquitto_sub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", USER, "-P", PASSWORD, "-v", "-t", topic])
+        .args(["-C", &count.to_string(), "-W", &secs.to_string()])
+        .output()
+        .expect("mosquitto_sub");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+pub fn broker() -> Mosquitto {
+    Mosquitto::start_with_password(USER, PASSWORD)
+}
+
+/// Polls `f` until it returns `Some`, or fails after `within` with `what`.
+pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
