@@ -1,1 +1,107 @@
-fn main() {}
+//! router: the swarm's HTTP API behind the load balancer (see `swarm::router`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rumqttc::{AsyncClient, QoS};
+use swarm::config::{self, parse_duration, SecretSource};
+use swarm::mqtt::{self, ConnState, MqttArgs, Msg};
+use swarm::router::{app, RouterState};
+use swarm::topics;
+
+#[derive(Parser, Debug)]
+#[command(name = "router", version, about = "The swarm's HTTP API: targets, latest results, live bees")]
+struct Args {
+    /// Configuration file (KEY=VALUE lines, as /etc/tyrell/router.env).
+    #[arg(long, env = "TYRELL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    /// Address to serve on.
+    #[arg(long, env = "ROUTER_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: String,
+    /// The bearer token for PUT /watch (local use; on the boxes use ROUTER_TOKEN_PARAM).
+    #[arg(long, env = "ROUTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the token.
+    #[arg(long, env = "ROUTER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The SSM SecureString parameter holding the token, read at start.
+    #[arg(long, env = "ROUTER_TOKEN_PARAM")]
+    token_param: Option<String>,
+    /// A bee counts as alive while its last result is younger than this.
+    #[arg(long, env = "ROUTER_BEE_TTL", default_value = "60s", value_parser = parse_duration)]
+    bee_ttl: Duration,
+    /// This role version (shown by /version).
+    #[arg(long, env = "TYRELL_VERSION", default_value = "")]
+    role_version: String,
+}
+
+async fn run(args: Args) -> Result<()> {
+    let token =
+        SecretSource { value: args.token.clone(), file: args.token_file.clone(), param: args.token_param.clone() }
+            .resolve("router token")
+            .await?;
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        bail!("no router token: set ROUTER_TOKEN_PARAM (SSM), ROUTER_TOKEN_FILE or ROUTER_TOKEN");
+    };
+    let password = args.mqtt.password().await?;
+    let client_id = format!("router-{}-{}", swarm::hostname(), std::process::id());
+    let opts = args.mqtt.v4(&client_id, password.as_deref(), None)?;
+    let (client, eventloop) = AsyncClient::new(opts, 1000);
+    let conn = Arc::new(ConnState::default());
+    let state =
+        Arc::new(RouterState::new(conn.clone(), client.clone(), token, args.bee_ttl, args.role_version.clone()));
+
+    let st = state.clone();
+    let on_message = move |m: Msg<'_>| match m {
+        Msg::Connected => {
+            let c = client.clone();
+            tokio::spawn(async move {
+                for t in [topics::WATCH, topics::PING_ALL, "rip/agent/+"] {
+                    if let Err(e) = c.subscribe(t, QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, topic = t, "cannot subscribe");
+                    }
+                }
+            });
+        }
+        Msg::Publish { topic, payload, .. } => st.on_message(topic, payload),
+    };
+    let mqtt_args = args.mqtt.clone();
+    let driver = tokio::spawn(async move { mqtt::drive_v4(&mqtt_args, eventloop, conn, on_message).await });
+
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "router serving");
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping");
+    });
+    tokio::select! {
+        r = server => r?,
+        r = driver => bail!("the MQTT driver stopped: {r:?}"),
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    config::load_config_file().context("loading the configuration file")?;
+    let args = Args::parse();
+    config::init_logging();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let r = run(args).await;
+        if let Err(e) = &r {
+            tracing::error!(error = format!("{e:#}"), "router failed");
+        }
+        r
+    })
+}

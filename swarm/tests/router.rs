@@ -1,0 +1,112 @@
+//! The router with a real broker and a real bee: PUT /watch changes what the bee pings,
+//! /pings/latest shows the results, a killed bee shows up under rip/agent/<agent> and
+//! in GET /bees, and /healthz follows the broker.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use testkit::servers::http;
+
+const TOKEN: &str = "router-test-token";
+
+fn get_json(port: u16, path: &str) -> serde_json::Value {
+    let (code, body) = http("GET", port, path, &[], b"").unwrap();
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn put_watch(port: u16, token: &str, body: &str) -> (u16, String) {
+    let auth = format!("Bearer {token}");
+    http("PUT", port, "/watch", &[("Authorization", &auth)], body.as_bytes()).unwrap()
+}
+
+#[test]
+fn watch_latest_bees_and_health() {
+    let t0 = Instant::now();
+    let broker = broker();
+    let bport = broker.port;
+    let port = testkit::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_router"));
+    broker_env(&mut cmd, bport);
+    // The token from a file here; on the boxes from SSM (ROUTER_TOKEN_PARAM).
+    let token_file = std::env::temp_dir().join(testkit::unique("token"));
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    cmd.env("ROUTER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ROUTER_TOKEN_FILE", &token_file)
+        .env("ROUTER_BEE_TTL", "5s")
+        .env("TYRELL_VERSION", "v1test");
+    let router = Program::start(cmd, "router");
+    assert!(testkit::wait_for_port(port, Duration::from_secs(20)), "router did not listen: {}", router.log_text());
+    wait_for(Duration::from_secs(10), "healthz 200", || {
+        (http("GET", port, "/healthz", &[], b"").unwrap().0 == 200).then_some(())
+    });
+    let v = get_json(port, "/version");
+    assert_eq!((v["program"].as_str(), v["role_version"].as_str()), (Some("router"), Some("v1test")));
+
+    // Writes need the token; malformed lists are refused and change nothing.
+    assert_eq!(put_watch(port, "wrong", "127.0.0.1").0, 401);
+    assert_eq!(http("PUT", port, "/watch", &[], b"127.0.0.1").unwrap().0, 401);
+    assert_eq!(put_watch(port, TOKEN, "127.0.0.1 not/a/host").0, 400);
+    assert_eq!(get_json(port, "/targets")["targets"], serde_json::json!([]));
+
+    let agent = testkit::unique("bee-router");
+    let bee = bee(bport, &agent);
+    let (code, body) = put_watch(port, TOKEN, "127.0.0.1 ::1");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get_json(port, "/targets")["targets"], serde_json::json!(["127.0.0.1", "::1"]));
+    // The list is retained on the broker, in the original space-separated form.
+    assert_eq!(mqtt_sub(bport, "watch", 1, 5), vec!["watch 127.0.0.1 ::1".to_string()]);
+
+    let pings = wait_for(Duration::from_secs(30), "latest results of both targets", || {
+        let v = get_json(port, "/pings/latest");
+        (v["pings"].as_array().unwrap().len() == 2).then_some(v)
+    });
+    for p in pings["pings"].as_array().unwrap() {
+        assert_eq!(
+            (p["status"].as_str(), p["agent"].as_str(), p["loss"].as_f64()),
+            (Some("ok"), Some(agent.as_str()), Some(0.0)),
+            "{p}"
+        );
+    }
+    let one = get_json(port, "/pings/latest?target=::1");
+    assert_eq!(one["target"], "::1");
+
+    // PUT /watch changes what the bee pings (a JSON array works too).
+    assert_eq!(put_watch(port, TOKEN, r#"["127.0.0.4"]"#).0, 200);
+    wait_for(Duration::from_secs(30), "results for the new target only", || {
+        let v = get_json(port, "/pings/latest");
+        let targets: Vec<&str> = v["pings"].as_array().unwrap().iter().map(|p| p["target"].as_str().unwrap()).collect();
+        (targets == ["127.0.0.4"]).then_some(())
+    });
+    let bees = get_json(port, "/bees");
+    assert_eq!(bees["alive"][0]["agent"], agent.as_str(), "{bees}");
+
+    // Malformed results are skipped by the router too.
+    mqtt_pub(bport, "ping/127.0.0.4", b"{broken", false);
+    assert!(testkit::servers::running(router.guard.pid), "router died");
+
+    // Killing the bee (no clean disconnect) fires its last will.
+    bee.guard.signal("KILL");
+    let rip = mqtt_sub(bport, &format!("rip/agent/{agent}"), 1, 10);
+    assert_eq!(rip.len(), 1, "no retained last will for {agent}");
+    let will: serde_json::Value = serde_json::from_str(rip[0].split_once(' ').unwrap().1).unwrap();
+    assert_eq!((will["agent"].as_str(), will["status"].as_str()), (Some(agent.as_str()), Some("dead")));
+    let bees = wait_for(Duration::from_secs(10), "the bee listed as dead", || {
+        let b = get_json(port, "/bees");
+        (b["dead"].as_array().unwrap().iter().any(|d| d["agent"] == agent.as_str())).then_some(b)
+    });
+    assert!(bees["alive"].as_array().unwrap().is_empty(), "{bees}");
+    assert_eq!(bees["dead"][0]["reason"], "last will");
+
+    // /healthz follows the broker.
+    drop(broker);
+    wait_for(Duration::from_secs(10), "healthz 503 without the broker", || {
+        (http("GET", port, "/healthz", &[], b"").unwrap().0 == 503).then_some(())
+    });
+    assert_eq!(put_watch(port, TOKEN, "127.0.0.1").0, 503);
+    assert!(testkit::servers::running(router.guard.pid), "router died");
+    eprintln!("router test took {:?}", t0.elapsed());
+}
