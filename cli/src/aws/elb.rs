@@ -27,3 +27,62 @@ pub async fn listener_weights(elb: &Client, listener_arn: &str) -> Result<Vec<(S
     }
     Ok(weights)
 }
+
+/// Points a listener's default action at target groups, in one atomic `ModifyListener`:
+/// one group is a plain forward, several a weighted forward (ALB only; weights 0-999).
+pub async fn forward(elb: &Client, listener_arn: &str, targets: &[(String, i32)]) -> Result<(), AwsError> {
+    use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, ForwardActionConfig, TargetGroupTuple};
+    let action = match targets {
+        [(tg, _)] => Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(tg).build(),
+        _ => {
+            let config = targets.iter().fold(ForwardActionConfig::builder(), |c, (tg, w)| {
+                c.target_groups(TargetGroupTuple::builder().target_group_arn(tg).weight(*w).build())
+            });
+            Action::builder().r#type(ActionTypeEnum::Forward).forward_config(config.build()).build()
+        }
+    };
+    elb.modify_listener()
+        .listener_arn(listener_arn)
+        .default_actions(action)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot change where listener {listener_arn} forwards"), e))?;
+    Ok(())
+}
+
+/// The health of one registered target, as the load balancer sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetHealth {
+    pub id: String,
+    /// `initial`, `healthy`, `unhealthy`, `unused`, `draining`, `unavailable`.
+    pub state: String,
+    /// The reason code and description, when not healthy.
+    pub reason: Option<String>,
+}
+
+pub async fn target_health(elb: &Client, target_group_arn: &str) -> Result<Vec<TargetHealth>, AwsError> {
+    let out = elb
+        .describe_target_health()
+        .target_group_arn(target_group_arn)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot read the target health of {target_group_arn}"), e))?;
+    Ok(out
+        .target_health_descriptions()
+        .iter()
+        .map(|d| {
+            let h = d.target_health();
+            let reason = match (h.and_then(|h| h.reason()), h.and_then(|h| h.description())) {
+                (Some(r), Some(d)) => Some(format!("{}: {d}", r.as_str())),
+                (Some(r), None) => Some(r.as_str().to_string()),
+                (None, Some(d)) => Some(d.to_string()),
+                (None, None) => None,
+            };
+            TargetHealth {
+                id: d.target().and_then(|t| t.id()).unwrap_or_default().to_string(),
+                state: h.and_then(|h| h.state()).map(|s| s.as_str().to_string()).unwrap_or_default(),
+                reason,
+            }
+        })
+        .collect())
+}

@@ -1,4 +1,4 @@
-//! SSM Parameter Store: the swarm's generated secrets, as SecureStrings.
+//! SSM Parameter Store: the swarm's generated secrets (SecureStrings) and the traffic locks.
 
 use aws_sdk_ssm::types::ParameterType;
 use aws_sdk_ssm::Client;
@@ -37,4 +37,38 @@ pub async fn delete(ssm: &Client, names: &[String]) -> Result<(), AwsError> {
         }
     }
     Ok(())
+}
+
+/// Writes a plain String parameter. Without `overwrite` this is an atomic create: it
+/// answers `false` (and changes nothing) when the parameter already exists.
+pub async fn put_string(
+    ssm: &Client,
+    name: &str,
+    value: &str,
+    description: &str,
+    overwrite: bool,
+) -> Result<bool, AwsError> {
+    match ssm
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .description(description)
+        .r#type(ParameterType::String)
+        .overwrite(overwrite)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if error_code(&e) == Some("ParameterAlreadyExists") => Ok(false),
+        Err(e) => Err(describe(&format!("cannot write parameter {name}"), e)),
+    }
+}
+
+/// A plain parameter's value, or `None` when it does not exist.
+pub async fn get_string(ssm: &Client, name: &str) -> Result<Option<String>, AwsError> {
+    match ssm.get_parameter().name(name).send().await {
+        Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
+        Err(e) if error_code(&e) == Some("ParameterNotFound") => Ok(None),
+        Err(e) => Err(describe(&format!("cannot read parameter {name}"), e)),
+    }
 }

@@ -1,6 +1,7 @@
 //! The command line: one module per noun. Parses intent, calls the engine, prints. No
 //! SDK types here.
 
+pub mod builds;
 pub mod fleet;
 pub mod metrics;
 pub mod network;
@@ -102,6 +103,8 @@ pub enum Command {
     Metrics(metrics::MetricsArgs),
     /// The role definitions tyrell deploys, and their rendered cloud-init
     Roles(roles::RolesArgs),
+    /// Role AMIs baked by Packer: create, list, remove (lists them without a subcommand)
+    Builds(builds::BuildsArgs),
 }
 
 /// What to run: a static command, or a role noun (`bees`, `routers`, ...).
@@ -154,6 +157,7 @@ pub async fn run(global: &Global, lib: Library, inv: Invocation) -> anyhow::Resu
         Invocation::Static(Command::Network(a)) => network::run(&mut e, a).await?,
         Invocation::Static(Command::Stacks(a)) => stacks::run(&mut e, a).await?,
         Invocation::Static(Command::Metrics(a)) => metrics::run(&mut e, a).await?,
+        Invocation::Static(Command::Builds(a)) => builds::run(&mut e, global, a).await?,
         Invocation::Static(Command::Roles(_)) => unreachable!("handled above"),
         Invocation::Fleet(role, a) => fleet::run(&mut e, &role, a).await?,
     };

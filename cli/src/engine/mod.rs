@@ -2,6 +2,7 @@
 //! only through `crate::aws`; prints nothing itself (progress goes to a [`Reporter`]).
 
 pub mod base;
+pub mod builds;
 pub mod fleet;
 pub mod library;
 pub mod metrics;

@@ -1,0 +1,152 @@
+//! `tyrell traffic`: show a role's routing, or move its live traffic to another version.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+
+use super::output::{table, Printed};
+use super::parse_duration;
+use crate::engine::library::Via;
+use crate::engine::traffic::{SwitchRequest, Target};
+use crate::engine::Engine;
+
+const AFTER_HELP: &str = "\
+Examples:
+  tyrell traffic elb swarm1                              # each router version: weight, healthy/total
+  tyrell traffic elb swarm1 --router v261123101500       # gate, then 100% to it
+  tyrell traffic elb swarm1 --router v261123101500 --canary 10,50 --bake 300
+  tyrell traffic elb swarm1 --rollback                   # back to the version before
+  tyrell traffic elb swarm1 --router v261123101500 --retire   # and scale the old one to 0
+  tyrell traffic brokers swarm1 --version v261123101500  # behind the NLB: one step
+  tyrell traffic workers swarm1 --version v261123101500  # no inbound traffic: tag moves
+  tyrell --timeout 10m traffic bees swarm1 --version v261123101500
+
+A switch first brings the new version to the live version's capacity (or -s N) and waits,
+up to --timeout, until every desired instance is InService and Healthy in its Auto Scaling
+group and healthy in its target group; if not, nothing moves and the failing instances are
+named. Canary steps hold for --bake while watching health, and go back to the old version
+if it drops. The old version keeps running (ALB/NLB roles) for --rollback unless --retire;
+roles without inbound traffic always scale the old version to 0 (kept for --rollback).
+
+One switch per swarm and role at a time: a lock in SSM (/tyrell/SWARM/locks/ROLE) names its
+holder. A lock whose process died on this host is taken over; re-running an interrupted
+switch finishes it (or --rollback undoes it). --force-unlock breaks anyone's lock.";
+
+#[derive(Args, Debug)]
+#[command(after_help = AFTER_HELP)]
+pub struct TrafficArgs {
+    /// Which role: elb (the routers behind the ALB), or a role noun: routers, brokers, bees, indexers, workers
+    role: String,
+    /// The swarm (base stack)
+    stack: String,
+    /// Switch to this version
+    #[arg(long, visible_alias = "router", value_name = "VERSION", conflicts_with = "rollback")]
+    version: Option<String>,
+    /// Switch back to the version that was active before
+    #[arg(long)]
+    rollback: bool,
+    /// Instances for the new version (default: as many as the live version has)
+    #[arg(short = 's', long = "size", value_name = "N")]
+    size: Option<i32>,
+    /// Shift in weighted steps (percent to the new version), e.g. 10,50 (ALB only)
+    #[arg(long, value_delimiter = ',', value_name = "PCT,PCT")]
+    canary: Vec<u8>,
+    /// How long to hold each canary step while watching health, e.g. 300, 5m (0: no hold)
+    #[arg(long, value_parser = parse_bake, default_value = "60", value_name = "DURATION")]
+    bake: Duration,
+    /// After a successful switch, scale the old version to 0 instances
+    #[arg(long)]
+    retire: bool,
+    /// Break the role's switch lock, whoever holds it (then switch, if a version is given)
+    #[arg(long)]
+    force_unlock: bool,
+}
+
+fn parse_bake(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
+pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
+    let m = e.traffic_role(&a.role)?;
+    let target = match (a.version, a.rollback) {
+        (Some(v), _) => Some(Target::Version(v)),
+        (None, true) => Some(Target::Rollback),
+        (None, false) => None,
+    };
+    let Some(target) = target else {
+        if a.force_unlock {
+            let broke = e.unlock(&m, &a.stack).await?;
+            let text = match &broke {
+                Some(l) => format!("broke the {} traffic lock of swarm {}: {l}", m.role, a.stack),
+                None => format!("the {} traffic of swarm {} was not locked", m.role, a.stack),
+            };
+            return Ok(Printed::new(json!({ "role": m.role, "swarm": a.stack, "broke_lock": broke }), text));
+        }
+        if a.size.is_some() || !a.canary.is_empty() || a.retire {
+            anyhow::bail!("-s, --canary and --retire go with a switch: add --version VERSION or --rollback");
+        }
+        let s = e.traffic(&m, &a.stack).await?;
+        let rows: Vec<Vec<String>> = s
+            .versions
+            .iter()
+            .map(|v| {
+                vec![
+                    v.version.clone(),
+                    format!("{}%", v.weight),
+                    format!("{}/{}", v.healthy, v.total),
+                    v.desired.to_string(),
+                    if s.active.as_ref() == Some(&v.version) { "yes".into() } else { String::new() },
+                ]
+            })
+            .collect();
+        let how = match s.via {
+            Via::Alb => "ALB listener weights",
+            Via::Nlb => "NLB listener",
+            Via::None => "tag tyrell:active on the Auto Scaling group",
+        };
+        let mut text = if rows.is_empty() {
+            format!(
+                "swarm {} has no {} versions (create one with: tyrell {} create -a AMI_ID {})",
+                s.swarm, m.role, m.noun, s.swarm
+            )
+        } else {
+            format!(
+                "{} traffic in swarm {} ({how}):\n{}",
+                m.role,
+                s.swarm,
+                table(&["VERSION", "WEIGHT", "HEALTHY/TOTAL", "DESIRED", "ACTIVE"], &rows)
+            )
+        };
+        if let Some(l) = &s.lock {
+            text.push_str(&format!("\nlocked: {l}\n"));
+        }
+        return Ok(Printed::new(serde_json::to_value(&s)?, text));
+    };
+    let req = SwitchRequest {
+        swarm: a.stack,
+        target,
+        size: a.size,
+        canary: a.canary,
+        bake: a.bake,
+        retire: a.retire,
+        force_unlock: a.force_unlock,
+    };
+    let done = e.switch(&m, &req).await?;
+    let mut text = format!(
+        "{} in swarm {}: {} is active (was {})",
+        done.role,
+        done.swarm,
+        done.to,
+        done.from.as_deref().unwrap_or("none")
+    );
+    if done.retired {
+        if let Some(f) = &done.from {
+            text.push_str(&format!("; {f} scaled to 0"));
+        }
+    }
+    Ok(Printed::new(json!({ "active": done.to, "switch": done }), text))
+}
