@@ -1,6 +1,8 @@
-//! EC2: VPCs, subnets and images, read-only.
+//! EC2: VPCs and subnets (read-only), and this account's images (AMIs).
 
-use aws_sdk_ec2::types::Filter;
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{Filter, Tag};
 use aws_sdk_ec2::Client;
 
 use super::{describe, error_code, AwsError};
@@ -66,4 +68,90 @@ pub async fn image_exists(ec2: &Client, ami: &str) -> Result<bool, AwsError> {
         Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Ok(false),
         Err(e) => Err(describe(&format!("cannot look up image {ami}"), e)),
     }
+}
+
+/// An image (AMI) owned by this account.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    /// ISO 8601, e.g. `2026-11-23T10:15:00.000Z` (sorts as time).
+    pub created: String,
+    pub tags: BTreeMap<String, String>,
+    /// EBS snapshots behind the image (deleted with it).
+    pub snapshots: Vec<String>,
+}
+
+fn to_image(i: &aws_sdk_ec2::types::Image) -> Image {
+    Image {
+        id: i.image_id().unwrap_or_default().into(),
+        name: i.name().unwrap_or_default().into(),
+        state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        created: i.creation_date().unwrap_or_default().into(),
+        tags: i
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
+            .collect(),
+        snapshots: i
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+            .collect(),
+    }
+}
+
+/// Images owned by this account (`Owners=self`) carrying every given tag with its value.
+pub async fn own_images(ec2: &Client, tags: &[(&str, &str)]) -> Result<Vec<Image>, AwsError> {
+    let mut req = ec2.describe_images().owners("self");
+    for (k, v) in tags {
+        req = req.filters(Filter::builder().name(format!("tag:{k}")).values(*v).build());
+    }
+    let out = req.send().await.map_err(|e| describe("cannot list this account's images", e))?;
+    // Filter again here: the tag filters are an optimisation, not a contract.
+    Ok(out
+        .images()
+        .iter()
+        .map(to_image)
+        .filter(|i| tags.iter().all(|(k, v)| i.tags.get(*k).map(String::as_str) == Some(*v)))
+        .collect())
+}
+
+/// One image owned by this account, or `None`.
+pub async fn own_image(ec2: &Client, ami: &str) -> Result<Option<Image>, AwsError> {
+    match ec2.describe_images().owners("self").image_ids(ami).send().await {
+        Ok(out) => Ok(out.images().iter().map(to_image).find(|i| i.id == ami)),
+        Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Ok(None),
+        Err(e) => Err(describe(&format!("cannot look up image {ami}"), e)),
+    }
+}
+
+/// Adds (or overwrites) tags on a resource.
+pub async fn tag(ec2: &Client, id: &str, tags: &BTreeMap<String, String>) -> Result<(), AwsError> {
+    let tags: Vec<Tag> = tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+    ec2.create_tags()
+        .resources(id)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot tag {id}"), e))?;
+    Ok(())
+}
+
+/// Deregisters an image, then deletes its snapshots (which would otherwise go on costing).
+pub async fn deregister(ec2: &Client, image: &Image) -> Result<(), AwsError> {
+    ec2.deregister_image()
+        .image_id(&image.id)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot deregister image {}", image.id), e))?;
+    for s in &image.snapshots {
+        ec2.delete_snapshot()
+            .snapshot_id(s)
+            .send()
+            .await
+            .map_err(|e| describe(&format!("deregistered image {} but cannot delete its snapshot {s}", image.id), e))?;
+    }
+    Ok(())
 }

@@ -23,7 +23,7 @@ enum FleetCmd {
     Create {
         /// The swarm (base stack) to deploy into
         stack: String,
-        /// The AMI to run
+        /// The AMI to run: an id, `latest` (the newest build of the role, see `tyrell builds`) or `latest:VERSION`
         #[arg(short = 'a', long = "ami")]
         ami: String,
         /// Instance type (default: the role's)

@@ -23,7 +23,7 @@ enum MetricsCmd {
         name: String,
         #[arg(short = 'v', long = "vpc")]
         vpc: String,
-        /// The metrics AMI (see `tyrell builds`)
+        /// The metrics AMI: an id, `latest` (the newest metrics build, see `tyrell builds`) or `latest:VERSION`
         #[arg(short = 'a', long = "ami")]
         ami: String,
         #[arg(short = 't', long = "type", default_value = "t3.small")]

@@ -8,6 +8,7 @@ pub mod network;
 pub mod output;
 pub mod roles;
 pub mod stacks;
+pub mod traffic;
 
 use std::time::Duration;
 
@@ -103,6 +104,8 @@ pub enum Command {
     Metrics(metrics::MetricsArgs),
     /// The role definitions tyrell deploys, and their rendered cloud-init
     Roles(roles::RolesArgs),
+    /// Blue-green traffic: show which version of a role is live, or switch, canary, roll back
+    Traffic(traffic::TrafficArgs),
     /// Role AMIs baked by Packer: create, list, remove (lists them without a subcommand)
     Builds(builds::BuildsArgs),
 }
@@ -158,6 +161,7 @@ pub async fn run(global: &Global, lib: Library, inv: Invocation) -> anyhow::Resu
         Invocation::Static(Command::Stacks(a)) => stacks::run(&mut e, a).await?,
         Invocation::Static(Command::Metrics(a)) => metrics::run(&mut e, a).await?,
         Invocation::Static(Command::Builds(a)) => builds::run(&mut e, global, a).await?,
+        Invocation::Static(Command::Traffic(a)) => traffic::run(&mut e, a).await?,
         Invocation::Static(Command::Roles(_)) => unreachable!("handled above"),
         Invocation::Fleet(role, a) => fleet::run(&mut e, &role, a).await?,
     };

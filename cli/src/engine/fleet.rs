@@ -116,7 +116,8 @@ impl Engine {
     /// Everything `create` needs, validated, with the user data rendered; changes nothing.
     pub async fn plan_version(&self, m: &Manifest, req: &CreateVersion) -> anyhow::Result<Plan> {
         validate::name("swarm", &req.swarm)?;
-        validate::ami(&req.ami)?;
+        let ami = self.resolve_ami(&m.role, &req.ami).await?;
+        validate::ami(&ami)?;
         let instance_type = req.instance_type.clone().unwrap_or_else(|| m.instance_type.clone());
         validate::instance_type(&instance_type)?;
         let size = req.size.unwrap_or(m.size);
@@ -143,9 +144,9 @@ impl Engine {
         let name = stack_name(&req.swarm, &m.role, &version);
         self.ensure_free(&name).await?;
         anyhow::ensure!(
-            ec2::image_exists(&self.aws.ec2, &req.ami).await?,
+            ec2::image_exists(&self.aws.ec2, &ami).await?,
             "AMI {} does not exist in {}",
-            req.ami,
+            ami,
             self.aws.region
         );
 
@@ -162,7 +163,7 @@ impl Engine {
             ("Swarm".into(), req.swarm.clone()),
             ("Role".into(), m.role.clone()),
             ("Version".into(), version.clone()),
-            ("AmiId".into(), req.ami.clone()),
+            ("AmiId".into(), ami),
             ("InstanceType".into(), instance_type),
             ("DesiredCapacity".into(), size.to_string()),
             ("MaxSize".into(), m.max_size.max(size).max(up_size).to_string()),

@@ -54,7 +54,8 @@ impl Engine {
     pub async fn create_metrics(&mut self, req: &CreateMetrics) -> anyhow::Result<MetricsBox> {
         validate::name("metrics box", &req.name)?;
         validate::vpc(&req.vpc_id)?;
-        validate::ami(&req.ami)?;
+        let ami = self.resolve_ami(ROLE, &req.ami).await?;
+        validate::ami(&ami)?;
         validate::instance_type(&req.instance_type)?;
         for c in &req.allow_cidrs {
             validate::admin_cidr(c)?;
@@ -65,9 +66,9 @@ impl Engine {
             .await?
             .ok_or_else(|| anyhow::anyhow!("VPC {} does not exist in {}", req.vpc_id, self.aws.region))?;
         anyhow::ensure!(
-            ec2::image_exists(&self.aws.ec2, &req.ami).await?,
+            ec2::image_exists(&self.aws.ec2, &ami).await?,
             "AMI {} does not exist in {}",
-            req.ami,
+            ami,
             self.aws.region
         );
         let subnets = ec2::subnets(&self.aws.ec2, &vpc.id).await?;
@@ -98,7 +99,7 @@ impl Engine {
             parameters: BTreeMap::from([
                 ("VpcId".into(), vpc.id.clone()),
                 ("SubnetId".into(), subnet.id.clone()),
-                ("AmiId".into(), req.ami.clone()),
+                ("AmiId".into(), ami),
                 ("InstanceType".into(), req.instance_type.clone()),
                 ("AdminCidrs".into(), admin),
                 ("GrafanaPasswordParam".into(), password.clone()),

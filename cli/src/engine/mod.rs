@@ -8,6 +8,7 @@ pub mod library;
 pub mod metrics;
 pub mod network;
 pub mod render;
+pub mod traffic;
 pub mod validate;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,146 @@
+//! `tyrell builds`: role AMIs baked by Packer — bake one, list them, remove one.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::output::{key_values, table, Printed};
+use super::Global;
+use crate::engine::builds::{Build, BuildRequest};
+use crate::engine::Engine;
+
+const AFTER_HELP: &str = "\
+Examples:
+  tyrell builds create bee                       # build a bee AMI (packer build), prints its id
+  tyrell builds create router --version v2 --ssh-cidr 203.0.113.7/32
+  tyrell builds create bee --dry-run             # the Packer variables and command only
+  tyrell builds --role bee                       # bee AMIs, newest first, and who runs them
+  tyrell bees create -a latest swarm1            # deploy the newest bee build
+  tyrell bees create -a latest:v2 swarm1         # ...or the bee build of version v2
+  tyrell builds remove ami-0123456789abcdef0     # refused while a stack runs it
+
+Run `builds create` inside the tyrell repository (it uses packer/tyrell.json) after
+`cargo build --release -p swarm -p tyrell-worker`. Packer must be on PATH and takes its
+credentials from the AWS chain, as tyrell does: none are written anywhere.";
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, after_help = AFTER_HELP)]
+pub struct BuildsArgs {
+    #[command(subcommand)]
+    cmd: Option<BuildsCmd>,
+    /// List only this role's builds
+    #[arg(long)]
+    role: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum BuildsCmd {
+    /// Build a role's AMI with Packer (packer/tyrell.json) and tag it
+    #[command(after_help = AFTER_HELP)]
+    Create {
+        /// The role: bee, broker, indexer, router, worker or metrics
+        role: String,
+        /// Version id (default: generated from the time, e.g. v261123101500)
+        #[arg(long)]
+        version: Option<String>,
+        /// Name filter of the base image (default: the template's, Debian 12 amd64)
+        #[arg(long, value_name = "PATTERN")]
+        base_ami_filter: Option<String>,
+        /// Owner of the base image: an account id or alias (default: Debian's account)
+        #[arg(long, value_name = "OWNER")]
+        base_ami_owner: Option<String>,
+        /// Source of Packer's temporary SSH rule (default: the template's 0.0.0.0/0; give your address)
+        #[arg(long, value_name = "CIDR")]
+        ssh_cidr: Option<String>,
+        /// Directory holding bee, indexer, router and tyrell-worker (default: target/release of the repository)
+        #[arg(long, value_name = "DIR")]
+        binaries_dir: Option<PathBuf>,
+        /// Packer template (default: packer/tyrell.json of the repository around the working directory)
+        #[arg(long, value_name = "PATH")]
+        template: Option<PathBuf>,
+        /// Print the Packer variables and command without running them
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List tyrell's AMIs, newest first (same as giving no subcommand)
+    List {
+        /// Only this role's builds
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Deregister an AMI and delete its snapshots (refused while a stack runs it)
+    Remove { ami: String },
+}
+
+fn rows(bs: &[Build]) -> Vec<Vec<String>> {
+    bs.iter()
+        .map(|b| {
+            vec![
+                b.ami.clone(),
+                b.role.clone(),
+                b.version.clone(),
+                b.created.clone(),
+                b.name.clone(),
+                if b.in_use.is_empty() { String::new() } else { b.in_use.join(", ") },
+            ]
+        })
+        .collect()
+}
+
+pub async fn run(e: &mut Engine, global: &Global, a: BuildsArgs) -> anyhow::Result<Printed> {
+    Ok(match a.cmd.unwrap_or(BuildsCmd::List { role: a.role }) {
+        BuildsCmd::Create {
+            role,
+            version,
+            base_ami_filter,
+            base_ami_owner,
+            ssh_cidr,
+            binaries_dir,
+            template,
+            dry_run,
+        } => {
+            let req = BuildRequest {
+                role,
+                version,
+                template,
+                binaries_dir,
+                base_ami_filter,
+                base_ami_owner,
+                ssh_cidr,
+                profile: global.profile.clone(),
+            };
+            let plan = e.plan_build(&req).await?;
+            if dry_run {
+                let mut pairs = vec![("template".to_string(), plan.template.clone())];
+                pairs.extend(plan.variables.iter().map(|(k, v)| (format!("variable {k}"), v.clone())));
+                pairs.push(("command".into(), plan.command_line()));
+                let mut j = serde_json::to_value(&plan)?;
+                j["dry_run"] = json!(true);
+                return Ok(Printed::new(j, key_values(&pairs)));
+            }
+            let b = e.run_build(&plan).await?;
+            eprintln!("built {} {}: {} ({})", b.role, b.version, b.ami, b.name);
+            Printed::new(serde_json::to_value(&b)?, b.ami.clone())
+        }
+        BuildsCmd::List { role } => {
+            let bs = e.builds(role.as_deref()).await?;
+            let text = if bs.is_empty() {
+                match &role {
+                    Some(r) => format!("no {r} builds (build one with: tyrell builds create {r})"),
+                    None => "no builds (build one with: tyrell builds create ROLE)".into(),
+                }
+            } else {
+                table(&["AMI", "ROLE", "VERSION", "CREATED", "NAME", "IN USE BY"], &rows(&bs))
+            };
+            Printed::new(json!({ "builds": bs }), text)
+        }
+        BuildsCmd::Remove { ami } => {
+            let b = e.remove_build(&ami).await?;
+            Printed::new(
+                json!({ "removed": b.ami, "role": b.role, "version": b.version }),
+                format!("removed {} ({} {})", b.ami, b.role, b.version),
+            )
+        }
+    })
+}
