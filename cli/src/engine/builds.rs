@@ -35,7 +35,7 @@ pub struct Build {
     pub in_use: Vec<String>,
 }
 
-impl Build {
+impl From<&ec2::Image> for Build {
     fn from(i: &ec2::Image) -> Build {
         let tag = |k: &str| i.tags.get(k).cloned().unwrap_or_default();
         Build {
@@ -397,6 +397,11 @@ impl Engine {
     /// its temporary instance) and the build fails.
     pub async fn run_build(&mut self, plan: &BuildPlan) -> anyhow::Result<Build> {
         let packer = find_packer()?;
+        if !plan.variables.contains_key("ssh_cidr") {
+            tracing::warn!(
+                "Packer's temporary SSH rule admits 0.0.0.0/0 while it builds: pass --ssh-cidr YOUR_ADDRESS/32 to narrow it"
+            );
+        }
         self.report.step(&format!(
             "building {} {} in {} with packer (this takes minutes)",
             plan.role, plan.version, plan.region
