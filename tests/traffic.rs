@@ -339,3 +339,15 @@ fn roles_without_traffic_move_the_tag_and_prune_keeps_the_active_and_newest() {
         .collect();
     assert_eq!(left, vec!["w2", "w4"]);
 }
+
+#[test]
+fn workers_get_a_termination_hook_to_drain_and_pingers_do_not() {
+    let (sw, _) = swarm("td");
+    let plan = |noun: &str| json(&[noun, "create", "-a", &ami(), "--dry-run", &sw]);
+    assert_eq!(plan("workers")["parameters"]["DrainSeconds"], "90");
+    assert_eq!(plan("bees")["parameters"]["DrainSeconds"], "0");
+    // The emulator accepts the hook in the template (it does not model the Wait state).
+    create("workers", &sw, "w1", "1");
+    let stack = json(&["workers", &sw]);
+    assert_eq!(stack["versions"][0]["status"], "CREATE_COMPLETE", "{stack}");
+}

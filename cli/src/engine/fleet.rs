@@ -177,6 +177,7 @@ impl Engine {
             ("ScaleUpCron".into(), up),
             ("ScaleDownCron".into(), down),
             ("ScaleUpSize".into(), up_size.to_string()),
+            ("DrainSeconds".into(), m.drain_seconds.to_string()),
         ]);
         let tags = tags(&m.role, &req.swarm, Some(&version));
         Ok(Plan {

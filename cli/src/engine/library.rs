@@ -68,6 +68,10 @@ pub struct Manifest {
     pub max_size: i32,
     pub traffic: Traffic,
     pub schedule: Option<Schedule>,
+    /// Seconds a terminating box is held by a termination lifecycle hook so its program
+    /// can finish (0, the default: no hook; else 30-7200). See docs/ARCHITECTURE.md "Traffic".
+    #[serde(default)]
+    pub drain_seconds: u32,
     /// The base stack outputs holding this role's security group and instance profile.
     pub security_group_output: String,
     pub instance_profile_output: String,
