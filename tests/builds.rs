@@ -60,8 +60,10 @@ fn shared_swarm() -> &'static str {
 
 #[test]
 fn lists_tyrell_builds_newest_first_and_ignores_other_images() {
-    let old = build("indexer", "i1");
-    let new = build("indexer", "i2");
+    // Newest by creation time, not by version: "i10" sorts before "i9" as text.
+    let old = build("indexer", "i9");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let new = build("indexer", "i10");
     let broker = build("broker", "b1");
     let foreign = register(&unique("someone-elses"), &[("Name", "not tyrell's")]);
     let half = register(&unique("half-tagged"), &[("tyrell:role", "indexer")]);
@@ -71,7 +73,7 @@ fn lists_tyrell_builds_newest_first_and_ignores_other_images() {
     assert_eq!(mine, vec![new.clone(), old.clone()], "newest first: {listed:#}");
     let first = listed["builds"].as_array().unwrap().iter().find(|b| b["ami"] == new.as_str()).unwrap();
     assert_eq!(first["role"], "indexer");
-    assert_eq!(first["version"], "i2");
+    assert_eq!(first["version"], "i10");
     assert_eq!(first["state"], "available");
     assert!(first["in_use"].as_array().unwrap().is_empty());
     assert!(!ids(&listed).contains(&broker), "--role indexer listed a broker build");
