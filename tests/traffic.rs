@@ -263,6 +263,11 @@ fn one_switch_at_a_time_and_a_killed_switch_converges() {
     });
     let err = fails(&["traffic", "elb", &sw, "--router", "v1"]);
     assert!(err.contains("held by ann@laptop (pid 4242) since 2026-11-23T09:00:00Z, switching v2 -> v1"), "{err}");
+    // Nor can versions be pruned or removed under a switch.
+    let err = fails(&["routers", "prune", &sw, "--keep", "0"]);
+    assert!(err.contains("a router switch in swarm") && err.contains("ann@laptop"), "{err}");
+    let err = fails(&["routers", "remove", &sw, "v1"]);
+    assert!(err.contains("a router switch in swarm"), "{err}");
     only(&listener, &sw, "router", "v2");
     let err = stderr_of(&["traffic", "elb", &sw, "--router", "v1", "--force-unlock"]);
     assert!(err.contains("--force-unlock: breaking the router traffic lock") && err.contains("ann@laptop"), "{err}");

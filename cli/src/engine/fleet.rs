@@ -380,6 +380,9 @@ impl Engine {
         force: bool,
     ) -> anyhow::Result<VersionInfo> {
         let v = self.version_info(m, swarm, version).await?;
+        if !force {
+            self.ensure_unlocked(m, swarm).await?;
+        }
         if v.weight > 0 && !force {
             anyhow::bail!(
                 "{} {version} is active in swarm {swarm} ({}% of traffic): switch to another version first (tyrell traffic ...) or pass --force",
@@ -394,6 +397,7 @@ impl Engine {
     /// Removes the oldest versions that carry no traffic, keeping the newest `keep` of them.
     pub async fn prune(&mut self, m: &Manifest, swarm: &str, keep: usize) -> anyhow::Result<Vec<VersionInfo>> {
         validate::name("swarm", swarm)?;
+        self.ensure_unlocked(m, swarm).await?;
         let all = self.versions(m, Some(swarm)).await?;
         let idle: Vec<VersionInfo> = all.into_iter().filter(|v| v.weight == 0).collect();
         let doomed: Vec<VersionInfo> = idle[..idle.len().saturating_sub(keep)].to_vec();

@@ -445,6 +445,19 @@ impl Engine {
         })
     }
 
+    /// Fails while a switch of the role holds its lock (removing versions then could take
+    /// away the one being switched to).
+    pub async fn ensure_unlocked(&self, m: &Manifest, swarm: &str) -> anyhow::Result<()> {
+        match self.read_lock(swarm, &m.role).await? {
+            None => Ok(()),
+            Some(l) => anyhow::bail!(
+                "a {} switch in swarm {swarm} is in progress, {l}; try again after it (or break a dead one with tyrell traffic {} {swarm} --force-unlock)",
+                m.role,
+                m.noun
+            ),
+        }
+    }
+
     /// Breaks a role's lock whoever holds it; returns what it broke.
     pub async fn unlock(&mut self, m: &Manifest, swarm: &str) -> anyhow::Result<Option<Lock>> {
         validate::name("swarm", swarm)?;
@@ -569,11 +582,13 @@ impl Engine {
         let swarm = req.swarm.as_str();
         let versions = self.versions(m, Some(swarm)).await?;
         let weights: BTreeMap<String, i32> = versions.iter().map(|v| (v.version.clone(), v.weight)).collect();
-        let previous = match (&req.target, prior) {
+        // A lock taken but killed before its intent was written (or unreadable) tells nothing.
+        let intent = prior.filter(|l| l.to != "?");
+        let previous = match (&req.target, intent) {
             (Target::Rollback, None) => self.previous(&versions).await?,
             _ => None,
         };
-        let (from, to) = choose(&req.target, prior, &weights, previous.as_deref())
+        let (from, to) = choose(&req.target, intent, &weights, previous.as_deref())
             .map_err(|e| anyhow::anyhow!("cannot roll back {} in swarm {swarm}: {e}", m.role))?;
         me.from = from.clone();
         me.to = to.clone();
