@@ -81,3 +81,15 @@ pub async fn set_tag(asg: &Client, group: &str, key: &str, value: &str) -> Resul
         .map_err(|e| describe(&format!("cannot tag Auto Scaling group {group}"), e))?;
     Ok(())
 }
+
+/// Sets a group's desired capacity, raising its maximum when needed.
+pub async fn set_capacity(asg: &Client, group: &str, desired: i32, max: i32) -> Result<(), AwsError> {
+    asg.update_auto_scaling_group()
+        .auto_scaling_group_name(group)
+        .desired_capacity(desired)
+        .max_size(max)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot resize Auto Scaling group {group}"), e))?;
+    Ok(())
+}

@@ -133,32 +133,6 @@ pub async fn create(cfn: &Client, spec: &StackSpec) -> Result<String, AwsError> 
     Ok(out.stack_id().unwrap_or(&spec.name).to_string())
 }
 
-/// Starts updating parameters of a stack, keeping its template and every other parameter.
-pub async fn update_parameters(
-    cfn: &Client,
-    stack: &StackInfo,
-    changes: &BTreeMap<String, String>,
-) -> Result<(), AwsError> {
-    let ps: Vec<Parameter> = stack
-        .parameters
-        .keys()
-        .map(|k| match changes.get(k) {
-            Some(v) => Parameter::builder().parameter_key(k).parameter_value(v).build(),
-            None => Parameter::builder().parameter_key(k).use_previous_value(true).build(),
-        })
-        .collect();
-    cfn.update_stack()
-        .stack_name(&stack.name)
-        .use_previous_template(true)
-        .set_parameters(Some(ps))
-        .capabilities(Capability::CapabilityIam)
-        .capabilities(Capability::CapabilityNamedIam)
-        .send()
-        .await
-        .map_err(|e| describe(&format!("CloudFormation refused to update stack {}", stack.name), e))?;
-    Ok(())
-}
-
 pub async fn delete(cfn: &Client, name: &str) -> Result<(), AwsError> {
     cfn.delete_stack()
         .stack_name(name)
@@ -172,7 +146,6 @@ pub async fn delete(cfn: &Client, name: &str) -> Result<(), AwsError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Create,
-    Update,
     Delete,
 }
 
@@ -180,7 +153,6 @@ impl Op {
     fn verb(self) -> &'static str {
         match self {
             Op::Create => "create",
-            Op::Update => "update",
             Op::Delete => "delete",
         }
     }
@@ -205,20 +177,17 @@ pub enum Verdict {
 pub fn judge(op: Op, status: Option<&str>) -> Verdict {
     use Verdict::*;
     let Some(status) = status else {
-        // Gone: what a delete wants; a create with OnFailure=DELETE that failed; an update
-        // whose stack someone else removed.
+        // Gone: what a delete wants; for a create, one that failed and deleted itself
+        // (OnFailure=DELETE).
         return if op == Op::Delete { Done } else { Failed };
     };
     match (op, status) {
-        (Op::Create, "CREATE_COMPLETE") | (Op::Update, "UPDATE_COMPLETE") | (Op::Delete, "DELETE_COMPLETE") => Done,
+        (Op::Create, "CREATE_COMPLETE") | (Op::Delete, "DELETE_COMPLETE") => Done,
         (Op::Create, "CREATE_IN_PROGRESS" | "REVIEW_IN_PROGRESS") => Wait,
-        (Op::Update, "UPDATE_IN_PROGRESS" | "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS") => Wait,
         (Op::Delete, "DELETE_IN_PROGRESS") => Wait,
-        (Op::Create, "ROLLBACK_IN_PROGRESS" | "DELETE_IN_PROGRESS") => Failing,
-        (Op::Update, "UPDATE_ROLLBACK_IN_PROGRESS" | "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS") => Failing,
         (_, s) if s.ends_with("_IN_PROGRESS") => Failing,
         // Every other status is terminal and not the one wanted: *_FAILED, ROLLBACK_*,
-        // DELETE_COMPLETE of a create, UPDATE_ROLLBACK_COMPLETE, ...
+        // DELETE_COMPLETE of a create, ...
         _ => Failed,
     }
 }
@@ -436,11 +405,6 @@ pub async fn failures(cfn: &Client, stack: &str) -> Result<Vec<Failure>, AwsErro
     Ok(res)
 }
 
-/// True when `status` is a settled state in which the stack can be changed again.
-pub fn is_settled(status: &str) -> bool {
-    !status.ends_with("_IN_PROGRESS")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,22 +422,222 @@ mod tests {
         assert_eq!(seq(Op::Create, &[Some("DELETE_IN_PROGRESS"), None]), vec![Failing, Failed]);
         assert_eq!(seq(Op::Delete, &[Some("DELETE_IN_PROGRESS"), Some("DELETE_FAILED")]), vec![Wait, Failed]);
         assert_eq!(seq(Op::Delete, &[Some("DELETE_IN_PROGRESS"), None]), vec![Wait, Done]);
-        assert_eq!(
-            seq(
-                Op::Update,
-                &[
-                    Some("UPDATE_IN_PROGRESS"),
-                    Some("UPDATE_ROLLBACK_IN_PROGRESS"),
-                    Some("UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"),
-                    Some("UPDATE_ROLLBACK_COMPLETE")
-                ]
-            ),
-            vec![Wait, Failing, Failing, Failed]
-        );
-        assert_eq!(
-            seq(Op::Update, &[Some("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"), Some("UPDATE_COMPLETE")]),
-            vec![Wait, Done]
-        );
-        assert_eq!(seq(Op::Update, &[Some("UPDATE_ROLLBACK_FAILED"), None]), vec![Failed, Failed]);
+    }
+
+    // The waiter on AWS's documented state sequences, with mocked responses: the emulator
+    // completes every operation synchronously and emits no per-resource events.
+    mod waiter {
+        use super::super::*;
+        use aws_sdk_cloudformation::operation::describe_stack_events::DescribeStackEventsOutput;
+        use aws_sdk_cloudformation::operation::describe_stacks::{DescribeStacksError, DescribeStacksOutput};
+        use aws_sdk_cloudformation::types::{ResourceStatus, Stack, StackEvent, StackStatus};
+        use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+        use aws_smithy_types::error::ErrorMetadata;
+        use aws_smithy_types::DateTime;
+
+        #[derive(Default)]
+        struct Seen {
+            events: Vec<String>,
+            statuses: Vec<String>,
+        }
+        impl Progress for Seen {
+            fn event(&mut self, _: &str, e: &Event) {
+                self.events.push(format!("{} {}", e.logical_id, e.status));
+            }
+            fn status(&mut self, _: &str, status: &str, _: Duration) {
+                self.statuses.push(status.to_string());
+            }
+        }
+
+        fn stacks_rule(statuses: &[&str]) -> Rule {
+            let mut seq = mock!(Client::describe_stacks).sequence();
+            for st in statuses {
+                let st = st.to_string();
+                seq = if st == "GONE" {
+                    seq.error(|| {
+                        DescribeStacksError::generic(
+                            ErrorMetadata::builder()
+                                .code("ValidationError")
+                                .message("Stack with id s does not exist")
+                                .build(),
+                        )
+                    })
+                } else {
+                    seq.output(move || {
+                        DescribeStacksOutput::builder()
+                            .stacks(
+                                Stack::builder()
+                                    .stack_name("s")
+                                    .stack_id("arn:s")
+                                    .stack_status(StackStatus::from(st.as_str()))
+                                    .creation_time(DateTime::from_secs(0))
+                                    .build(),
+                            )
+                            .build()
+                    })
+                };
+            }
+            seq.build()
+        }
+
+        fn event(n: u32, logical: &str, kind: &str, status: &str, reason: Option<&str>) -> StackEvent {
+            StackEvent::builder()
+                .stack_id("arn:s")
+                .stack_name("s")
+                .event_id(format!("e{n}"))
+                .timestamp(DateTime::from_secs(n as i64))
+                .logical_resource_id(logical)
+                .resource_type(kind)
+                .resource_status(ResourceStatus::from(status))
+                .set_resource_status_reason(reason.map(str::to_string))
+                .build()
+        }
+
+        /// Events as AWS returns them: newest first.
+        fn events_rule(events: Vec<StackEvent>) -> Rule {
+            mock!(Client::describe_stack_events).then_output(move || {
+                let mut evs = events.clone();
+                evs.reverse();
+                DescribeStackEventsOutput::builder().set_stack_events(Some(evs)).build()
+            })
+        }
+
+        fn quick(timeout_ms: u64) -> WaitOptions {
+            WaitOptions {
+                timeout: Duration::from_millis(timeout_ms),
+                first_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(2),
+            }
+        }
+
+        #[tokio::test]
+        async fn create_in_progress_then_complete() {
+            let stacks = stacks_rule(&["CREATE_IN_PROGRESS", "CREATE_IN_PROGRESS", "CREATE_COMPLETE"]);
+            let events = events_rule(vec![
+                event(1, "s", "AWS::CloudFormation::Stack", "CREATE_IN_PROGRESS", Some("User Initiated")),
+                event(2, "Queue", "AWS::SQS::Queue", "CREATE_IN_PROGRESS", None),
+                event(3, "Queue", "AWS::SQS::Queue", "CREATE_COMPLETE", None),
+            ]);
+            let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, &[&stacks, &events]);
+            let mut seen = Seen::default();
+            let done = wait(&cfn, "s", "s", Op::Create, &quick(5_000), &mut seen).await.unwrap();
+            assert_eq!(done.unwrap().status, "CREATE_COMPLETE");
+            assert_eq!(seen.statuses, vec!["CREATE_IN_PROGRESS", "CREATE_IN_PROGRESS", "CREATE_COMPLETE"]);
+            // Each event shown once, oldest first, however often it was polled.
+            assert_eq!(seen.events, vec!["s CREATE_IN_PROGRESS", "Queue CREATE_IN_PROGRESS", "Queue CREATE_COMPLETE"]);
+        }
+
+        #[tokio::test]
+        async fn rollback_complete_names_each_failed_resource() {
+            let stacks = stacks_rule(&["CREATE_IN_PROGRESS", "ROLLBACK_IN_PROGRESS", "ROLLBACK_COMPLETE"]);
+            let events = events_rule(vec![
+                event(1, "s", "AWS::CloudFormation::Stack", "CREATE_IN_PROGRESS", Some("User Initiated")),
+                event(2, "Bucket", "AWS::S3::Bucket", "CREATE_FAILED", Some("swarm1-archive already exists")),
+                event(
+                    3,
+                    "Alb",
+                    "AWS::ElasticLoadBalancingV2::LoadBalancer",
+                    "CREATE_FAILED",
+                    Some("Resource creation cancelled"),
+                ),
+                event(
+                    4,
+                    "s",
+                    "AWS::CloudFormation::Stack",
+                    "ROLLBACK_IN_PROGRESS",
+                    Some("The following resource(s) failed to create: [Bucket, Alb]."),
+                ),
+                event(5, "s", "AWS::CloudFormation::Stack", "ROLLBACK_COMPLETE", None),
+            ]);
+            let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, &[&stacks, &events]);
+            let err = wait(&cfn, "s", "swarm1", Op::Create, &quick(5_000), &mut Seen::default()).await.unwrap_err();
+            let WaitError::Failed { status, failures, .. } = &err else { panic!("{err}") };
+            assert_eq!(status, "ROLLBACK_COMPLETE");
+            assert_eq!(failures.len(), 2, "{failures:?}");
+            assert_eq!(
+                (failures[0].logical_id.as_str(), failures[0].reason.as_str()),
+                ("Bucket", "swarm1-archive already exists")
+            );
+            let text = err.to_string();
+            assert!(text.contains("stack swarm1 did not create: it ended ROLLBACK_COMPLETE"), "{text}");
+            assert!(
+                text.contains("failed: Bucket (AWS::S3::Bucket) CREATE_FAILED: swarm1-archive already exists"),
+                "{text}"
+            );
+        }
+
+        #[tokio::test]
+        async fn create_that_deletes_itself_on_failure_is_a_failure() {
+            // OnFailure=DELETE: the stack goes away; that is not success for a create.
+            let stacks = stacks_rule(&["CREATE_IN_PROGRESS", "DELETE_IN_PROGRESS", "GONE"]);
+            let events = events_rule(vec![event(
+                2,
+                "Asg",
+                "AWS::AutoScaling::AutoScalingGroup",
+                "CREATE_FAILED",
+                Some("AMI not found"),
+            )]);
+            let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, &[&stacks, &events]);
+            let err = wait(&cfn, "s", "s", Op::Create, &quick(5_000), &mut Seen::default()).await.unwrap_err();
+            assert!(
+                err.to_string().contains("Asg (AWS::AutoScaling::AutoScalingGroup) CREATE_FAILED: AMI not found"),
+                "{err}"
+            );
+        }
+
+        #[tokio::test]
+        async fn delete_failed_names_the_resource() {
+            let stacks = stacks_rule(&["DELETE_IN_PROGRESS", "DELETE_FAILED"]);
+            let events = events_rule(vec![
+                event(1, "s", "AWS::CloudFormation::Stack", "DELETE_IN_PROGRESS", Some("User Initiated")),
+                event(
+                    2,
+                    "Bucket",
+                    "AWS::S3::Bucket",
+                    "DELETE_FAILED",
+                    Some("The bucket you tried to delete is not empty"),
+                ),
+            ]);
+            let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, &[&stacks, &events]);
+            let err = wait(&cfn, "s", "s", Op::Delete, &quick(5_000), &mut Seen::default()).await.unwrap_err();
+            assert!(matches!(&err, WaitError::Failed { status, .. } if status == "DELETE_FAILED"), "{err}");
+            assert!(
+                err.to_string()
+                    .contains("Bucket (AWS::S3::Bucket) DELETE_FAILED: The bucket you tried to delete is not empty"),
+                "{err}"
+            );
+        }
+
+        #[tokio::test]
+        async fn delete_ends_when_the_stack_is_gone() {
+            let stacks = stacks_rule(&["DELETE_IN_PROGRESS", "GONE"]);
+            let events = events_rule(vec![]);
+            let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, &[&stacks, &events]);
+            let mut seen = Seen::default();
+            assert!(wait(&cfn, "s", "s", Op::Delete, &quick(5_000), &mut seen).await.unwrap().is_none());
+            assert_eq!(seen.statuses, vec!["DELETE_IN_PROGRESS", "DELETE_COMPLETE"]);
+        }
+
+        #[tokio::test]
+        async fn a_stack_that_never_settles_times_out() {
+            let stacks = mock!(Client::describe_stacks).then_output(|| {
+                DescribeStacksOutput::builder()
+                    .stacks(
+                        Stack::builder()
+                            .stack_name("s")
+                            .stack_status(StackStatus::CreateInProgress)
+                            .creation_time(DateTime::from_secs(0))
+                            .build(),
+                    )
+                    .build()
+            });
+            let events = events_rule(vec![]);
+            let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, &[&stacks, &events]);
+            let started = std::time::Instant::now();
+            let err = wait(&cfn, "s", "s", Op::Create, &quick(50), &mut Seen::default()).await.unwrap_err();
+            assert!(matches!(err, WaitError::Timeout { ref status, .. } if status == "CREATE_IN_PROGRESS"), "{err}");
+            assert!(started.elapsed() < Duration::from_secs(5));
+            assert!(err.to_string().contains("describe-stack-events --stack-name s"), "{err}");
+        }
     }
 }

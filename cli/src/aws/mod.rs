@@ -35,7 +35,6 @@ pub struct Aws {
     pub asg: aws_sdk_autoscaling::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub ssm: aws_sdk_ssm::Client,
-    pub s3: aws_sdk_s3::Client,
     calls: Arc<AtomicUsize>,
 }
 
@@ -130,18 +129,12 @@ impl Aws {
         let conf = loader.load().await;
         let region = conf.region().ok_or(AwsError::NoRegion)?.to_string();
         let calls = Arc::new(AtomicUsize::new(0));
-        let emulated = conf.endpoint_url().is_some();
         macro_rules! client {
             ($krate:ident) => {{
                 let c = $krate::config::Builder::from(&conf).interceptor(CountCalls(calls.clone())).build();
                 $krate::Client::from_conf(c)
             }};
         }
-        // A custom endpoint (an emulator, a VPC endpoint) cannot serve virtual-hosted buckets.
-        let s3conf = aws_sdk_s3::config::Builder::from(&conf)
-            .interceptor(CountCalls(calls.clone()))
-            .force_path_style(emulated)
-            .build();
         Ok(Aws {
             region,
             cfn: client!(aws_sdk_cloudformation),
@@ -149,7 +142,6 @@ impl Aws {
             asg: client!(aws_sdk_autoscaling),
             elb: client!(aws_sdk_elasticloadbalancingv2),
             ssm: client!(aws_sdk_ssm),
-            s3: aws_sdk_s3::Client::from_conf(s3conf),
             calls,
         })
     }

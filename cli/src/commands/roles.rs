@@ -27,6 +27,9 @@ enum RolesCmd {
         /// Override one variable (repeatable)
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_kv)]
         set: Vec<(String, String)>,
+        /// Print the CloudFormation template a version is created from, user data embedded
+        #[arg(long)]
+        template: bool,
     },
 }
 
@@ -55,10 +58,17 @@ pub fn run(lib: &Library, a: RolesArgs) -> anyhow::Result<Printed> {
             let json = json!({ "roles": lib.roles().iter().map(|m| json!({"role": m.role, "noun": m.noun, "traffic": m.traffic.via, "instance_type": m.instance_type})).collect::<Vec<_>>() });
             Printed::new(json, table(&["ROLE", "NOUN", "TRAFFIC", "DEFAULT TYPE", "ABOUT"], &rows))
         }
-        RolesCmd::Render { role, set } => {
-            let dir = lib.role(&role).map(|m| m.role.clone()).unwrap_or(role);
+        RolesCmd::Render { role, set, template } => {
+            let (dir, tpl) = match lib.role(&role) {
+                Some(m) => (m.role.clone(), m.template.clone()),
+                None => (role.clone(), role),
+            };
             let vars = render::with_overrides(&Vars::sample(&dir), &set)?;
             let text = render::cloud_init(lib, &dir, &vars)?;
+            if template {
+                let cfn = render::template_with_user_data(lib, &tpl, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+                return Ok(Printed::new(json!({ "role": dir, "template": cfn }), cfn));
+            }
             Printed::new(json!({ "role": dir, "user_data": text }), text)
         }
     })

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::library::{Manifest, Via};
 use super::render::{self, Vars};
-use super::{base, tags, validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK, TAG_VERSION};
+use super::{base, tags, validate, Engine, TAG_ACTIVE, TAG_STACK, TAG_VERSION};
 use crate::aws::cfn::{self, StackInfo, StackSpec};
 use crate::aws::{asg, ec2, elb};
 
@@ -353,6 +353,9 @@ impl Engine {
         }
     }
 
+    /// Sets a version's number of instances through the Auto Scaling API. (Not a stack
+    /// update: that would take minutes on AWS, and an update may rewrite the group's tags,
+    /// among them the `tyrell:active` marker.)
     pub async fn scale_version(
         &mut self,
         m: &Manifest,
@@ -362,12 +365,15 @@ impl Engine {
     ) -> anyhow::Result<VersionInfo> {
         validate::size(n)?;
         let v = self.version_info(m, swarm, version).await?;
-        let max: i32 = v.stack.parameters.get("MaxSize").and_then(|x| x.parse().ok()).unwrap_or(m.max_size);
-        let changes = BTreeMap::from([
-            ("DesiredCapacity".to_string(), n.to_string()),
-            ("MaxSize".to_string(), max.max(n).to_string()),
-        ]);
-        self.update_stack(&v.stack, &changes).await?;
+        let group = v
+            .stack
+            .output("AutoScalingGroupName")
+            .ok_or_else(|| anyhow::anyhow!("stack {} has no Auto Scaling group", v.stack_name))?;
+        let current = asg::group(&self.aws.asg, group)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("Auto Scaling group {group} is gone"))?;
+        self.report.step(&format!("scaling {} {version} from {} to {n} instance(s)", m.role, current.desired));
+        asg::set_capacity(&self.aws.asg, group, n, current.max.max(n)).await?;
         self.version_info(m, swarm, version).await
     }
 
@@ -405,11 +411,6 @@ impl Engine {
         self.delete_stacks(&stacks).await?;
         Ok(doomed)
     }
-}
-
-/// Roles known to the library, for listing a whole swarm.
-pub fn is_fleet_stack(s: &StackInfo, roles: &[Manifest]) -> bool {
-    s.tag(TAG_ROLE).is_some_and(|r| roles.iter().any(|m| m.role == r))
 }
 
 #[cfg(test)]

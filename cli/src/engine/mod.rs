@@ -12,7 +12,6 @@ pub mod traffic;
 pub mod validate;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use crate::aws::cfn::{self, Op, StackInfo, StackSpec, WaitOptions};
 use crate::aws::Aws;
@@ -29,16 +28,6 @@ pub const TAG_BUILT_BY: &str = "tyrell:built-by";
 pub trait Reporter: cfn::Progress + Send {
     /// One line about what tyrell is doing now.
     fn step(&mut self, msg: &str);
-}
-
-/// A reporter that drops everything (for JSON-only consumers and tests).
-pub struct Quiet;
-impl cfn::Progress for Quiet {
-    fn event(&mut self, _: &str, _: &cfn::Event) {}
-    fn status(&mut self, _: &str, _: &str, _: Duration) {}
-}
-impl Reporter for Quiet {
-    fn step(&mut self, _: &str) {}
 }
 
 pub struct Engine {
@@ -96,19 +85,6 @@ impl Engine {
             cfn::wait(&self.aws.cfn, &s.id, &s.name, Op::Delete, &self.wait, self.report.as_mut()).await?;
         }
         Ok(())
-    }
-
-    /// Changes some parameters of a stack and waits for the update.
-    pub async fn update_stack(
-        &mut self,
-        stack: &StackInfo,
-        changes: &BTreeMap<String, String>,
-    ) -> anyhow::Result<StackInfo> {
-        self.report.step(&format!("updating stack {}", stack.name));
-        cfn::update_parameters(&self.aws.cfn, stack, changes).await?;
-        let done =
-            cfn::wait(&self.aws.cfn, &stack.id, &stack.name, Op::Update, &self.wait, self.report.as_mut()).await?;
-        done.ok_or_else(|| anyhow::anyhow!("stack {} vanished during its update", stack.name))
     }
 
     /// A stack that must exist, be tyrell's, have the given role and be settled.

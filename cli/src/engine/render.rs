@@ -61,7 +61,7 @@ pub enum RenderError {
     NoCloudInit(String),
     #[error("cannot render roles/{role}/cloud-init.yaml: {reason}")]
     Template { role: String, reason: String },
-    #[error("roles/{0}/template.yaml has no {{{{user_data}}}} placeholder for the user data")]
+    #[error("roles/{0}/template.yaml must hold exactly one `UserData: \"{{{{user_data}}}}\"` placeholder")]
     NoPlaceholder(String),
     #[error("unknown variable {0:?} (known: {1})")]
     UnknownVar(String, String),
@@ -155,9 +155,11 @@ pub fn template_with_user_data(
     user_data: &str,
 ) -> Result<String, Box<dyn std::error::Error>> {
     let tpl = lib.template(dir)?;
-    const PLACEHOLDER: &str = "{{user_data}}";
-    if !tpl.contains(PLACEHOLDER) {
+    // Only the quoted value `UserData: "{{user_data}}"`: the bare word may appear in prose.
+    const PLACEHOLDER: &str = "\"{{user_data}}\"";
+    if tpl.matches(PLACEHOLDER).count() != 1 {
         return Err(Box::new(RenderError::NoPlaceholder(dir.into())));
     }
-    Ok(tpl.replace(PLACEHOLDER, &base64::engine::general_purpose::STANDARD.encode(user_data)))
+    let b64 = base64::engine::general_purpose::STANDARD.encode(user_data);
+    Ok(tpl.replace(PLACEHOLDER, &format!("\"{b64}\"")))
 }

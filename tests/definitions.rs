@@ -1,0 +1,120 @@
+//! The role definitions as data: every CloudFormation template passes cfn-lint (raw, and
+//! as sent, with each role's user data embedded), and every role's rendered cloud-init is
+//! YAML with the #cloud-config header that cloud-init's own schema accepts.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+
+fn root() -> PathBuf {
+    testkit::workspace_root()
+}
+
+/// Role directories with a role.toml (the fleet roles), and every template.yaml.
+fn roles() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root().join("roles"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("role.toml").exists())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn templates() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("roles"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("template.yaml"))
+        .filter(|p| p.exists())
+        .collect();
+    v.sort();
+    v
+}
+
+fn cfn_lint(files: &[&Path]) {
+    let out = Command::new(testkit::venv_tool("cfn-lint")).args(files).output().unwrap();
+    assert!(
+        out.status.success(),
+        "cfn-lint found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_role_directory_is_complete() {
+    let roles = roles();
+    assert_eq!(roles, vec!["bee", "broker", "indexer", "router", "worker"]);
+    let listed = json(&["roles"]);
+    let nouns: Vec<&str> = listed["roles"].as_array().unwrap().iter().map(|r| r["noun"].as_str().unwrap()).collect();
+    assert_eq!(nouns, vec!["bees", "brokers", "indexers", "routers", "workers"]);
+    for r in roles.iter().chain(["metrics".to_string()].iter()) {
+        assert!(root().join("roles").join(r).join("cloud-init.yaml").exists(), "roles/{r} has no cloud-init.yaml");
+    }
+    assert_eq!(templates().len(), 4, "network, base, fleet, metrics: {:?}", templates());
+}
+
+#[test]
+fn cfn_lint_passes_on_every_template() {
+    let t = templates();
+    cfn_lint(&t.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+}
+
+#[test]
+fn cfn_lint_passes_on_every_template_as_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for r in roles().iter().chain(["metrics".to_string()].iter()) {
+        let t = ok(&["roles", "render", r, "--template"]);
+        assert!(!t.contains("\"{{user_data}}\""), "{r}: placeholder left in the template");
+        let p = dir.path().join(format!("{r}.yaml"));
+        std::fs::write(&p, t).unwrap();
+        files.push(p);
+    }
+    cfn_lint(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+}
+
+#[test]
+fn rendered_cloud_init_is_valid_for_every_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud_init = testkit::system_tool("cloud-init");
+    for r in roles().iter().chain(["metrics".to_string()].iter()) {
+        let text = ok(&["roles", "render", r, "--set", "version=vcheck", "--set", "stack=checkswarm"]);
+        assert!(text.starts_with("#cloud-config\n"), "{r}: no #cloud-config header");
+        assert!(text.contains("vcheck") && text.contains("checkswarm"), "{r}: the values were not rendered in");
+        assert!(!text.contains("{{") && !text.contains("}}"), "{r}: unrendered handlebars left");
+        let p = dir.path().join(format!("{r}.yaml"));
+        std::fs::write(&p, &text).unwrap();
+        // YAML that parses, with a mapping at the top.
+        let py = testkit::venv_tool("python");
+        let out = Command::new(&py)
+            .args([
+                "-c",
+                "import sys,yaml; d=yaml.safe_load(open(sys.argv[1])); assert isinstance(d, dict), type(d)",
+                p.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{r}: not valid YAML: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&cloud_init).args(["schema", "-c", p.to_str().unwrap()]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{r}: cloud-init schema rejects it:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn render_refuses_unknown_variables_and_roles() {
+    let err = fails(&["roles", "render", "bee", "--set", "nosuch=1"]);
+    assert!(err.contains("unknown variable \"nosuch\""), "{err}");
+    let err = fails(&["roles", "render", "toaster"]);
+    assert!(err.contains("toaster"), "{err}");
+}

@@ -1,0 +1,105 @@
+//! Shared by the end-to-end tests in tests/: run the real `tyrell` binary against the
+//! emulator of this test process, and read AWS state back through the SDK.
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub use testkit::{unique, Emulator};
+
+pub fn emulator() -> &'static Emulator {
+    Emulator::shared()
+}
+
+/// A runtime for the SDK calls the tests make to check AWS state.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+        .block_on(f)
+}
+
+/// `tyrell` pointed at the emulator through the standard AWS chain (AWS_ENDPOINT_URL).
+pub fn tyrell() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tyrell"));
+    emulator().apply(&mut c);
+    c.env_remove("TYRELL_ROLES_DIR").env_remove("TYRELL_LOG");
+    c
+}
+
+fn show(args: &[&str], out: &Output) -> String {
+    format!(
+        "tyrell {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn run(args: &[&str]) -> Output {
+    tyrell().args(args).output().expect("run tyrell")
+}
+
+/// Runs tyrell, expects success, returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "expected success:\n{}", show(args, &out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs tyrell with `-o json`, expects success and exactly one JSON document on stdout.
+pub fn json(args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = ok(&a);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("stdout of tyrell {} is not one JSON document ({e}):\n{out}", a.join(" ")))
+}
+
+/// Runs tyrell, expects failure (exit code 1), returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert_eq!(out.status.code(), Some(1), "expected exit code 1:\n{}", show(args, &out));
+    assert!(out.stdout.is_empty(), "a failure printed a result on stdout:\n{}", show(args, &out));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// An image id that exists in the emulator (one of its built-in images).
+pub fn ami() -> String {
+    static AMI: OnceLock<String> = OnceLock::new();
+    AMI.get_or_init(|| {
+        block_on(async {
+            let ec2 = emulator().ec2().await;
+            let out = ec2.describe_images().owners("amazon").send().await.unwrap();
+            out.images()
+                .iter()
+                .filter_map(|i| i.image_id())
+                .find(|id| id.len() == 12 || id.len() == 21)
+                .unwrap()
+                .to_string()
+        })
+    })
+    .clone()
+}
+
+/// A fresh network and base stack: returns (swarm name, vpc id).
+pub fn swarm(prefix: &str) -> (String, String) {
+    let net = unique(&format!("{prefix}n"));
+    let vpc = json(&["network", "create", &net])["vpc_id"].as_str().unwrap().to_string();
+    let name = unique(prefix);
+    ok(&["stacks", "create", "-v", &vpc, &name]);
+    (name, vpc)
+}
+
+/// Every CloudFormation stack name in the emulator that is not deleted.
+pub fn stack_names() -> Vec<String> {
+    block_on(async {
+        let cfn = emulator().cloudformation().await;
+        let out = cfn.describe_stacks().send().await.unwrap();
+        out.stacks()
+            .iter()
+            .filter(|s| s.stack_status().map(|x| x.as_str()) != Some("DELETE_COMPLETE"))
+            .map(|s| s.stack_name().unwrap().to_string())
+            .collect()
+    })
+}
