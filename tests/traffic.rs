@@ -204,6 +204,39 @@ fn health_dropping_during_a_bake_returns_traffic_to_blue() {
     only(&listener, &sw, "router", "v1");
 }
 
+#[test]
+fn ctrl_c_mid_canary_says_how_to_finish_and_rollback_undoes_it() {
+    let (sw, _) = swarm("tc");
+    let listener = output(&sw, "AlbListenerArn");
+    create("routers", &sw, "v1", "1");
+    create("routers", &sw, "v2", "1");
+    ok(&["traffic", "elb", &sw, "--router", "v1"]);
+    let child = support::tyrell()
+        .args(["traffic", "elb", &sw, "--router", "v2", "--canary", "30", "--bake", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the 30% step", || forwards(&listener).len() == 2);
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("stopped at 30%")
+            && err.contains("re-run the same command to finish it, or --rollback to undo it"),
+        "{err}"
+    );
+    assert_eq!(forwards(&listener).len(), 2, "Ctrl-C leaves both versions serving");
+
+    // --rollback reads the interrupted switch's intent from its lock and undoes it.
+    let err = stderr_of(&["traffic", "elb", &sw, "--rollback"]);
+    assert!(err.contains("taking over a stale router traffic lock"), "{err}");
+    only(&listener, &sw, "router", "v1");
+    assert_eq!(lock_value(&sw, "router"), None);
+}
+
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {

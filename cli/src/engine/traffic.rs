@@ -280,6 +280,11 @@ fn pid_alive(pid: u32) -> bool {
     !std::path::Path::new("/proc/self").exists() || std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// What Ctrl-C leaves behind, for the message `main` prints on an interrupt.
+fn in_flight(what: Option<String>) {
+    *crate::aws::cfn::IN_FLIGHT.lock().unwrap() = what;
+}
+
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
@@ -560,6 +565,7 @@ impl Engine {
             anyhow::bail!("another {} switch in swarm {swarm} took the lock first, {other}", m.role);
         }
         let result = self.switch_holding(m, req, listener.as_deref(), prior.as_ref(), &mut me, &description).await;
+        in_flight(None);
         // Release only our own lock (someone may have broken it and taken it since).
         if self.read_lock(swarm, &m.role).await.ok().flatten().as_ref() == Some(&me) {
             ssm::delete(&self.aws.ssm, &[name]).await?;
@@ -641,10 +647,19 @@ impl Engine {
             from.as_deref().unwrap_or("nothing")
         ));
 
+        let interrupted = |at: &str| {
+            format!(
+                "the {} switch {} -> {to} in swarm {swarm} stopped {at}, its lock left behind: re-run the same command to finish it, or --rollback to undo it",
+                m.role,
+                from.as_deref().unwrap_or("nothing")
+            )
+        };
+
         // 1. Capacity, then the gate.
         if capacity != was {
             new = self.scale_version(m, swarm, &to, capacity).await?;
         }
+        in_flight(Some(interrupted("before moving any traffic")));
         if let Err(e) = self.gate(&new).await {
             if capacity != was {
                 self.report.step(&format!("gate failed: returning {} {to} to {was} instance(s)", m.role));
@@ -661,6 +676,7 @@ impl Engine {
                 for (i, pct) in plan.iter().enumerate() {
                     let targets = split(old_tg.as_deref(), new_tg, *pct);
                     elb::forward(&self.aws.elb, listener, &targets).await?;
+                    in_flight(Some(interrupted(&format!("at {pct}%"))));
                     steps.push(*pct);
                     let rest = match (&from, *pct) {
                         (Some(f), p) if p < 100 => format!(", {f} {}%", 100 - p),
