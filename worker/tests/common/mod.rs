@@ -289,9 +289,9 @@ impl Worker {
     pub fn exit_counters(&self) -> serde_json::Map<String, serde_json::Value> {
         self.log_text()
             .lines()
+            .rev()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == "exit")
-            .last()
+            .find(|v| v["fields"]["message"] == "exit")
             .and_then(|v| v["fields"].as_object().cloned())
             .unwrap_or_else(|| panic!("no exit line in the worker log:\n{}", self.log_text()))
     }
