@@ -435,10 +435,9 @@ impl Engine {
 
     async fn read_lock(&self, swarm: &str, role: &str) -> anyhow::Result<Option<Lock>> {
         let name = lock_param(swarm, role);
-        Ok(match ssm::get_string(&self.aws.ssm, &name).await? {
-            None => None,
-            // Unreadable: someone else's format; it still locks, and names itself.
-            Some(text) => Some(serde_json::from_str(&text).unwrap_or(Lock {
+        // Unreadable: someone else's format; it still locks, and names itself.
+        Ok(ssm::get_string(&self.aws.ssm, &name).await?.map(|text| {
+            serde_json::from_str(&text).unwrap_or(Lock {
                 holder: format!("unknown ({text})"),
                 host: String::new(),
                 pid: 0,
@@ -446,8 +445,8 @@ impl Engine {
                 from: None,
                 to: "?".into(),
                 rollback: false,
-            })),
-        })
+            })
+        }))
     }
 
     /// Fails while a switch of the role holds its lock (removing versions then could take
@@ -566,11 +565,15 @@ impl Engine {
         }
         let result = self.switch_holding(m, req, listener.as_deref(), prior.as_ref(), &mut me, &description).await;
         in_flight(None);
-        // Release only our own lock (someone may have broken it and taken it since).
-        if self.read_lock(swarm, &m.role).await.ok().flatten().as_ref() == Some(&me) {
-            ssm::delete(&self.aws.ssm, &[name]).await?;
-        }
+        // Release only our own lock (someone may have broken it and taken it since); a
+        // failure to release never hides the switch's own error.
+        let released = match self.read_lock(swarm, &m.role).await {
+            Ok(Some(l)) if l == me => ssm::delete(&self.aws.ssm, &[name]).await.map_err(anyhow::Error::from),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
         let mut done = result?;
+        released.map_err(|e| e.context(format!("{} switched to {}, but its lock stays", m.role, done.to)))?;
         done.broke_lock = prior;
         Ok(done)
     }
