@@ -10,13 +10,10 @@ use super::{describe, AwsError};
 
 #[derive(Debug, Clone)]
 pub struct Group {
-    pub name: String,
     pub desired: i32,
-    pub min: i32,
     pub max: i32,
     pub instances: Vec<Instance>,
     pub tags: BTreeMap<String, String>,
-    pub target_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,9 +39,7 @@ pub async fn group(asg: &Client, name: &str) -> Result<Option<Group>, AwsError> 
         .await
         .map_err(|e| describe(&format!("cannot read Auto Scaling group {name}"), e))?;
     Ok(out.auto_scaling_groups().first().map(|g| Group {
-        name: g.auto_scaling_group_name().unwrap_or_default().into(),
         desired: g.desired_capacity().unwrap_or_default(),
-        min: g.min_size().unwrap_or_default(),
         max: g.max_size().unwrap_or_default(),
         instances: g
             .instances()
@@ -60,7 +55,6 @@ pub async fn group(asg: &Client, name: &str) -> Result<Option<Group>, AwsError> 
             .iter()
             .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
             .collect(),
-        target_groups: g.target_group_arns().to_vec(),
     }))
 }
 
