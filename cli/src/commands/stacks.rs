@@ -59,35 +59,28 @@ pub async fn run(e: &mut Engine, a: StacksArgs) -> anyhow::Result<Printed> {
             Printed::new(serde_json::to_value(&b)?, key_values(&next_steps(&b, &e.aws.region)))
         }
         StacksCmd::List => {
-            let bases = e.bases().await?;
+            let swarms = e.swarms().await?;
             let mut list = Vec::new();
             let mut rows = Vec::new();
-            for b in &bases {
+            for w in &swarms {
+                let b = &w.base;
                 let mut roles = BTreeMap::new();
                 let mut cells = Vec::new();
-                for m in e.lib.roles().to_vec() {
-                    let vs = e.versions(&m, Some(&b.name)).await?;
+                for (role, vs) in &w.roles {
                     let active = vs.iter().find(|v| v.active).map(|v| v.version.clone());
                     cells.push(format!(
-                        "{}:{}{}",
-                        m.role,
+                        "{role}:{}{}",
                         vs.len(),
                         active.as_ref().map(|a| format!(" ({a})")).unwrap_or_default()
                     ));
                     roles.insert(
-                        m.role.clone(),
+                        role.clone(),
                         json!({ "versions": vs.iter().map(|v| &v.version).collect::<Vec<_>>(), "active": active }),
                     );
                 }
-                rows.push(vec![
-                    b.name.clone(),
-                    b.parameters.get("VpcId").cloned().unwrap_or_default(),
-                    b.status.clone(),
-                    cells.join("  "),
-                ]);
-                list.push(
-                    json!({ "name": b.name, "vpc_id": b.parameters.get("VpcId"), "status": b.status, "roles": roles }),
-                );
+                let vpc = b.parameters.get("VpcId").cloned().unwrap_or_default();
+                rows.push(vec![b.name.clone(), vpc.clone(), b.status.clone(), cells.join("  ")]);
+                list.push(json!({ "name": b.name, "vpc_id": vpc, "status": b.status, "roles": roles }));
             }
             let text = if rows.is_empty() {
                 "no base stacks (create one with: tyrell stacks create -v VPC_ID NAME)".into()

@@ -28,6 +28,12 @@ pub fn secret_params(swarm: &str) -> Vec<String> {
     [BROKER_PASSWORD, ROUTER_TOKEN].iter().map(|w| secret_param(swarm, w)).collect()
 }
 
+/// A swarm as listed: its base stack and, per role, its versions (oldest first).
+pub struct Swarm {
+    pub base: StackInfo,
+    pub roles: Vec<(String, Vec<super::fleet::VersionInfo>)>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Base {
     pub name: String,
@@ -151,6 +157,20 @@ impl Engine {
 
     pub async fn bases(&self) -> anyhow::Result<Vec<StackInfo>> {
         Ok(cfn::list_tyrell(&self.aws.cfn, Some(ROLE)).await?)
+    }
+
+    /// Every base stack with the versions of each role, from one listing of the stacks.
+    pub async fn swarms(&self) -> anyhow::Result<Vec<Swarm>> {
+        let all = cfn::list_tyrell(&self.aws.cfn, None).await?;
+        let mut out = Vec::new();
+        for b in all.iter().filter(|s| s.tag(TAG_ROLE) == Some(ROLE)) {
+            let mut roles = Vec::new();
+            for m in self.lib.roles() {
+                roles.push((m.role.clone(), self.versions_among(m, Some(&b.name), &all).await?));
+            }
+            out.push(Swarm { base: b.clone(), roles });
+        }
+        Ok(out)
     }
 
     pub async fn base(&self, name: &str) -> anyhow::Result<StackInfo> {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::library::{Manifest, Via};
 use super::render::{self, Vars};
-use super::{base, tags, validate, Engine, TAG_ACTIVE, TAG_STACK, TAG_VERSION};
+use super::{base, tags, validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK, TAG_VERSION};
 use crate::aws::cfn::{self, StackInfo, StackSpec};
 use crate::aws::{asg, ec2, elb};
 
@@ -236,10 +236,21 @@ impl Engine {
 
     /// Versions of a role, in one swarm or all, oldest first, with their traffic state.
     pub async fn versions(&self, m: &Manifest, swarm: Option<&str>) -> anyhow::Result<Vec<VersionInfo>> {
-        let stacks: Vec<StackInfo> = cfn::list_tyrell(&self.aws.cfn, Some(&m.role))
-            .await?
-            .into_iter()
-            .filter(|s| swarm.is_none_or(|w| s.tag(TAG_STACK) == Some(w)))
+        let listed = cfn::list_tyrell(&self.aws.cfn, Some(&m.role)).await?;
+        self.versions_among(m, swarm, &listed).await
+    }
+
+    /// [`Engine::versions`] among stacks already listed (any roles; others are skipped).
+    pub async fn versions_among(
+        &self,
+        m: &Manifest,
+        swarm: Option<&str>,
+        listed: &[StackInfo],
+    ) -> anyhow::Result<Vec<VersionInfo>> {
+        let stacks: Vec<StackInfo> = listed
+            .iter()
+            .filter(|s| s.tag(TAG_ROLE) == Some(m.role.as_str()) && swarm.is_none_or(|w| s.tag(TAG_STACK) == Some(w)))
+            .cloned()
             .collect();
         let mut by_swarm: BTreeMap<String, Vec<StackInfo>> = BTreeMap::new();
         for s in stacks {
