@@ -127,10 +127,18 @@ impl Influx {
                 self.port,
                 body.len()
             );
-            s.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
-            s.write_all(body).await.map_err(|e| e.to_string())?;
+            // The server may answer (e.g. 404 database not found) and close before it has
+            // read the whole body: then the write fails, but the answer is there to read.
+            let written = match s.write_all(head.as_bytes()).await {
+                Ok(()) => s.write_all(body).await,
+                Err(e) => Err(e),
+            };
             let mut resp = Vec::new();
-            s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
+            let read = s.read_to_end(&mut resp).await;
+            if resp.is_empty() {
+                written.map_err(|e| e.to_string())?;
+                read.map_err(|e| e.to_string())?;
+            }
             let text = String::from_utf8_lossy(&resp);
             let status = text
                 .strip_prefix("HTTP/1.")
@@ -181,6 +189,14 @@ impl InfluxSink {
         let stats = &self.buffer.stats;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut held: Vec<String> = Vec::new();
+        // CREATE DATABASE is idempotent: make sure it exists before the first write.
+        while let Err(e) = self.influx.create_database().await {
+            stats.retries.inc();
+            let delay = backoff.next_delay();
+            tracing::error!(destination = "influxdb", error = %e, held_points = self.buffer.len(), retry_in_ms = delay.as_millis() as u64, "cannot reach InfluxDB to create the database; retrying");
+            tokio::time::sleep(delay).await;
+        }
+        backoff.reset();
         loop {
             self.buffer.set_held(held.len());
             if held.is_empty() {
