@@ -27,10 +27,11 @@ pub struct MqttArgs {
     /// Broker user name.
     #[arg(long, env = "BROKER_USERNAME", default_value = "tyrell")]
     pub broker_username: String,
-    /// Broker password (for local use; on the boxes use BROKER_PASSWORD_PARAM).
-    #[arg(long, env = "BROKER_PASSWORD", hide_env_values = true)]
+    /// The broker password from the environment (`BROKER_PASSWORD`, for local use; on the
+    /// boxes BROKER_PASSWORD_PARAM). Not a flag: command lines are visible to every user.
+    #[arg(skip = std::env::var("BROKER_PASSWORD").ok())]
     pub broker_password: Option<String>,
-    /// A file holding the broker password.
+    /// A file holding the broker password (or set BROKER_PASSWORD).
     #[arg(long, env = "BROKER_PASSWORD_FILE")]
     pub broker_password_file: Option<PathBuf>,
     /// The SSM SecureString parameter holding the broker password, read at start.

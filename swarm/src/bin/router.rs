@@ -23,10 +23,11 @@ struct Args {
     /// Address to serve on.
     #[arg(long, env = "ROUTER_LISTEN", default_value = "0.0.0.0:8080")]
     listen: String,
-    /// The bearer token for PUT /watch (local use; on the boxes use ROUTER_TOKEN_PARAM).
-    #[arg(long, env = "ROUTER_TOKEN", hide_env_values = true)]
+    /// The bearer token for PUT /watch from the environment (`ROUTER_TOKEN`, local use; on
+    /// the boxes ROUTER_TOKEN_PARAM). Not a flag: command lines are visible to every user.
+    #[arg(skip = std::env::var("ROUTER_TOKEN").ok())]
     token: Option<String>,
-    /// A file holding the token.
+    /// A file holding the token (or set ROUTER_TOKEN).
     #[arg(long, env = "ROUTER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// The SSM SecureString parameter holding the token, read at start.
