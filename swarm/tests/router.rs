@@ -101,12 +101,20 @@ fn watch_latest_bees_and_health() {
     assert!(bees["alive"].as_array().unwrap().is_empty(), "{bees}");
     assert_eq!(bees["dead"][0]["reason"], "last will");
 
-    // /healthz follows the broker.
+    // /healthz follows the broker, and the router reconnects (with backoff) when it is back.
+    let (dir, conf) = (broker.dir.clone(), std::fs::read_to_string(broker.dir.join("mosquitto.conf")).unwrap());
+    broker.stop();
     drop(broker);
     wait_for(Duration::from_secs(10), "healthz 503 without the broker", || {
         (http("GET", port, "/healthz", &[], b"").unwrap().0 == 503).then_some(())
     });
     assert_eq!(put_watch(port, TOKEN, "127.0.0.1").0, 503);
     assert!(testkit::servers::running(router.guard.pid), "router died");
+    let _broker = testkit::servers::Mosquitto::start_with_config(&conf, bport, &dir);
+    wait_for(Duration::from_secs(15), "healthz 200 once the broker is back", || {
+        (http("GET", port, "/healthz", &[], b"").unwrap().0 == 200).then_some(())
+    });
+    // Persistence kept the retained list across the broker restart.
+    assert_eq!(mqtt_sub(bport, "watch", 1, 5), vec!["watch 127.0.0.4".to_string()]);
     eprintln!("router test took {:?}", t0.elapsed());
 }
