@@ -118,3 +118,16 @@ fn render_refuses_unknown_variables_and_roles() {
     let err = fails(&["roles", "render", "toaster"]);
     assert!(err.contains("toaster"), "{err}");
 }
+
+/// `TYRELL_ROLES_DIR` reads the definitions from disk; a fresh clone has no `templates/`
+/// (git keeps no empty directory), and partials are optional.
+#[test]
+fn roles_dir_on_disk_works_without_a_templates_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let roles = dir.path().join("roles");
+    let status = Command::new("cp").arg("-r").arg(root().join("roles")).arg(&roles).status().unwrap();
+    assert!(status.success());
+    let out = tyrell().env("TYRELL_ROLES_DIR", &roles).args(["roles", "render", "bee"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("#cloud-config\n"));
+}

@@ -113,6 +113,10 @@ impl Library {
         let mut files = BTreeMap::new();
         let root = roles.parent().unwrap_or(Path::new("."));
         for (sub, base) in [("roles", roles.to_path_buf()), ("templates", root.join("templates"))] {
+            // Partials are optional: git keeps no empty templates/ directory.
+            if sub == "templates" && !base.exists() {
+                continue;
+            }
             let mut stack = vec![base.clone()];
             while let Some(d) = stack.pop() {
                 let rd = std::fs::read_dir(&d).map_err(|e| LibraryError::Io(d.display().to_string(), e))?;
