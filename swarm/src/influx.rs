@@ -200,7 +200,7 @@ impl InfluxSink {
         loop {
             self.buffer.set_held(held.len());
             if held.is_empty() {
-                self.buffer.wait_batch(self.linger, self.batch * 150).await;
+                self.buffer.wait_batch(self.linger, self.batch * 150, usize::MAX).await;
                 held = self.buffer.drain(self.batch, usize::MAX);
                 continue;
             }

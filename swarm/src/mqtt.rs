@@ -147,6 +147,8 @@ pub enum Msg<'a> {
         topic: &'a str,
         payload: &'a [u8],
         retain: bool,
+        /// The MQTT 5 packet (to acknowledge it later under manual acks); `None` on 3.1.1.
+        v5: Option<&'a rumqttc::v5::mqttbytes::v5::Publish>,
     },
 }
 
@@ -186,7 +188,7 @@ pub async fn drive_v4(args: &MqttArgs, mut ev: rumqttc::EventLoop, state: Arc<Co
                 on(Msg::Connected);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                on(Msg::Publish { topic: &p.topic, payload: &p.payload, retain: p.retain });
+                on(Msg::Publish { topic: &p.topic, payload: &p.payload, retain: p.retain, v5: None });
             }
             Ok(_) => {}
             Err(e) => on_error(&state, &mut backoff, &e, &args.broker_host, args.broker_port).await,
@@ -211,7 +213,7 @@ pub async fn drive_v5(
                 on(Msg::Connected);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => match std::str::from_utf8(&p.topic) {
-                Ok(topic) => on(Msg::Publish { topic, payload: &p.payload, retain: p.retain }),
+                Ok(topic) => on(Msg::Publish { topic, payload: &p.payload, retain: p.retain, v5: Some(&p) }),
                 Err(_) => tracing::warn!("skipping a message whose topic is not UTF-8"),
             },
             Ok(_) => {}

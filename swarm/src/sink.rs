@@ -31,7 +31,8 @@ pub struct SinkStats {
 }
 
 struct Inner {
-    q: VecDeque<String>,
+    /// Records and their tags (see [`Buffer::push_tagged`]).
+    q: VecDeque<(String, Option<u64>)>,
     bytes: usize,
     last_drop_log: Option<Instant>,
     dropped_since_log: u64,
@@ -61,9 +62,15 @@ impl Buffer {
 
     /// Appends a record; when full, drops the oldest one (counted and logged).
     pub fn push(&self, item: String) {
+        self.push_tagged(item, None)
+    }
+
+    /// Appends a record with a tag the sender reports back once the record is done with
+    /// (the indexer acknowledges the MQTT message then).
+    pub fn push_tagged(&self, item: String, tag: Option<u64>) {
         let mut g = self.inner.lock().unwrap();
         if g.q.len() >= self.cap {
-            if let Some(old) = g.q.pop_front() {
+            if let Some((old, _)) = g.q.pop_front() {
                 g.bytes -= old.len();
             }
             self.stats.dropped.inc();
@@ -82,7 +89,7 @@ impl Buffer {
             }
         }
         g.bytes += item.len();
-        g.q.push_back(item);
+        g.q.push_back((item, tag));
         drop(g);
         self.notify.notify_one();
     }
@@ -112,17 +119,22 @@ impl Buffer {
     /// Takes records from the front: at most `max_items`, and no more than `max_bytes`
     /// (but always at least one when there is one).
     pub fn drain(&self, max_items: usize, max_bytes: usize) -> Vec<String> {
+        self.drain_tagged(max_items, max_bytes).into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// As [`Buffer::drain`], with the records' tags.
+    pub fn drain_tagged(&self, max_items: usize, max_bytes: usize) -> Vec<(String, Option<u64>)> {
         let mut g = self.inner.lock().unwrap();
         let mut out = Vec::new();
         let mut bytes = 0;
         while out.len() < max_items {
             let Some(front) = g.q.front() else { break };
-            if !out.is_empty() && bytes + front.len() > max_bytes {
+            if !out.is_empty() && bytes + front.0.len() > max_bytes {
                 break;
             }
             let item = g.q.pop_front().unwrap();
-            bytes += item.len();
-            g.bytes -= item.len();
+            bytes += item.0.len();
+            g.bytes -= item.0.len();
             out.push(item);
         }
         out
@@ -139,12 +151,12 @@ impl Buffer {
         }
     }
 
-    /// Waits for records, then lingers up to `linger` for more (until `fill_bytes` are
-    /// there), so that requests carry many records each.
-    pub async fn wait_batch(&self, linger: Duration, fill_bytes: usize) {
+    /// Waits for records, then lingers up to `linger` for more (until `fill_bytes` or
+    /// `fill_items` are there), so that requests carry many records each.
+    pub async fn wait_batch(&self, linger: Duration, fill_bytes: usize, fill_items: usize) {
         self.wait_non_empty().await;
         let deadline = tokio::time::Instant::now() + linger;
-        while self.bytes() < fill_bytes && tokio::time::Instant::now() < deadline {
+        while self.bytes() < fill_bytes && self.len() < fill_items && tokio::time::Instant::now() < deadline {
             let _ = tokio::time::timeout_at(deadline, self.notify.notified()).await;
         }
     }

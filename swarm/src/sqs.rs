@@ -20,6 +20,8 @@ pub const MAX_BATCH_ENTRIES: usize = 10;
 pub struct Entry {
     pub body: String,
     pub records: usize,
+    /// The tags of its records (see [`Buffer::push_tagged`]), reported when it is done.
+    pub tags: Vec<u64>,
 }
 
 /// Bytes a message's encoding attribute adds to its size (SQS counts name, type, value).
@@ -42,7 +44,8 @@ pub fn encode_entries(lines: &[String], enc: Encoding, limit: usize) -> (Vec<Ent
     match enc {
         Encoding::Ndjson => {
             let (bodies, oversized) = pack_lines(lines.iter().map(String::as_str), budget);
-            let entries = bodies.into_iter().map(|b| Entry { records: b.lines().count(), body: b }).collect();
+            let entries =
+                bodies.into_iter().map(|b| Entry { records: b.lines().count(), body: b, tags: Vec::new() }).collect();
             (entries, oversized)
         }
         Encoding::GzipBase64 => {
@@ -72,7 +75,7 @@ fn gzip_split(chunk: &[&str], budget: usize, out: &mut Vec<Entry>, oversized: &m
     }
     let body = encode_body(&nd, Encoding::GzipBase64);
     if body.len() <= budget {
-        out.push(Entry { body, records: chunk.len() });
+        out.push(Entry { body, records: chunk.len(), tags: Vec::new() });
     } else if chunk.len() == 1 {
         // A single record that does not fit even compressed.
         if let Some(i) = all.iter().position(|l| l == chunk[0]) {
@@ -111,9 +114,21 @@ pub struct SqsSink {
     /// How long to wait for more records before sending a partly filled message.
     pub linger: Duration,
     pub buffer: Arc<Buffer>,
+    /// Send a request as soon as this many records are buffered, whatever the linger:
+    /// the indexer acknowledges an MQTT message only once its record is in SQS, and the
+    /// broker sends no more than so many unacknowledged messages.
+    pub fill_records: usize,
+    /// Where the tags of records done with (accepted by SQS, or refused for good) go.
+    pub done: Option<tokio::sync::mpsc::UnboundedSender<Vec<u64>>>,
 }
 
 impl SqsSink {
+    fn report_done(&self, tags: Vec<u64>) {
+        if let (Some(d), false) = (&self.done, tags.is_empty()) {
+            let _ = d.send(tags);
+        }
+    }
+
     /// Runs forever: drains the buffer into messages and sends them, retrying transient
     /// failures with backoff (the records stay held meanwhile).
     pub async fn run(self) {
@@ -128,10 +143,17 @@ impl SqsSink {
         loop {
             self.buffer.set_held(pending.iter().map(|e| e.records).sum());
             if pending.is_empty() {
-                self.buffer.wait_batch(self.linger, raw_fill).await;
-                let lines = self.buffer.drain(usize::MAX, raw_fill * 2);
+                self.buffer.wait_batch(self.linger, raw_fill, self.fill_records.max(1)).await;
+                let (lines, tags): (Vec<String>, Vec<Option<u64>>) =
+                    self.buffer.drain_tagged(usize::MAX, raw_fill * 2).into_iter().unzip();
                 self.buffer.set_held(lines.len());
-                let (entries, oversized) = encode_entries(&lines, enc, self.limit);
+                let (mut entries, oversized) = encode_entries(&lines, enc, self.limit);
+                // The entries hold the records in order, less the oversized ones.
+                let mut kept = (0..lines.len()).filter(|i| oversized.binary_search(i).is_err());
+                for e in &mut entries {
+                    e.tags = kept.by_ref().take(e.records).filter_map(|i| tags[i]).collect();
+                }
+                self.report_done(oversized.iter().filter_map(|&i| tags[i]).collect());
                 for i in oversized {
                     stats.rejected.inc();
                     tracing::error!(
@@ -151,6 +173,7 @@ impl SqsSink {
                 let e = pending.pop_front().unwrap();
                 stats.rejected.add(e.records as u64);
                 tracing::error!(destination = "sqs", records = e.records, "message larger than the limit: not sent");
+                self.report_done(e.tags);
                 continue;
             }
             match self.send(&batch).await {
@@ -162,10 +185,12 @@ impl SqsSink {
                             None => {
                                 stats.delivered.add(e.records as u64);
                                 stats.messages.inc();
+                                self.report_done(e.tags);
                             }
                             Some((_, true, reason)) => {
                                 stats.rejected.add(e.records as u64);
                                 tracing::error!(destination = "sqs", records = e.records, reason = %reason, "SQS refused a message: records not delivered");
+                                self.report_done(e.tags);
                             }
                             Some((_, false, reason)) => {
                                 tracing::warn!(destination = "sqs", records = e.records, reason = %reason, "SQS failed a message: will retry");

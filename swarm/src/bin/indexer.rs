@@ -2,13 +2,16 @@
 //! several indexers split the load) and delivers them to the SQS queue (many records per
 //! message) and to InfluxDB on the metrics box.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use record::{Encoding, PingRecord};
+use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use swarm::config::{self, parse_duration};
 use swarm::influx::{Influx, InfluxSink};
@@ -60,6 +63,11 @@ struct Args {
     /// are dropped, counted and logged.
     #[arg(long, env = "INDEXER_BUFFER", default_value_t = 500_000)]
     buffer: usize,
+    /// Most messages the broker may send this indexer before it acknowledges them (the MQTT
+    /// 5 receive maximum it announces). A message is acknowledged only once its record is
+    /// in SQS, so SQS requests go out when half this many records wait, whatever the linger.
+    #[arg(long, env = "INDEXER_MAX_UNACKED", default_value_t = 10000, value_parser = clap::value_parser!(u16).range(2..))]
+    max_unacked: u16,
     /// How long to wait for more records before sending a partly filled request.
     #[arg(long, env = "INDEXER_LINGER", default_value = "1s", value_parser = parse_duration)]
     linger: Duration,
@@ -140,6 +148,50 @@ impl Snapshot for IndexerStats {
     }
 }
 
+/// The QoS 1 messages not yet acknowledged, by tag. A message is acknowledged on the
+/// connection it came on only: after a reconnection the broker sends the unacknowledged
+/// ones again (same session) and the packet ids of the old connection mean nothing.
+#[derive(Default)]
+struct Acks {
+    next: AtomicU64,
+    connection: AtomicU64,
+    held: Mutex<HashMap<u64, (u64, Publish)>>,
+}
+
+impl Acks {
+    fn connected(&self) {
+        self.connection.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keeps a message for acknowledging later; returns its tag.
+    fn hold(&self, p: &Publish) -> u64 {
+        let tag = self.next.fetch_add(1, Ordering::Relaxed);
+        let conn = self.connection.load(Ordering::Relaxed);
+        self.held.lock().unwrap().insert(tag, (conn, p.clone()));
+        tag
+    }
+
+    /// Acknowledges the messages whose tags come in on `done`.
+    async fn run(
+        self: Arc<Self>,
+        client: rumqttc::v5::AsyncClient,
+        mut done: tokio::sync::mpsc::UnboundedReceiver<Vec<u64>>,
+    ) {
+        while let Some(tags) = done.recv().await {
+            let conn = self.connection.load(Ordering::Relaxed);
+            let ready: Vec<Publish> = {
+                let mut held = self.held.lock().unwrap();
+                tags.iter().filter_map(|t| held.remove(t)).filter(|(c, _)| *c == conn).map(|(_, p)| p).collect()
+            };
+            for p in ready {
+                if let Err(e) = client.ack(&p).await {
+                    tracing::warn!(error = %e, "cannot acknowledge a message (the broker sends it again)");
+                }
+            }
+        }
+    }
+}
+
 /// Parses and checks one `ping/<target>` message.
 fn parse_ping(topic_target: &str, payload: &[u8]) -> Result<PingRecord, String> {
     let r: PingRecord = serde_json::from_slice(payload).map_err(|e| format!("not a ping record: {e}"))?;
@@ -179,9 +231,14 @@ async fn run(args: Args) -> Result<()> {
     let client_id = args.client_id.clone().unwrap_or_else(|| format!("indexer-{}", swarm::hostname()));
     let conn = Arc::new(ConnState::default());
     let mut stats = IndexerStats { conn: conn.clone(), ..Default::default() };
+    // Acknowledgements: a message waits in `unacked` (under a tag) until its record is in
+    // SQS; the sink reports the tags of the records it is done with on `done`.
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+    let acks = Arc::new(Acks::default());
 
     if !args.queue_url.is_empty() {
-        let buffer = Arc::new(Buffer::new("sqs", args.buffer));
+        // Never drop a record waiting for its acknowledgement: the buffer holds them all.
+        let buffer = Arc::new(Buffer::new("sqs", args.buffer.max(usize::from(args.max_unacked))));
         stats.sqs = Some(buffer.clone());
         let sink = SqsSink {
             client: aws_sdk_sqs::Client::new(&config::aws().await),
@@ -190,6 +247,8 @@ async fn run(args: Args) -> Result<()> {
             limit: args.sqs_max_bytes,
             linger: args.linger,
             buffer,
+            fill_records: usize::from(args.max_unacked / 2),
+            done: Some(done_tx.clone()),
         };
         tokio::spawn(sink.run());
     }
@@ -216,14 +275,18 @@ async fn run(args: Args) -> Result<()> {
         });
     }
 
-    let opts = args.mqtt.v5(&client_id, password.as_deref(), args.session_expiry)?;
+    let mut opts = args.mqtt.v5(&client_id, password.as_deref(), args.session_expiry)?;
+    opts.set_manual_acks(true);
+    opts.set_receive_maximum(Some(args.max_unacked));
     let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, 1000);
+    tokio::spawn(acks.clone().run(client.clone(), done_rx));
     let subs =
         [topics::shared(&args.share_group, topics::PING_ALL), topics::shared(&args.share_group, topics::RIP_ALL)];
     tracing::info!(client_id = %client_id, subscriptions = ?subs, sqs = !args.queue_url.is_empty(), influxdb = !args.influx_url.is_empty(), "indexer starting");
     let mqtt_client = client.clone();
     let on_message = move |m: Msg<'_>| match m {
         Msg::Connected => {
+            acks.connected();
             let (c, subs) = (client.clone(), subs.clone());
             tokio::spawn(async move {
                 for s in subs {
@@ -233,7 +296,10 @@ async fn run(args: Args) -> Result<()> {
                 }
             });
         }
-        Msg::Publish { topic, payload, .. } => {
+        Msg::Publish { topic, payload, v5, .. } => {
+            // Acknowledged at once unless its record goes to SQS (InfluxDB is best effort).
+            let tag = v5.map(|p| acks.hold(p));
+            let mut ack_now = tag;
             if let Some(target) = topics::ping_target(topic) {
                 stats.received.inc();
                 match parse_ping(target, payload) {
@@ -245,7 +311,8 @@ async fn run(args: Args) -> Result<()> {
                             }
                         }
                         if let Some(b) = &stats.sqs {
-                            b.push(serde_json::to_string(&r).expect("a record serialises"));
+                            b.push_tagged(serde_json::to_string(&r).expect("a record serialises"), tag);
+                            ack_now = None;
                         }
                     }
                     Err(e) => {
@@ -255,6 +322,7 @@ async fn run(args: Args) -> Result<()> {
                 }
             } else if let Some(agent) = topics::rip_agent(topic) {
                 if payload.is_empty() {
+                    done_tx.send(ack_now.into_iter().collect()).ok();
                     return; // a bee cleared its will: it is back
                 }
                 stats.rips.inc();
@@ -264,6 +332,9 @@ async fn run(args: Args) -> Result<()> {
                 }
             } else {
                 tracing::debug!(topic, "unexpected message");
+            }
+            if let Some(t) = ack_now {
+                done_tx.send(vec![t]).ok();
             }
         }
     };

@@ -1,0 +1,187 @@
+//! At-least-once delivery through the indexer: a record's MQTT message is acknowledged
+//! only once the record is in SQS, so when the indexer is killed (SIGKILL: no drain) with
+//! records in its buffer, the broker sends them again to the restarted indexer (same
+//! client id, persistent session). Real mosquitto, the AWS emulator's SQS.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use record::{decode_body, Encoding, PingRecord, Status};
+
+struct Sqs {
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl Sqs {
+    fn new() -> Sqs {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let client = rt.block_on(testkit::Emulator::shared().sqs());
+        let name = testkit::unique("redelivery");
+        let url = rt.block_on(client.create_queue().queue_name(&name).send()).unwrap().queue_url.unwrap();
+        Sqs { rt, client, url }
+    }
+
+    /// Receives (and deletes) what is in the queue: the record ids.
+    fn drain(&self) -> Vec<String> {
+        self.rt.block_on(async {
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .unwrap();
+            let mut ids = Vec::new();
+            for m in out.messages() {
+                let enc = m
+                    .message_attributes()
+                    .and_then(|a| a.get(record::ENCODING_ATTRIBUTE))
+                    .and_then(|v| v.string_value());
+                let enc = Encoding::from_attribute(enc).unwrap();
+                ids.extend(decode_body(m.body().unwrap(), enc).expect("a valid body").into_iter().map(|l| l.record.id));
+                self.client
+                    .delete_message()
+                    .queue_url(&self.url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            ids
+        })
+    }
+}
+
+const MAX_UNACKED: usize = 100;
+
+fn indexer(port: u16, sqs: &Sqs, client_id: &str, linger: &str) -> Program {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_indexer"));
+    testkit::Emulator::shared().apply(&mut cmd);
+    broker_env(&mut cmd, port);
+    cmd.env("INDEXER_CLIENT_ID", client_id)
+        .env("QUEUE_URL", &sqs.url)
+        .env("INDEXER_LINGER", linger)
+        .env("INDEXER_MAX_UNACKED", MAX_UNACKED.to_string())
+        .env("STATS_INTERVAL", "200ms");
+    Program::start(cmd, "indexer")
+}
+
+/// The indexer's latest counters (from its `stats` log lines).
+fn counters(p: &Program) -> Option<serde_json::Value> {
+    p.log_text().lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["message"] == "stats").then(|| serde_json::from_str(v["counters"].as_str()?).ok())?
+    })
+}
+
+/// Waits until the indexer received `n` records and each is either delivered or buffered;
+/// returns how many are buffered (not yet in SQS, not acknowledged).
+fn settled(p: &Program, n: u64) -> u64 {
+    wait_for(Duration::from_secs(10), &format!("the indexer to settle with {n} records"), || {
+        let c = counters(p)?;
+        let (rx, done, buf) = (c["received"].as_u64()?, c["sqs_delivered"].as_u64()?, c["sqs_buffered"].as_u64()?);
+        (rx == n && done + buf == n).then_some(buf)
+    })
+}
+
+fn record_line(i: usize) -> String {
+    let r = PingRecord {
+        id: format!("redelivery-{i}"),
+        ts: "2026-11-23T10:00:00.123Z".into(),
+        stack: "swarmtest".into(),
+        region: "us-east-1".into(),
+        agent: "bee-redelivery".into(),
+        target: "127.0.0.1".into(),
+        status: Status::Ok,
+        loss: 0.0,
+        rtt_ms: None,
+        error: None,
+    };
+    serde_json::to_string(&r).unwrap()
+}
+
+/// Publishes records `range` on ping/127.0.0.1, QoS 1, one message a line.
+fn publish(port: u16, range: std::ops::Range<usize>) {
+    let mut cmd = Command::new(testkit::system_tool("mosquitto_pub"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", USER, "-P", PASSWORD, "-q", "1"]).args([
+        "-t",
+        "ping/127.0.0.1",
+        "-l",
+    ]);
+    let mut child = cmd.stdin(std::process::Stdio::piped()).spawn().expect("mosquitto_pub");
+    let mut input = String::new();
+    for i in range {
+        input.push_str(&record_line(i));
+        input.push('\n');
+    }
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+}
+
+#[test]
+fn records_buffered_at_a_crash_are_redelivered() {
+    let t0 = Instant::now();
+    let sqs = Sqs::new();
+    let broker = broker();
+    let port = broker.port;
+    let client_id = testkit::unique("indexer-redelivery");
+
+    // A linger far longer than the test: only the unacknowledged-records bound sends.
+    let first = indexer(port, &sqs, &client_id, "60s");
+    wait_for(Duration::from_secs(10), "the indexer to connect", || {
+        first.log_text().contains("connected to the broker").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(700)); // its subscriptions
+
+    // More records than the broker sends unacknowledged: the indexer must not stall.
+    let mut n = 2 * MAX_UNACKED + 30;
+    publish(port, 0..n);
+    let mut buffered = settled(&first, n as u64);
+    if buffered == 0 {
+        // The last request happened to take everything: leave one record in the buffer.
+        publish(port, n..n + 1);
+        n += 1;
+        buffered = settled(&first, n as u64);
+    }
+    assert!(buffered > 0 && buffered < (MAX_UNACKED / 2) as u64, "buffered {buffered}");
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut before = 0;
+    wait_for(Duration::from_secs(5), "the sent records in SQS", || {
+        let ids = sqs.drain();
+        before += ids.len();
+        seen.extend(ids);
+        (seen.len() as u64 == n as u64 - buffered).then_some(())
+    });
+
+    // Crash: the buffered records were never sent nor acknowledged.
+    first.guard.signal("KILL");
+    wait_for(Duration::from_secs(5), "the indexer to die", || (!first.guard.alive()).then_some(()));
+    assert_eq!(seen.len() as u64, n as u64 - buffered);
+
+    // The same client id comes back: the broker sends the unacknowledged messages again.
+    let second = indexer(port, &sqs, &client_id, "300ms");
+    let mut after = 0;
+    wait_for(Duration::from_secs(10), "every record in SQS", || {
+        let ids = sqs.drain();
+        after += ids.len();
+        seen.extend(ids);
+        (seen.len() == n).then_some(())
+    });
+    let expected: HashSet<String> = (0..n).map(|i| format!("redelivery-{i}")).collect();
+    assert_eq!(seen, expected);
+    assert!(second.log_text().contains("connected to the broker"));
+    eprintln!(
+        "redelivery: {n} records, {buffered} buffered at the crash; {before} in SQS before it, {after} after; took {:?}",
+        t0.elapsed()
+    );
+}
