@@ -198,3 +198,25 @@ mod tests {
         assert!(!SecretSource::default().is_set());
     }
 }
+
+/// The `main` of every swarm program: the configuration file, then the flags (which read
+/// the environment it filled), JSON logging, a runtime, and `run`; a failure is logged
+/// before it is returned.
+pub fn main<A, F, Fut>(program: &str, run: F) -> Result<()>
+where
+    A: clap::Parser,
+    F: FnOnce(A) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    load_config_file().context("loading the configuration file")?;
+    let args = A::parse();
+    init_logging();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let r = run(args).await;
+        if let Err(e) = &r {
+            tracing::error!(error = format!("{e:#}"), "{program} failed");
+        }
+        r
+    })
+}

@@ -8,62 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use record::{decode_body, Encoding, PingRecord, Status};
+use record::{Encoding, PingRecord, Status};
 use testkit::servers::Influxd;
-
-struct Sqs {
-    rt: tokio::runtime::Runtime,
-    client: aws_sdk_sqs::Client,
-    url: String,
-}
-
-impl Sqs {
-    fn new() -> Sqs {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let emu = testkit::Emulator::shared();
-        let client = rt.block_on(emu.sqs());
-        let name = testkit::unique("pings");
-        let url = rt.block_on(client.create_queue().queue_name(&name).send()).unwrap().queue_url.unwrap();
-        Sqs { rt, client, url }
-    }
-
-    /// Receives (and deletes) what is in the queue: (records, messages).
-    fn drain(&self) -> (Vec<PingRecord>, usize) {
-        self.rt.block_on(async {
-            let out = self
-                .client
-                .receive_message()
-                .queue_url(&self.url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .unwrap();
-            let mut recs = Vec::new();
-            let msgs = out.messages();
-            for m in msgs {
-                let enc = m
-                    .message_attributes()
-                    .and_then(|a| a.get(record::ENCODING_ATTRIBUTE))
-                    .and_then(|v| v.string_value());
-                let enc = Encoding::from_attribute(enc).unwrap();
-                assert_eq!(enc, Encoding::GzipBase64, "the indexer's default encoding");
-                let body = m.body().unwrap();
-                assert!(body.len() <= record::MAX_MESSAGE_BYTES);
-                recs.extend(decode_body(body, enc).expect("a valid body").into_iter().map(|l| l.record));
-                self.client
-                    .delete_message()
-                    .queue_url(&self.url)
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-            (recs, msgs.len())
-        })
-    }
-}
 
 fn indexer(port: u16, sqs: &Sqs, influx: &Influxd) -> Program {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_indexer"));
@@ -81,7 +27,7 @@ fn indexer(port: u16, sqs: &Sqs, influx: &Influxd) -> Program {
 #[test]
 fn bee_to_sqs_and_influxdb_on_loopback() {
     let t0 = Instant::now();
-    let sqs = Sqs::new();
+    let sqs = Sqs::new("pings");
     let broker = broker();
     let influx = Influxd::start();
     let port = broker.port;
@@ -97,7 +43,7 @@ fn bee_to_sqs_and_influxdb_on_loopback() {
     let mut latest: HashMap<String, PingRecord> = HashMap::new();
     let mut messages = 0;
     wait_for(Duration::from_secs(60), "records of all four targets in SQS", || {
-        let (recs, n) = sqs.drain();
+        let (recs, n) = drain(&sqs);
         messages += n;
         for r in recs {
             latest.insert(r.target.clone(), r);
@@ -149,7 +95,7 @@ fn bee_to_sqs_and_influxdb_on_loopback() {
     // ... and the bee kept its targets: fresh results keep flowing for all of them.
     let mut fresh = std::collections::HashSet::new();
     wait_for(Duration::from_secs(20), "fresh records after the malformed messages", || {
-        fresh.extend(sqs.drain().0.into_iter().map(|r| r.target));
+        fresh.extend(drain(&sqs).0.into_iter().map(|r| r.target));
         (fresh.len() == 4).then_some(())
     });
     assert!(
@@ -161,12 +107,24 @@ fn bee_to_sqs_and_influxdb_on_loopback() {
     // A valid new list replaces the old one.
     mqtt_pub(port, "watch", br#"["127.0.0.3"]"#, true);
     std::thread::sleep(Duration::from_secs(3));
-    sqs.drain();
+    drain(&sqs);
     let mut after = std::collections::HashSet::new();
     wait_for(Duration::from_secs(20), "records of the new target only", || {
-        after.extend(sqs.drain().0.into_iter().map(|r| r.target));
+        after.extend(drain(&sqs).0.into_iter().map(|r| r.target));
         after.contains("127.0.0.3").then_some(())
     });
     assert_eq!(after.into_iter().collect::<Vec<_>>(), vec!["127.0.0.3".to_string()]);
     eprintln!("flow test took {:?}", t0.elapsed());
+}
+
+/// (records, messages) taken from the queue, each message checked to be in the indexer's
+/// default encoding and within the SQS limit.
+fn drain(sqs: &Sqs) -> (Vec<PingRecord>, usize) {
+    let got = sqs.drain(1);
+    for m in &got {
+        assert_eq!(m.encoding, Encoding::GzipBase64, "the indexer's default encoding");
+        assert!(m.body_len <= record::MAX_MESSAGE_BYTES);
+    }
+    let n = got.len();
+    (got.into_iter().flat_map(|m| m.records).collect(), n)
 }

@@ -10,56 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use record::{decode_body, Encoding, PingRecord, Status};
-
-struct Sqs {
-    rt: tokio::runtime::Runtime,
-    client: aws_sdk_sqs::Client,
-    url: String,
-}
-
-impl Sqs {
-    fn new() -> Sqs {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let client = rt.block_on(testkit::Emulator::shared().sqs());
-        let name = testkit::unique("redelivery");
-        let url = rt.block_on(client.create_queue().queue_name(&name).send()).unwrap().queue_url.unwrap();
-        Sqs { rt, client, url }
-    }
-
-    /// Receives (and deletes) what is in the queue: the record ids.
-    fn drain(&self) -> Vec<String> {
-        self.rt.block_on(async {
-            let out = self
-                .client
-                .receive_message()
-                .queue_url(&self.url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .wait_time_seconds(0)
-                .send()
-                .await
-                .unwrap();
-            let mut ids = Vec::new();
-            for m in out.messages() {
-                let enc = m
-                    .message_attributes()
-                    .and_then(|a| a.get(record::ENCODING_ATTRIBUTE))
-                    .and_then(|v| v.string_value());
-                let enc = Encoding::from_attribute(enc).unwrap();
-                ids.extend(decode_body(m.body().unwrap(), enc).expect("a valid body").into_iter().map(|l| l.record.id));
-                self.client
-                    .delete_message()
-                    .queue_url(&self.url)
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-            ids
-        })
-    }
-}
+use record::{PingRecord, Status};
 
 const MAX_UNACKED: usize = 100;
 
@@ -131,7 +82,7 @@ fn publish(port: u16, range: std::ops::Range<usize>) {
 #[test]
 fn records_buffered_at_a_crash_are_redelivered() {
     let t0 = Instant::now();
-    let sqs = Sqs::new();
+    let sqs = Sqs::new("redelivery");
     let broker = broker();
     let port = broker.port;
     let client_id = testkit::unique("indexer-redelivery");
@@ -157,7 +108,7 @@ fn records_buffered_at_a_crash_are_redelivered() {
     let mut seen: HashSet<String> = HashSet::new();
     let mut before = 0;
     wait_for(Duration::from_secs(5), "the sent records in SQS", || {
-        let ids = sqs.drain();
+        let ids = sqs.drain(0).into_iter().flat_map(|m| m.records).map(|r| r.id).collect::<Vec<_>>();
         before += ids.len();
         seen.extend(ids);
         (seen.len() as u64 == n as u64 - buffered).then_some(())
@@ -172,7 +123,7 @@ fn records_buffered_at_a_crash_are_redelivered() {
     let second = indexer(port, &sqs, &client_id, "300ms");
     let mut after = 0;
     wait_for(Duration::from_secs(10), "every record in SQS", || {
-        let ids = sqs.drain();
+        let ids = sqs.drain(0).into_iter().flat_map(|m| m.records).map(|r| r.id).collect::<Vec<_>>();
         after += ids.len();
         seen.extend(ids);
         (seen.len() == n).then_some(())

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use rumqttc::{AsyncClient, QoS};
 use swarm::config::{self, parse_duration};
@@ -252,15 +252,5 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    config::load_config_file().context("loading the configuration file")?;
-    let args = Args::parse();
-    config::init_logging();
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let r = run(args).await;
-        if let Err(e) = &r {
-            tracing::error!(error = format!("{e:#}"), "bee failed");
-        }
-        r
-    })
+    config::main::<Args, _, _>("bee", run)
 }

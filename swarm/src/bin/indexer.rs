@@ -377,15 +377,5 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    config::load_config_file().context("loading the configuration file")?;
-    let args = Args::parse();
-    config::init_logging();
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let r = run(args).await;
-        if let Err(e) = &r {
-            tracing::error!(error = format!("{e:#}"), "indexer failed");
-        }
-        r
-    })
+    config::main::<Args, _, _>("indexer", run)
 }

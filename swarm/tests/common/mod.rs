@@ -102,3 +102,63 @@ pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A fresh queue in the emulator, read the way the worker reads it.
+pub struct Sqs {
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_sqs::Client,
+    pub url: String,
+}
+
+/// One message taken from the queue.
+pub struct Received {
+    pub encoding: record::Encoding,
+    pub body_len: usize,
+    pub records: Vec<record::PingRecord>,
+}
+
+impl Sqs {
+    pub fn new(prefix: &str) -> Sqs {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let client = rt.block_on(testkit::Emulator::shared().sqs());
+        let name = testkit::unique(prefix);
+        let url = rt.block_on(client.create_queue().queue_name(&name).send()).unwrap().queue_url.unwrap();
+        Sqs { rt, client, url }
+    }
+
+    /// Receives (and deletes) up to 10 messages, decoding each body with the record crate.
+    pub fn drain(&self, wait_seconds: i32) -> Vec<Received> {
+        self.rt.block_on(async {
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .wait_time_seconds(wait_seconds)
+                .send()
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            for m in out.messages() {
+                let enc = m
+                    .message_attributes()
+                    .and_then(|a| a.get(record::ENCODING_ATTRIBUTE))
+                    .and_then(|v| v.string_value());
+                let encoding = record::Encoding::from_attribute(enc).unwrap();
+                let body = m.body().unwrap();
+                let records =
+                    record::decode_body(body, encoding).expect("a valid body").into_iter().map(|l| l.record).collect();
+                got.push(Received { encoding, body_len: body.len(), records });
+                self.client
+                    .delete_message()
+                    .queue_url(&self.url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            got
+        })
+    }
+}
