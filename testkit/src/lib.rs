@@ -30,7 +30,11 @@ pub fn venv() -> PathBuf {
 /// A tool installed in the project venv, or a failure that says how to install it.
 pub fn venv_tool(name: &str) -> PathBuf {
     let p = venv().join("bin").join(name);
-    assert!(p.exists(), "{} is missing: run scripts/setup (it installs the emulator, cfn-lint and checkov into .venv)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup (it installs the emulator, cfn-lint and checkov into .venv)",
+        p.display()
+    );
     p
 }
 
@@ -50,7 +54,11 @@ pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => {
             let d = PathBuf::from(d);
-            if d.is_absolute() { d } else { workspace_root().join(d) }
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root().join(d)
+            }
         }
         None => workspace_root().join("target"),
     }
@@ -61,7 +69,11 @@ pub fn target_dir() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let p = target_dir().join(profile).join(name);
-    assert!(p.exists(), "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test does this)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test does this)",
+        p.display()
+    );
     p
 }
 
@@ -115,7 +127,11 @@ impl Emulator {
         let mut cmd = Command::new(moto);
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let guard = proc::Guard::spawn(cmd, &log);
-        assert!(wait_for_port(port, Duration::from_secs(30)), "moto_server did not start on port {port}: see {}", log.display());
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)),
+            "moto_server did not start on port {port}: see {}",
+            log.display()
+        );
         Emulator { url: format!("http://127.0.0.1:{port}"), port, region: "us-east-1".into(), _guard: guard }
     }
 
@@ -135,7 +151,9 @@ impl Emulator {
 
     /// Applies [`Emulator::env`] to a command, clearing AWS settings it might inherit.
     pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
-        for k in ["AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"] {
+        for k in
+            ["AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"]
+        {
             cmd.env_remove(k);
         }
         cmd.envs(self.env())

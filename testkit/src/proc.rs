@@ -60,7 +60,13 @@ impl Guard {
 
     /// Whether the program is still running.
     pub fn alive(&self) -> bool {
-        Command::new("kill").arg("-0").arg(self.pid.to_string()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+        Command::new("kill")
+            .arg("-0")
+            .arg(self.pid.to_string())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
     }
 }
 
