@@ -172,12 +172,13 @@ async fn sigterm_flushes_what_is_buffered_and_exits() {
 
 #[tokio::test]
 async fn held_messages_stay_invisible_to_a_second_worker() {
-    // A 2 s visibility timeout and a 5 s buffer: without renewals the second worker would
-    // receive (and archive) the first one's messages again.
-    let f = Fixture::new(2, None).await;
+    // A 5 s visibility timeout and a 12 s buffer: without renewals the second worker would
+    // receive (and archive) the first one's messages again. (Renewals come at half-life, so
+    // a loaded machine still has 2.5 s of margin; 2 s timeouts proved flaky under load.)
+    let f = Fixture::new(5, None).await;
     let recs = records("v", 500, "2026-11-23T08:00:00", Duration::from_millis(10));
     f.send(&bodies(&recs, 10)).await;
-    let knobs = ["--visibility-timeout", "2", "--flush-seconds", "5"];
+    let knobs = ["--visibility-timeout", "5", "--flush-seconds", "12"];
     let mut a = Worker::start(f.worker(&knobs));
     let mut cmd = f.worker(&knobs);
     cmd.args(["--worker-id", "w2"]);
