@@ -340,6 +340,30 @@ pub async fn wait(
     }
 }
 
+/// The stack's events (the latest page, as DescribeStackEvents returns it), oldest first.
+async fn events(cfn: &Client, stack: &str) -> Result<Vec<Event>, AwsError> {
+    let out = cfn
+        .describe_stack_events()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot read events of {stack}"), e))?;
+    let mut evs: Vec<Event> = out
+        .stack_events()
+        .iter()
+        .map(|e| Event {
+            id: e.event_id().unwrap_or_default().to_string(),
+            time: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
+            logical_id: e.logical_resource_id().unwrap_or_default().into(),
+            resource_type: e.resource_type().unwrap_or_default().into(),
+            status: e.resource_status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            reason: e.resource_status_reason().map(str::to_string),
+        })
+        .collect();
+    evs.reverse();
+    Ok(evs)
+}
+
 /// Events not seen before, oldest first. With `baseline`, everything present now is
 /// marked seen and nothing is returned (events of earlier operations on the stack).
 async fn new_events(
@@ -348,54 +372,27 @@ async fn new_events(
     seen: &mut HashSet<String>,
     baseline: bool,
 ) -> Result<Vec<Event>, AwsError> {
-    let out = cfn
-        .describe_stack_events()
-        .stack_name(stack)
-        .send()
-        .await
-        .map_err(|e| describe(&format!("cannot read events of {stack}"), e))?;
-    let mut fresh = Vec::new();
-    for e in out.stack_events() {
-        let id = e.event_id().unwrap_or_default().to_string();
-        if !seen.insert(id.clone()) || baseline {
-            continue;
-        }
-        fresh.push(Event {
-            id,
-            time: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
-            logical_id: e.logical_resource_id().unwrap_or_default().into(),
-            resource_type: e.resource_type().unwrap_or_default().into(),
-            status: e.resource_status().map(|s| s.as_str().to_string()).unwrap_or_default(),
-            reason: e.resource_status_reason().map(str::to_string),
-        });
-    }
-    fresh.reverse();
-    Ok(fresh)
+    let fresh: Vec<Event> = events(cfn, stack).await?.into_iter().filter(|e| seen.insert(e.id.clone())).collect();
+    Ok(if baseline { Vec::new() } else { fresh })
 }
 
 /// The failed resources of the latest operation on `stack`, with their reasons. The
 /// stack's own summary line ("The following resource(s) failed...") comes last.
 pub async fn failures(cfn: &Client, stack: &str) -> Result<Vec<Failure>, AwsError> {
-    let out = cfn
-        .describe_stack_events()
-        .stack_name(stack)
-        .send()
-        .await
-        .map_err(|e| describe(&format!("cannot read events of {stack}"), e))?;
     let mut res: Vec<Failure> = Vec::new();
     let mut own: Vec<Failure> = Vec::new();
-    for e in out.stack_events().iter().rev() {
-        let status = e.resource_status().map(|s| s.as_str().to_string()).unwrap_or_default();
-        if !status.ends_with("_FAILED") {
+    for e in events(cfn, stack).await? {
+        if !e.status.ends_with("_FAILED") {
             continue;
         }
+        let stack_itself = e.resource_type == "AWS::CloudFormation::Stack";
         let f = Failure {
-            logical_id: e.logical_resource_id().unwrap_or_default().into(),
-            resource_type: e.resource_type().unwrap_or_default().into(),
-            status,
-            reason: e.resource_status_reason().unwrap_or("no reason given").into(),
+            logical_id: e.logical_id,
+            resource_type: e.resource_type,
+            status: e.status,
+            reason: e.reason.unwrap_or_else(|| "no reason given".into()),
         };
-        if e.resource_type() == Some("AWS::CloudFormation::Stack") {
+        if stack_itself {
             own.push(f);
         } else if !res.contains(&f) {
             res.push(f);
