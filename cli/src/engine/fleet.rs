@@ -39,6 +39,9 @@ pub struct Plan {
     pub parameters: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
     pub user_data: String,
+    /// Whether the new version becomes active on creation: the first version of a role
+    /// that takes no inbound traffic.
+    pub activate: bool,
     #[serde(skip)]
     pub spec: StackSpec,
 }
@@ -186,6 +189,7 @@ impl Engine {
             parameters: parameters.clone(),
             tags: tags.clone(),
             user_data,
+            activate: m.traffic.via == Via::None && !existing.iter().any(|v| v.active),
             spec: StackSpec { name, template, parameters, tags },
         })
     }
@@ -217,13 +221,8 @@ impl Engine {
     /// Creates a version. The first version of a role that takes no inbound traffic
     /// becomes its active version at once (it is doing the work already).
     pub async fn create_version(&mut self, m: &Manifest, plan: &Plan) -> anyhow::Result<VersionInfo> {
-        let had_active = if m.traffic.via == Via::None {
-            self.versions(m, plan.parameters.get("Swarm").map(String::as_str)).await?.iter().any(|v| v.active)
-        } else {
-            true
-        };
         let stack = self.create_stack(&plan.spec).await?;
-        if !had_active {
+        if plan.activate {
             if let Some(g) = stack.output("AutoScalingGroupName") {
                 self.report
                     .step(&format!("{} {} is the first {} version: marking it active", m.role, plan.version, m.role));
