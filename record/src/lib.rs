@@ -4,7 +4,9 @@
 //! `ping/<target>`. The indexer packs many records into one SQS message body as NDJSON
 //! (one JSON object per line), optionally gzip-compressed and base64-encoded; the
 //! message attribute [`ENCODING_ATTRIBUTE`] says which ([`Encoding`]). The worker parses
-//! bodies back into lines and archives the original lines, untouched, in S3.
+//! bodies back into lines ([`decode_lines`]) and archives the original lines, untouched, in
+//! S3; a line that is not a valid record is set aside on its own ([`Rejected`]), never
+//! taking the good lines of its body with it.
 //!
 //! ```json
 //! {"id":"<unique>","ts":"2026-11-23T10:00:00.123Z","stack":"swarm1","region":"eu-west-1",
@@ -16,6 +18,8 @@ use std::io::{Read, Write};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 /// SQS message attribute (String) naming the body's [`Encoding`]. Absent means NDJSON.
 pub const ENCODING_ATTRIBUTE: &str = "tyrell-encoding";
@@ -23,12 +27,19 @@ pub const ENCODING_ATTRIBUTE: &str = "tyrell-encoding";
 /// The largest SQS message body the indexer produces (the SQS limit tyrell designs for).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
+/// The most NDJSON one body may decode to, in bytes: 64 × [`MAX_MESSAGE_BYTES`] (16 MiB).
+/// The indexer puts at most 1 MiB of NDJSON in one gzip body, so only a corrupt or hostile
+/// body (a gzip bomb) reaches this; it bounds the memory one message can take.
+pub const MAX_DECODED_BYTES: usize = 64 * MAX_MESSAGE_BYTES;
+
 /// One ping result: one target, one round, one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PingRecord {
     /// Unique per record (a UUID); lets consumers de-duplicate at-least-once deliveries.
     pub id: String,
-    /// When the round finished, RFC 3339 UTC with milliseconds: `2026-11-23T10:00:00.123Z`.
+    /// When the round finished, an RFC 3339 `date-time` (RFC 3339 §5.6). The bee writes UTC
+    /// with milliseconds (`2026-11-23T10:00:00.123Z`); consumers accept any offset
+    /// (`2026-11-23T11:00:00.123+01:00` is the same instant) through [`parse_ts`].
     pub ts: String,
     /// The swarm (base stack) name.
     pub stack: String,
@@ -83,14 +94,19 @@ impl Rtt {
 }
 
 impl PingRecord {
-    /// The record's time as `(year, month, day, hour)` in UTC, read from `ts`
-    /// (`YYYY-MM-DDTHH:...Z`). `None` when `ts` is not in that form.
+    /// The record's time as `(year, month, day, hour)` in UTC, read from `ts` with any
+    /// RFC 3339 offset ([`hour_of`]). `None` when `ts` is not an RFC 3339 `date-time`.
     pub fn hour(&self) -> Option<(u16, u8, u8, u8)> {
         hour_of(&self.ts)
     }
 
-    /// Checks what serde cannot: a well-formed UTC timestamp, a loss fraction in range,
-    /// non-empty id/agent/target.
+    /// The record's time as an instant in UTC ([`parse_ts`]); the error is one sentence.
+    pub fn utc(&self) -> Result<OffsetDateTime, String> {
+        parse_ts(&self.ts)
+    }
+
+    /// Checks what serde cannot: an RFC 3339 timestamp (any offset, [`parse_ts`]), a loss
+    /// fraction in 0..=1, non-empty id/agent/target. The error is one sentence.
     pub fn validate(&self) -> Result<(), String> {
         if self.id.is_empty() {
             return Err("empty id".into());
@@ -98,9 +114,7 @@ impl PingRecord {
         if self.agent.is_empty() || self.target.is_empty() {
             return Err("empty agent or target".into());
         }
-        if self.hour().is_none() {
-            return Err(format!("ts {:?} is not RFC 3339 UTC (YYYY-MM-DDTHH:MM:SS[.sss]Z)", self.ts));
-        }
+        parse_ts(&self.ts)?;
         if !(0.0..=1.0).contains(&self.loss) {
             return Err(format!("loss {} outside 0..1", self.loss));
         }
@@ -108,21 +122,40 @@ impl PingRecord {
     }
 }
 
-/// `(year, month, day, hour)` of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SS[.frac]Z`.
+/// Parses a record timestamp into the instant it names, normalised to UTC (offset +00:00).
+///
+/// Accepts any RFC 3339 `date-time` (RFC 3339 §5.6): `YYYY-MM-DD`, `T`, `HH:MM:SS`, an
+/// optional fraction of a second of any length, then `Z` or a numeric offset `+HH:MM` /
+/// `-HH:MM` (hours 00-23, minutes 00-59). As §5.6's NOTEs allow, `T` and `Z` may be lower
+/// case and `T` may be a space. `-00:00` (§4.3, "offset unknown") names the same instant
+/// as `Z`. A leap second (`:60`, §5.7) is read as the last nanosecond of the second before.
+/// Dates must exist (no 2026-02-30), and the UTC instant must lie in the years 0000-9999.
+///
+/// Errors: one sentence naming the value and what is wrong with it.
+pub fn parse_ts(ts: &str) -> Result<OffsetDateTime, String> {
+    let bad = |why: &str| {
+        format!(
+            "ts {ts:?} is not an RFC 3339 date-time ({why}); expected e.g. 2026-11-23T10:00:00.123Z \
+             or 2026-11-23T11:00:00.123+01:00"
+        )
+    };
+    let t = OffsetDateTime::parse(ts, &Rfc3339).map_err(|e| bad(&e.to_string()))?;
+    // The `time` parser takes any byte between date and time; RFC 3339 §5.6 allows `T`
+    // (or `t`, or, for readability, a space) only.
+    if !matches!(ts.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
+        return Err(bad("the date and the time must be separated by T"));
+    }
+    t.checked_to_offset(UtcOffset::UTC)
+        .filter(|u| (0..=9999).contains(&u.year()))
+        .ok_or_else(|| bad("in UTC it falls outside the years 0000-9999"))
+}
+
+/// `(year, month, day, hour)` in UTC of an RFC 3339 timestamp with any offset
+/// ([`parse_ts`]): `2026-11-23T00:30:00+01:00` is `(2026, 11, 22, 23)`. `None` when `ts`
+/// is not an RFC 3339 `date-time`.
 pub fn hour_of(ts: &str) -> Option<(u16, u8, u8, u8)> {
-    let b = ts.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    if !ts.ends_with('Z') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<u16>().ok();
-    let (y, mo, d, h, mi, s) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    Some((y, mo as u8, d as u8, h as u8))
+    let t = parse_ts(ts).ok()?;
+    Some((u16::try_from(t.year()).ok()?, t.month() as u8, t.day(), t.hour()))
 }
 
 /// How a message body is encoded; carried in the [`ENCODING_ATTRIBUTE`] message attribute.
@@ -152,6 +185,8 @@ impl Encoding {
     }
 }
 
+/// Why a whole body cannot be read ([`decode_lines`]), or, from the strict
+/// [`decode_body`], why it was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("unknown encoding {0:?} (expected \"ndjson\" or \"gzip+base64\")")]
@@ -160,19 +195,48 @@ pub enum DecodeError {
     Base64(String),
     #[error("body is not valid gzip: {0}")]
     Gzip(String),
+    /// No longer returned: a line that is not UTF-8 is a [`Rejected`] line
+    /// ([`DecodeError::Line`] from [`decode_body`]). Kept so existing matches compile.
     #[error("body is not UTF-8")]
     Utf8,
+    /// Only from the strict [`decode_body`]: line `line` (1-based) is not a valid record.
     #[error("line {line}: {reason}")]
     Line { line: usize, reason: String },
+    /// The body holds no line at all (only blank lines, or nothing).
     #[error("body holds no records")]
     Empty,
+    /// The body decodes to more than [`MAX_DECODED_BYTES`] of NDJSON.
+    #[error("body decodes to more than {} bytes", MAX_DECODED_BYTES)]
+    TooLarge,
 }
 
 /// One record of a body, with the exact line it came from (archived untouched).
 #[derive(Debug, Clone)]
 pub struct Line {
     pub record: PingRecord,
+    /// The line as it was in the body, without its line ending (`\n` or `\r\n`).
     pub raw: String,
+}
+
+/// A line of a body that is not a valid record, set aside on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// 1-based line number in the decoded body.
+    pub line: usize,
+    /// The line without its line ending. A line that is not UTF-8 is given as the standard
+    /// base64 of its bytes (and its `reason` says so).
+    pub raw: String,
+    /// Why it is not a valid record: one sentence.
+    pub reason: String,
+}
+
+/// A body split into its valid records and the lines set aside ([`decode_lines`]).
+#[derive(Debug, Clone, Default)]
+pub struct Decoded {
+    /// The valid records, in body order.
+    pub lines: Vec<Line>,
+    /// The lines that are not valid records, in body order.
+    pub rejected: Vec<Rejected>,
 }
 
 /// Serialises records as NDJSON: one object per line, each line ending in `\n`.
@@ -198,37 +262,78 @@ pub fn encode_body(ndjson: &str, encoding: Encoding) -> String {
     }
 }
 
-/// Decodes a message body into its lines. Any fault — bad base64, bad gzip, a line
-/// that is not a valid record — rejects the whole body, naming the first bad line:
-/// the consumer then archives the raw body under its error prefix.
-pub fn decode_body(body: &str, encoding: Encoding) -> Result<Vec<Line>, DecodeError> {
-    let text: std::borrow::Cow<str> = match encoding {
-        Encoding::Ndjson => body.into(),
+/// Decodes a message body record by record, as Kinesis Data Firehose treats records: each
+/// line (`\n`-separated, a trailing `\r` dropped, blank lines skipped) is parsed and
+/// validated on its own ([`PingRecord::validate`]); the valid ones are returned in
+/// [`Decoded::lines`], the others in [`Decoded::rejected`] with their reason. A bad line
+/// never spoils the good ones.
+///
+/// Errors are faults of the whole body only, when no line can be read at all: bad base64
+/// or gzip, more than [`MAX_DECODED_BYTES`] decoded, or no line at all ([`DecodeError::Empty`]).
+pub fn decode_lines(body: &str, encoding: Encoding) -> Result<Decoded, DecodeError> {
+    let bytes: std::borrow::Cow<[u8]> = match encoding {
+        Encoding::Ndjson => body.as_bytes().into(),
         Encoding::GzipBase64 => {
-            let bytes = base64::engine::general_purpose::STANDARD
+            let gz = base64::engine::general_purpose::STANDARD
                 .decode(body.trim())
                 .map_err(|e| DecodeError::Base64(e.to_string()))?;
             let mut out = Vec::new();
-            flate2::read::MultiGzDecoder::new(&bytes[..])
+            flate2::read::MultiGzDecoder::new(&gz[..])
+                .take(MAX_DECODED_BYTES as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| DecodeError::Gzip(e.to_string()))?;
-            String::from_utf8(out).map_err(|_| DecodeError::Utf8)?.into()
+            if out.len() > MAX_DECODED_BYTES {
+                return Err(DecodeError::TooLarge);
+            }
+            out.into()
         }
     };
-    let mut lines = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        if raw.trim().is_empty() {
+    if bytes.len() > MAX_DECODED_BYTES {
+        return Err(DecodeError::TooLarge);
+    }
+    let mut decoded = Decoded::default();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = i + 1;
+        let Ok(text) = std::str::from_utf8(raw) else {
+            decoded.rejected.push(Rejected {
+                line,
+                raw: base64::engine::general_purpose::STANDARD.encode(raw),
+                reason: "line is not UTF-8 (raw holds its bytes in base64)".into(),
+            });
+            continue;
+        };
+        if text.trim().is_empty() {
             continue;
         }
-        let record: PingRecord =
-            serde_json::from_str(raw).map_err(|e| DecodeError::Line { line: i + 1, reason: e.to_string() })?;
-        record.validate().map_err(|reason| DecodeError::Line { line: i + 1, reason })?;
-        lines.push(Line { record, raw: raw.to_string() });
+        match parse_record(text) {
+            Ok(record) => decoded.lines.push(Line { record, raw: text.to_string() }),
+            Err(reason) => decoded.rejected.push(Rejected { line, raw: text.to_string(), reason }),
+        }
     }
-    if lines.is_empty() {
+    if decoded.lines.is_empty() && decoded.rejected.is_empty() {
         return Err(DecodeError::Empty);
     }
-    Ok(lines)
+    Ok(decoded)
+}
+
+/// One NDJSON line as a valid record; the error is one sentence.
+fn parse_record(line: &str) -> Result<PingRecord, String> {
+    let record: PingRecord = serde_json::from_str(line).map_err(|e| format!("not a ping record: {e}"))?;
+    record.validate()?;
+    Ok(record)
+}
+
+/// Decodes a body that must be valid throughout (for producers checking their own output,
+/// and tests): as [`decode_lines`], but any line set aside rejects the whole body as
+/// [`DecodeError::Line`], naming the first one. Consumers of other programs' bodies use
+/// [`decode_lines`], so that one bad line spoils only itself.
+pub fn decode_body(body: &str, encoding: Encoding) -> Result<Vec<Line>, DecodeError> {
+    let decoded = decode_lines(body, encoding)?;
+    match decoded.rejected.into_iter().next() {
+        Some(r) => Err(DecodeError::Line { line: r.line, reason: r.reason }),
+        None => Ok(decoded.lines),
+    }
 }
 
 /// Packs serialised records (one NDJSON line each, without the newline) into message
@@ -309,7 +414,7 @@ mod tests {
     fn hour_partition_and_rtt() {
         assert_eq!(hour_of("2026-01-02T03:04:05Z"), Some((2026, 1, 2, 3)));
         assert_eq!(hour_of("2026-01-02T03:04:05.999Z"), Some((2026, 1, 2, 3)));
-        assert_eq!(hour_of("2026-01-02T03:04:05+01:00"), None);
+        assert_eq!(hour_of("2026-01-02T03:04:05+01:00"), Some((2026, 1, 2, 2)));
         assert_eq!(hour_of("2026-13-02T03:04:05Z"), None);
         let r = Rtt::from_samples(&[1.0, 3.0]).unwrap();
         assert_eq!((r.min, r.avg, r.max, r.stddev), (1.0, 2.0, 3.0, 1.0));
@@ -324,5 +429,126 @@ mod tests {
         assert!(bodies.iter().all(|b| b.len() <= 200));
         let rejoined: Vec<&str> = bodies.iter().flat_map(|b| b.lines()).collect();
         assert_eq!(rejoined, lines.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    fn line_with_ts(id: &str, ts: &str) -> String {
+        let mut r = rec(id);
+        r.ts = ts.into();
+        serde_json::to_string(&r).unwrap()
+    }
+
+    #[test]
+    fn any_rfc3339_offset_is_accepted_and_normalised_to_utc() {
+        // RFC 3339 §5.6: `Z` or a numeric offset; the hour partition is the UTC hour.
+        for (ts, hour) in [
+            ("2026-11-23T11:30:00.000+00:00", (2026, 11, 23, 11)), // the record from the field
+            ("2026-11-23T11:30:00.000-00:00", (2026, 11, 23, 11)), // §4.3 unknown offset
+            ("2026-11-23T12:30:00+01:00", (2026, 11, 23, 11)),
+            ("2026-11-23T00:30:00+01:00", (2026, 11, 22, 23)), // crosses midnight backwards
+            ("2026-11-23T20:15:00.5-05:30", (2026, 11, 24, 1)), // and forwards
+            ("2026-12-31T23:59:60Z", (2026, 12, 31, 23)),      // §5.7 leap second
+            ("2026-11-23t11:30:00z", (2026, 11, 23, 11)),      // §5.6 NOTE: lower case
+            ("2026-11-23 11:30:00Z", (2026, 11, 23, 11)),      // §5.6 NOTE: space
+            ("2026-11-23T11:30:00.123456789123Z", (2026, 11, 23, 11)),
+        ] {
+            assert_eq!(hour_of(ts), Some(hour), "{ts}");
+            assert_eq!(rec("a").clone().tap_ts(ts).validate(), Ok(()), "{ts}");
+        }
+        assert_eq!(
+            parse_ts("2026-11-23T12:30:00+01:00").unwrap(),
+            parse_ts("2026-11-23T11:30:00Z").unwrap(),
+            "the same instant"
+        );
+        assert_eq!(parse_ts("2026-11-23T12:30:00+01:00").unwrap().offset(), UtcOffset::UTC);
+    }
+
+    #[test]
+    fn timestamps_that_are_not_rfc3339_are_refused_with_a_reason() {
+        for ts in [
+            "2026-11-23T11:30:00",       // no offset
+            "2026-11-23T11:30:00+24:00", // offset hour out of range
+            "2026-11-23T11:30:00+01:60", // offset minute out of range
+            "2026-11-23T11:30:00+0100",  // offset without a colon
+            "2026-02-30T11:30:00Z",      // a day that does not exist
+            "2026-11-23X11:30:00Z",      // not a §5.6 separator
+            "2026-11-23T24:00:00Z",      // hour out of range
+            "2026-11-23T11:30:00.Z",     // empty fraction
+            "0000-01-01T00:30:00+01:00", // year -1 in UTC
+            "9999-12-31T23:30:00-01:00", // year 10000 in UTC
+            "2026-11-23T11:30:00Z trailing",
+            "yesterday",
+            "",
+            "2026-11-23T11:30:00\u{e9}",
+        ] {
+            assert_eq!(hour_of(ts), None, "{ts}");
+            let err = rec("a").tap_ts(ts).validate().unwrap_err();
+            assert!(err.contains("is not an RFC 3339 date-time"), "{ts}: {err}");
+        }
+    }
+
+    impl PingRecord {
+        fn tap_ts(mut self, ts: &str) -> PingRecord {
+            self.ts = ts.into();
+            self
+        }
+    }
+
+    #[test]
+    fn one_bad_line_spoils_only_itself() {
+        // The message from the field: two good records and one with a +00:00 offset, which
+        // is valid RFC 3339; then the same with a line that really is bad.
+        let good = [line_with_ts("g1", "2026-11-23T10:15:00.000Z"), line_with_ts("g2", "2026-11-23T10:45:00.000Z")];
+        let offset = line_with_ts("o", "2026-11-23T11:30:00.000+00:00");
+        let bad = line_with_ts("b", "2026-11-23T11:30:00.000+25:00");
+        for enc in [Encoding::Ndjson, Encoding::GzipBase64] {
+            let body = encode_body(&format!("{}\n{offset}\n{}\n", good[0], good[1]), enc);
+            let d = decode_lines(&body, enc).unwrap();
+            assert_eq!(d.lines.len(), 3, "{:?}", d.rejected);
+            assert!(d.rejected.is_empty());
+
+            let body = encode_body(&format!("{}\r\n\n{bad}\r\n{}\n{{\"id\": truncated\n", good[0], good[1]), enc);
+            let d = decode_lines(&body, enc).unwrap();
+            let ids: Vec<&str> = d.lines.iter().map(|l| l.record.id.as_str()).collect();
+            assert_eq!(ids, ["g1", "g2"]);
+            assert_eq!(d.lines[0].raw, good[0], "the line untouched, without its line ending");
+            assert_eq!(d.rejected.len(), 2);
+            assert_eq!((d.rejected[0].line, d.rejected[0].raw.as_str()), (3, bad.as_str()));
+            assert!(d.rejected[0].reason.contains("+25:00") && d.rejected[0].reason.contains("RFC 3339"));
+            assert_eq!((d.rejected[1].line, d.rejected[1].raw.as_str()), (5, "{\"id\": truncated"));
+            assert!(d.rejected[1].reason.starts_with("not a ping record"), "{}", d.rejected[1].reason);
+            // The strict form still refuses the body, naming the first bad line.
+            assert!(matches!(decode_body(&body, enc), Err(DecodeError::Line { line: 3, .. })));
+        }
+        // Only bad lines: nothing to archive, everything set aside, not a body fault.
+        let d = decode_lines("{}\n", Encoding::Ndjson).unwrap();
+        assert_eq!((d.lines.len(), d.rejected.len()), (0, 1));
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_set_aside_as_base64() {
+        let good = line_with_ts("g", "2026-11-23T10:15:00Z");
+        let mut nd = format!("{good}\n").into_bytes();
+        nd.extend_from_slice(b"{\"id\":\"\xff\xfe\"}\n");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&nd).unwrap();
+        let body = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        let d = decode_lines(&body, Encoding::GzipBase64).unwrap();
+        assert_eq!(d.lines.len(), 1);
+        assert_eq!(d.rejected[0].line, 2);
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&d.rejected[0].raw).unwrap();
+        assert_eq!(bytes, b"{\"id\":\"\xff\xfe\"}");
+        assert!(d.rejected[0].reason.contains("not UTF-8"));
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_not_inflated() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![b' '; 1 << 20];
+        for _ in 0..=(MAX_DECODED_BYTES >> 20) {
+            gz.write_all(&zeros).unwrap();
+        }
+        let body = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        assert!(body.len() < MAX_MESSAGE_BYTES, "a body SQS would carry: {}", body.len());
+        assert!(matches!(decode_lines(&body, Encoding::GzipBase64), Err(DecodeError::TooLarge)));
     }
 }
