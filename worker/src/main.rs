@@ -13,7 +13,6 @@ mod upload;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
@@ -22,7 +21,8 @@ use crate::pipeline::{Exit, Pipeline};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cfg = Config::parse();
+    // A setting out of range stops here, with one sentence and exit code 2.
+    let cfg = Config::from_args();
     tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)

@@ -128,7 +128,8 @@ async fn a_message_that_cannot_be_archived_reaches_the_dead_letter_queue() {
     let f = Fixture::new(1, Some(2)).await;
     f.send(&[("{not json".into(), Encoding::Ndjson)]).await;
     // A bucket that does not exist: every PUT of the error object fails.
-    let mut cmd = f.worker(&["--visibility-timeout", "1"]);
+    // The shortest visibility timeout the worker accepts, so the message comes back quickly.
+    let mut cmd = f.worker(&["--visibility-timeout", "2"]);
     cmd.args(["--bucket", "no-such-bucket-here"]);
     let mut w = Worker::start(cmd);
     let dlq = f.dlq_url.clone().unwrap();
