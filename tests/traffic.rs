@@ -204,6 +204,27 @@ fn health_dropping_during_a_bake_returns_traffic_to_blue() {
     only(&listener, &sw, "router", "v1");
 }
 
+/// Field report: a first router release with `--canary 20 --bake 30` said "step 1/2: router
+/// v1 20%" while the listener forwarded 100%, and when its only instance turned unhealthy
+/// during the bake it panicked (exit 101), leaving the lock in SSM and all traffic on the
+/// sick version. A first release has no live version to share with: refused up front.
+#[test]
+fn a_first_release_with_a_canary_is_refused_up_front() {
+    let (sw, _) = swarm("tf");
+    let listener = output(&sw, "AlbListenerArn");
+    create("routers", &sw, "v1", "1");
+    let err = fails(&["traffic", "elb", &sw, "--router", "v1", "--canary", "20", "--bake", "30"]);
+    assert!(err.contains("first release") && err.contains("--canary"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("step 1/"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    assert!(forwards(&listener).is_empty(), "the ALB must still answer 503: {:?}", forwards(&listener));
+    assert_eq!(lock_value(&sw, "router"), None, "the lock is released");
+    assert_eq!(desired(&sw, "router", "v1"), 1);
+    // The same release without --canary goes through, and a later canary from it works.
+    ok(&["traffic", "elb", &sw, "--router", "v1"]);
+    only(&listener, &sw, "router", "v1");
+}
+
 #[test]
 fn ctrl_c_mid_canary_says_how_to_finish_and_rollback_undoes_it() {
     let (sw, _) = swarm("tc");

@@ -160,6 +160,21 @@ pub fn bake_step(o: &Observation) -> Result<(), Vec<String>> {
 
 /// The weights (percent to the new version) to go through, in order, from the new
 /// version's current share: the canary steps above it, then 100.
+///
+/// `has_old`: whether a live version exists to share the traffic with. Without one (a
+/// role's first release) a canary step cannot be made: the listener forwards to one
+/// target group, so "20%" would really be 100%. That is refused here, before anything
+/// moves, rather than reported as a step that did not happen.
+pub fn shift_plan(canary: &[u8], current: i32, has_old: bool) -> Result<Vec<i32>, String> {
+    let steps = canary_steps(canary, current)?;
+    if !has_old && steps.iter().any(|p| *p < 100) {
+        return Err("this is the role's first release: there is no live version to share traffic with, so --canary cannot apply; switch without --canary (all traffic moves once the gate passes)".into());
+    }
+    Ok(steps)
+}
+
+/// The weights (percent to the new version) to go through, in order, from the new
+/// version's current share: the canary steps above it, then 100.
 pub fn canary_steps(canary: &[u8], current: i32) -> Result<Vec<i32>, String> {
     if let Some(bad) = canary.iter().find(|p| !(1..=99).contains(*p)) {
         return Err(format!("invalid --canary step {bad}: steps are percentages from 1 to 99, e.g. --canary 10,50"));
@@ -348,31 +363,23 @@ pub struct Switched {
 }
 
 impl Engine {
-    /// The role `tyrell traffic NOUN` means: a role name or noun, or `elb` / `nlb` for
-    /// the role behind the ALB / the NLB.
+    /// The role `tyrell traffic NAME` means: a role name or noun, or a role's
+    /// `[traffic] aliases` (`elb` for the routers).
     pub fn traffic_role(&self, name: &str) -> anyhow::Result<Manifest> {
-        let via = match name {
-            "elb" | "alb" => Some(Via::Alb),
-            "nlb" => Some(Via::Nlb),
-            _ => None,
-        };
-        let found = match via {
-            Some(via) => self.lib.roles().iter().find(|m| m.traffic.via == via),
-            None => self.lib.role(name),
-        };
-        found.cloned().ok_or_else(|| {
-            let nouns: Vec<&str> = self.lib.roles().iter().map(|m| m.noun.as_str()).collect();
-            anyhow::anyhow!("unknown traffic target {name:?}: use elb or one of {}", nouns.join(", "))
+        self.lib.traffic_role(name).cloned().ok_or_else(|| {
+            let names: Vec<&str> = self
+                .lib
+                .roles()
+                .iter()
+                .flat_map(|m| m.traffic.aliases.iter().map(String::as_str).chain([m.noun.as_str()]))
+                .collect();
+            anyhow::anyhow!("unknown traffic target {name:?}: use one of {}", names.join(", "))
         })
     }
 
     /// The listener in front of a role, from the base stack (`None`: no inbound traffic).
     async fn listener(&self, m: &Manifest, swarm: &str) -> anyhow::Result<Option<String>> {
-        let output = match m.traffic.via {
-            Via::Alb => "AlbListenerArn",
-            Via::Nlb => "BrokerListenerArn",
-            Via::None => return Ok(None),
-        };
+        let Some(output) = m.traffic.listener.as_deref() else { return Ok(None) };
         let base = self.base(swarm).await?;
         let arn = base.output(output).ok_or_else(|| anyhow::anyhow!("base stack {swarm} has no output {output}"))?;
         Ok(Some(arn.to_string()))
@@ -636,6 +643,13 @@ impl Engine {
             Some(_) => (Some(tg(&new)?), old.as_ref().map(tg).transpose()?),
             None => (None, None),
         };
+        // The shift's weights are decided before anything changes: a first release with
+        // --canary is refused here (the lock is released by the caller).
+        let plan = match (listener, &new_tg) {
+            (Some(_), Some(_)) => shift_plan(&req.canary, new.weight, old_tg.is_some())
+                .map_err(|e| anyhow::anyhow!("cannot switch {} in swarm {swarm} to {to}: {e}", m.role))?,
+            _ => vec![100],
+        };
         let was = new.desired;
         let capacity = req.size.unwrap_or(old.as_ref().map(|o| o.desired).unwrap_or(was));
         if listener.is_some() && capacity < 1 {
@@ -675,7 +689,6 @@ impl Engine {
         let mut steps = Vec::new();
         match (listener, &new_tg) {
             (Some(listener), Some(new_tg)) => {
-                let plan = canary_steps(&req.canary, new.weight).map_err(anyhow::Error::msg)?;
                 for (i, pct) in plan.iter().enumerate() {
                     let targets = split(old_tg.as_deref(), new_tg, *pct);
                     elb::forward(&self.aws.elb, listener, &targets).await?;
@@ -688,8 +701,10 @@ impl Engine {
                     self.report.step(&format!("step {}/{}: {} {to} {pct}%{rest}", i + 1, plan.len(), m.role));
                     if *pct < 100 {
                         if let Err(problems) = self.hold_step(&new, req.bake).await? {
-                            let back = old_tg.as_deref().expect("a canary step has an old version");
-                            elb::forward(&self.aws.elb, listener, &[(back.to_string(), 1)]).await?;
+                            // `shift_plan` makes steps below 100% only when there is an old version.
+                            if let Some(back) = old_tg.as_deref() {
+                                elb::forward(&self.aws.elb, listener, &[(back.to_string(), 1)]).await?;
+                            }
                             anyhow::bail!(
                                 "{} {to} became unhealthy during the {pct}% step ({}); traffic is back on {}",
                                 m.role,
@@ -938,6 +953,18 @@ mod tests {
         assert_eq!(split(Some("a"), "b", 10), vec![("a".into(), 90), ("b".into(), 10)]);
         assert_eq!(split(Some("a"), "b", 100), vec![("b".into(), 1)]);
         assert_eq!(split(None, "b", 10), vec![("b".into(), 1)]);
+    }
+
+    #[test]
+    fn a_first_release_cannot_canary() {
+        // Field report: `--canary 20` on a first release said "20%" while the listener
+        // forwarded 100%, then panicked when the bake failed.
+        let e = shift_plan(&[20], 0, false).unwrap_err();
+        assert!(e.contains("first release") && e.contains("--canary"), "{e}");
+        assert_eq!(shift_plan(&[], 0, false).unwrap(), vec![100]);
+        assert_eq!(shift_plan(&[20], 0, true).unwrap(), vec![20, 100]);
+        // An interrupted first release already at 100%: nothing left to shift, nothing refused.
+        assert_eq!(shift_plan(&[20], 100, false).unwrap(), Vec::<i32>::new());
     }
 
     fn lock(from: Option<&str>, to: &str, rollback: bool) -> Lock {
