@@ -12,13 +12,22 @@ use std::process::ExitCode;
 
 fn init_logging(verbose: u8) {
     let level = match verbose {
-        0 => "warn",
+        // aws-config warns (with a page of debug output) about every place it looked for
+        // a region; tyrell says the one thing that matters itself ("no AWS region...").
+        0 => "warn,aws_config=error",
         1 => "info",
         2 => "tyrell=debug,info",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TYRELL_LOG").unwrap_or_else(|_| level.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // Colour only on a terminal: piped or redirected logs carry no escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
 }
 
 fn main() -> ExitCode {

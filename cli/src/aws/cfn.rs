@@ -340,26 +340,27 @@ pub async fn wait(
     }
 }
 
-/// The stack's events (the latest page, as DescribeStackEvents returns it), oldest first.
-async fn events(cfn: &Client, stack: &str) -> Result<Vec<Event>, AwsError> {
-    let out = cfn
-        .describe_stack_events()
-        .stack_name(stack)
-        .send()
-        .await
-        .map_err(|e| describe(&format!("cannot read events of {stack}"), e))?;
-    let mut evs: Vec<Event> = out
-        .stack_events()
-        .iter()
-        .map(|e| Event {
+/// The stack's events, oldest first: DescribeStackEvents pages newest first, and pages
+/// are read until one holds an event for which `enough` is true (or to the last page),
+/// so a busy stack's history never hides the events a caller needs.
+async fn events(cfn: &Client, stack: &str, enough: impl Fn(&Event) -> bool) -> Result<Vec<Event>, AwsError> {
+    let mut evs: Vec<Event> = Vec::new();
+    let mut pages = cfn.describe_stack_events().stack_name(stack).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let out = page.map_err(|e| describe(&format!("cannot read events of {stack}"), e))?;
+        let before = evs.len();
+        evs.extend(out.stack_events().iter().map(|e| Event {
             id: e.event_id().unwrap_or_default().to_string(),
             time: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
             logical_id: e.logical_resource_id().unwrap_or_default().into(),
             resource_type: e.resource_type().unwrap_or_default().into(),
             status: e.resource_status().map(|s| s.as_str().to_string()).unwrap_or_default(),
             reason: e.resource_status_reason().map(str::to_string),
-        })
-        .collect();
+        }));
+        if evs[before..].iter().any(&enough) {
+            break;
+        }
+    }
     evs.reverse();
     Ok(evs)
 }
@@ -372,7 +373,12 @@ async fn new_events(
     seen: &mut HashSet<String>,
     baseline: bool,
 ) -> Result<Vec<Event>, AwsError> {
-    let fresh: Vec<Event> = events(cfn, stack).await?.into_iter().filter(|e| seen.insert(e.id.clone())).collect();
+    let known = seen.clone();
+    let fresh: Vec<Event> = events(cfn, stack, |e| known.contains(&e.id))
+        .await?
+        .into_iter()
+        .filter(|e| seen.insert(e.id.clone()))
+        .collect();
     Ok(if baseline { Vec::new() } else { fresh })
 }
 
@@ -381,7 +387,16 @@ async fn new_events(
 pub async fn failures(cfn: &Client, stack: &str) -> Result<Vec<Failure>, AwsError> {
     let mut res: Vec<Failure> = Vec::new();
     let mut own: Vec<Failure> = Vec::new();
-    for e in events(cfn, stack).await? {
+    // Back to the start of the latest operation: the stack's own "User Initiated" event.
+    let all = events(cfn, stack, |e| {
+        e.resource_type == "AWS::CloudFormation::Stack" && e.reason.as_deref() == Some("User Initiated")
+    })
+    .await?;
+    let start = all
+        .iter()
+        .rposition(|e| e.resource_type == "AWS::CloudFormation::Stack" && e.reason.as_deref() == Some("User Initiated"))
+        .unwrap_or(0);
+    for e in all.into_iter().skip(start) {
         if !e.status.ends_with("_FAILED") {
             continue;
         }
@@ -561,6 +576,61 @@ mod tests {
                 text.contains("failed: Bucket (AWS::S3::Bucket) CREATE_FAILED: swarm1-archive already exists"),
                 "{text}"
             );
+        }
+
+        /// Events are paged (newest first): the failure and the operation's start are on
+        /// the second page, an older operation's failure on the third. The report reads
+        /// to the operation's start, never stops at the first page, never reaches past it.
+        #[tokio::test]
+        async fn failures_are_read_across_pages_back_to_the_operations_start() {
+            let stacks = stacks_rule(&["ROLLBACK_COMPLETE"]);
+            let page = |evs: Vec<StackEvent>, next: Option<&str>| {
+                let mut evs = evs;
+                evs.reverse();
+                DescribeStackEventsOutput::builder()
+                    .set_stack_events(Some(evs))
+                    .set_next_token(next.map(str::to_string))
+                    .build()
+            };
+            let p1 = mock!(Client::describe_stack_events).match_requests(|r| r.next_token().is_none()).then_output(
+                move || {
+                    page(
+                        vec![
+                            event(
+                                20,
+                                "s",
+                                "AWS::CloudFormation::Stack",
+                                "ROLLBACK_IN_PROGRESS",
+                                Some("failed: [Bucket]"),
+                            ),
+                            event(21, "s", "AWS::CloudFormation::Stack", "ROLLBACK_COMPLETE", None),
+                        ],
+                        Some("p2"),
+                    )
+                },
+            );
+            let p2 = mock!(Client::describe_stack_events).match_requests(|r| r.next_token() == Some("p2")).then_output(
+                move || {
+                    page(
+                        vec![
+                            event(10, "s", "AWS::CloudFormation::Stack", "CREATE_IN_PROGRESS", Some("User Initiated")),
+                            event(11, "Bucket", "AWS::S3::Bucket", "CREATE_FAILED", Some("BucketAlreadyExists")),
+                        ],
+                        Some("p3"),
+                    )
+                },
+            );
+            let p3 = mock!(Client::describe_stack_events).match_requests(|r| r.next_token() == Some("p3")).then_output(
+                move || {
+                    page(vec![event(1, "Old", "AWS::SQS::Queue", "CREATE_FAILED", Some("an older operation"))], None)
+                },
+            );
+            let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, &[&stacks, &p1, &p2, &p3]);
+            let found = failures(&cfn, "s").await.unwrap();
+            let ids: Vec<&str> = found.iter().map(|f| f.logical_id.as_str()).collect();
+            assert!(ids.contains(&"Bucket"), "the failure on page 2 is found: {found:?}");
+            assert!(!ids.contains(&"Old"), "an older operation's failure is not reported: {found:?}");
+            assert_eq!(p3.num_calls(), 0, "no page beyond the operation's start is read");
         }
 
         #[tokio::test]

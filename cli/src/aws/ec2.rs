@@ -35,14 +35,15 @@ pub async fn vpc(ec2: &Client, id: &str) -> Result<Option<Vpc>, AwsError> {
 }
 
 pub async fn subnets(ec2: &Client, vpc_id: &str) -> Result<Vec<Subnet>, AwsError> {
-    let out = ec2
-        .describe_subnets()
-        .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
-        .send()
-        .await
-        .map_err(|e| describe(&format!("cannot list the subnets of {vpc_id}"), e))?;
-    let mut subnets: Vec<Subnet> = out
-        .subnets()
+    // Every page: a VPC may have more subnets than one answer holds.
+    let mut all = Vec::new();
+    let mut pages =
+        ec2.describe_subnets().filters(Filter::builder().name("vpc-id").values(vpc_id).build()).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let out = page.map_err(|e| describe(&format!("cannot list the subnets of {vpc_id}"), e))?;
+        all.extend(out.subnets().iter().cloned());
+    }
+    let mut subnets: Vec<Subnet> = all
         .iter()
         .map(|s| {
             let tier = s.tags().iter().find(|t| t.key() == Some("tyrell:tier")).and_then(|t| t.value());
@@ -108,12 +109,16 @@ pub async fn own_images(ec2: &Client, tags: &[(&str, &str)]) -> Result<Vec<Image
     for (k, v) in tags {
         req = req.filters(Filter::builder().name(format!("tag:{k}")).values(*v).build());
     }
-    let out = req.send().await.map_err(|e| describe("cannot list this account's images", e))?;
+    // Every page (DescribeImages pages once MaxResults is set, as the paginator does).
+    let mut images = Vec::new();
+    let mut pages = req.into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let out = page.map_err(|e| describe("cannot list this account's images", e))?;
+        images.extend(out.images().iter().map(to_image));
+    }
     // Filter again here: the tag filters are an optimisation, not a contract.
-    Ok(out
-        .images()
-        .iter()
-        .map(to_image)
+    Ok(images
+        .into_iter()
         .filter(|i| tags.iter().all(|(k, v)| i.tags.get(*k).map(String::as_str) == Some(*v)))
         .collect())
 }

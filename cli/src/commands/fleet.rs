@@ -15,7 +15,13 @@ pub struct FleetArgs {
     cmd: Option<FleetCmd>,
     /// List only this swarm's versions
     stack: Option<String>,
+    /// Anything after the swarm: a mistyped command (`tyrell bees diff swarm1`).
+    #[arg(hide = true, num_args = 0.., allow_hyphen_values = true)]
+    rest: Vec<String>,
 }
+
+/// The verbs every role noun takes, for the error about a mistyped one.
+const VERBS: &str = "create, list, scale, remove, prune";
 
 #[derive(Subcommand, Debug)]
 enum FleetCmd {
@@ -29,13 +35,24 @@ enum FleetCmd {
         /// Instance type (default: the role's)
         #[arg(short = 't', long = "type")]
         instance_type: Option<String>,
-        /// Number of instances (default: the role's)
+        /// Number of instances, 0-500 (default: the role's)
         #[arg(short = 's', long = "size")]
         size: Option<i32>,
         /// Version id (default: generated from the time, e.g. v261123101500)
         #[arg(long)]
         version: Option<String>,
-        /// Scheduled scaling "UP_CRON,DOWN_CRON,SIZE" in UTC, replacing the role's default
+        /// Scheduled scaling: cron (5 fields, UTC) that scales the version up to --scale-up-size,
+        /// replacing the role's default schedule; needs --scale-down
+        #[arg(long, value_name = "CRON", conflicts_with_all = ["no_schedule", "schedule"], requires = "scale_down")]
+        scale_up: Option<String>,
+        /// Cron (5 fields, UTC) that scales the version back to 0
+        #[arg(long, value_name = "CRON", conflicts_with_all = ["no_schedule", "schedule"], requires = "scale_up")]
+        scale_down: Option<String>,
+        /// Instances the --scale-up schedule asks for (default 1)
+        #[arg(long, value_name = "N", requires = "scale_up", default_value_t = 1)]
+        scale_up_size: i32,
+        /// The three schedule settings in one: "UP_CRON,DOWN_CRON,SIZE" (cron fields without
+        /// commas; use --scale-up/--scale-down for cron lists such as "1,31 * * * *")
         #[arg(long, value_name = "UP,DOWN,SIZE", conflicts_with = "no_schedule")]
         schedule: Option<String>,
         /// No scheduled scaling, even if the role has a default
@@ -48,7 +65,12 @@ enum FleetCmd {
     /// List versions (same as giving no subcommand)
     List { stack: Option<String> },
     /// Set a version's number of instances
-    Scale { stack: String, version: String, size: i32 },
+    Scale {
+        stack: String,
+        version: String,
+        /// Number of instances, 0-500
+        size: i32,
+    },
     /// Remove a version (the active one only with --force)
     Remove {
         stack: String,
@@ -75,11 +97,23 @@ pub fn after_help(m: &Manifest) -> String {
     )
 }
 
-fn schedule_choice(schedule: Option<String>, off: bool) -> anyhow::Result<ScheduleChoice> {
+fn schedule_choice(
+    schedule: Option<String>,
+    up_down: Option<(String, String, i32)>,
+    off: bool,
+) -> anyhow::Result<ScheduleChoice> {
     if off {
         return Ok(ScheduleChoice::Off);
     }
+    if let Some((up, down, size)) = up_down {
+        return Ok(ScheduleChoice::Custom { up, down, size });
+    }
     let Some(s) = schedule else { return Ok(ScheduleChoice::Default) };
+    if s.split(',').count() > 3 {
+        anyhow::bail!(
+            "invalid --schedule {s:?}: it holds more than three comma-separated parts, so a cron list cannot be told from the separators; give --scale-up CRON --scale-down CRON --scale-up-size N instead"
+        )
+    }
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let [up, down, size] = parts.as_slice() else {
         anyhow::bail!("invalid --schedule {s:?}: expected \"UP_CRON,DOWN_CRON,SIZE\", e.g. \"0 * * * *,30 * * * *,2\"")
@@ -116,16 +150,51 @@ fn version_json(v: &VersionInfo) -> serde_json::Value {
 
 pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Printed> {
     let m = e.manifest(role)?;
+    if !a.rest.is_empty() {
+        let word = a.stack.as_deref().unwrap_or_default();
+        anyhow::bail!(
+            "unknown {} command {word:?}: use one of {VERBS} (tyrell {} --help), or `tyrell {} SWARM` to list a swarm's versions",
+            m.noun,
+            m.noun,
+            m.noun
+        );
+    }
+    if let Some(w) = &a.stack {
+        // `tyrell bees diff`: a mistyped verb reads as a swarm name; say so if no such swarm.
+        if e.bases().await?.iter().all(|b| &b.name != w) {
+            anyhow::bail!(
+                "there is no swarm (base stack) named {w:?}; {} commands are {VERBS} (tyrell {} --help)",
+                m.noun,
+                m.noun
+            );
+        }
+    }
     let cmd = a.cmd.unwrap_or(FleetCmd::List { stack: a.stack });
     Ok(match cmd {
-        FleetCmd::Create { stack, ami, instance_type, size, version, schedule, no_schedule, dry_run } => {
+        FleetCmd::Create {
+            stack,
+            ami,
+            instance_type,
+            size,
+            version,
+            scale_up,
+            scale_down,
+            scale_up_size,
+            schedule,
+            no_schedule,
+            dry_run,
+        } => {
+            let up_down = match (scale_up, scale_down) {
+                (Some(u), Some(d)) => Some((u, d, scale_up_size)),
+                _ => None,
+            };
             let req = CreateVersion {
                 swarm: stack,
                 ami,
                 instance_type,
                 size,
                 version,
-                schedule: schedule_choice(schedule, no_schedule)?,
+                schedule: schedule_choice(schedule, up_down, no_schedule)?,
             };
             let plan = e.plan_version(&m, &req).await?;
             if dry_run {

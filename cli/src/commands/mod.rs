@@ -24,11 +24,20 @@ const AFTER_HELP: &str = "\
 A swarm, start to finish:
   tyrell network create swarm-net                  # a VPC; prints its vpc id
   tyrell stacks create -v vpc-0abc1234 swarm1      # the swarm's base stack
-  tyrell brokers create -a ami-0b1c2d3e swarm1     # a version of each role
-  tyrell bees create -a ami-0b1c2d3e -s 5 swarm1
-  tyrell routers create -a ami-0b1c2d3e -s 2 swarm1
+  tyrell brokers create -a latest swarm1           # a version of each role (prints it);
+  tyrell routers create -a latest -s 2 swarm1      #   -a takes an AMI id, latest or latest:V
+  tyrell bees create -a latest -s 5 swarm1
+  tyrell indexers create -a latest swarm1
+  tyrell workers create -a latest swarm1
+  tyrell traffic brokers swarm1 --version VERSION  # put the broker behind the NLB
+  tyrell traffic elb swarm1 --router VERSION       # put the routers behind the ALB
+                                                   #   (until then it answers 503)
   tyrell stacks describe swarm1                    # URL, broker, queue, secrets
+  tyrell routers create -a latest swarm1           # a release: a new version, then
+  tyrell traffic elb swarm1 --router NEW --canary 10,50 --bake 300
+  tyrell traffic elb swarm1 --rollback             # if it misbehaves
   tyrell stacks remove swarm1 --all                # everything, versions first
+                                                   #   (refused while the archive holds data)
 
 AWS credentials, region and endpoint come from the standard AWS chain (AWS_PROFILE,
 AWS_REGION, AWS_ENDPOINT_URL, SSO, instance roles); the global options override them.
@@ -76,22 +85,40 @@ pub struct Verbose {
     pub v: u8,
 }
 
-/// `90`, `90s`, `15m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+/// The longest `--timeout` or `--bake`: one day. Nothing tyrell waits for takes longer
+/// (CloudFormation's own stack timeout is counted in minutes); a bigger number is a typo.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `90`, `90s`, `15m`, `1h` into a duration of `min..=max` (whole seconds);
+/// `what` names the setting in the error.
+pub fn duration_in(what: &str, s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let shape = || format!("invalid {what} {s:?}: use seconds or a number with s, m or h (e.g. 15m)");
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use seconds or a number with s, m or h (e.g. 15m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("invalid duration {s:?}: use seconds or a number with s, m or h (e.g. 15m)")),
+    let n: u64 = num.parse().map_err(|_| shape())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(shape()),
     };
-    if secs == 0 {
-        return Err("the timeout must be at least 1 second".into());
+    let secs = n.checked_mul(scale).map(Duration::from_secs);
+    match secs {
+        Some(d) if d >= min && d <= max => Ok(d),
+        _ => Err(format!("{what} {s} is out of range: give {} to {}", human(min), human(max))),
     }
-    Ok(Duration::from_secs(secs))
+}
+
+fn human(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `--timeout`: `90`, `90s`, `15m`, `1h`; 1 second to [`MAX_WAIT`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration_in("--timeout", s, Duration::from_secs(1), MAX_WAIT)
 }
 
 #[derive(Subcommand, Debug)]

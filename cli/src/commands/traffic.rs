@@ -6,7 +6,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::output::{table, Printed};
-use super::parse_duration;
+use super::{duration_in, MAX_WAIT};
 use crate::engine::library::Via;
 use crate::engine::traffic::{SwitchRequest, Target};
 use crate::engine::Engine;
@@ -50,7 +50,7 @@ pub struct TrafficArgs {
     #[arg(short = 's', long = "size", value_name = "N")]
     size: Option<i32>,
     /// Shift in weighted steps (percent to the new version), e.g. 10,50 (ALB only)
-    #[arg(long, value_delimiter = ',', value_name = "PCT,PCT")]
+    #[arg(long, value_delimiter = ',', value_name = "PCT,PCT", value_parser = clap::value_parser!(u8).range(1..=99))]
     canary: Vec<u8>,
     /// How long to hold each canary step while watching health, e.g. 300, 5m (0: no hold)
     #[arg(long, value_parser = parse_bake, default_value = "60", value_name = "DURATION")]
@@ -63,11 +63,9 @@ pub struct TrafficArgs {
     force_unlock: bool,
 }
 
+/// `--bake`: 0 (no hold) to [`MAX_WAIT`].
 fn parse_bake(s: &str) -> Result<Duration, String> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    parse_duration(s)
+    duration_in("--bake", s, Duration::ZERO, MAX_WAIT)
 }
 
 pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {

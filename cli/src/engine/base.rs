@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::render::secret_param;
 use super::{admin_cidrs_param, generate_secret, tags, validate, Engine, TAG_ROLE, TAG_STACK};
 use crate::aws::cfn::{self, StackInfo, StackSpec};
-use crate::aws::{ec2, ssm};
+use crate::aws::{ec2, s3, sqs, ssm};
 
 pub const ROLE: &str = "base";
 pub const BROKER_PASSWORD: &str = "broker-password";
@@ -102,14 +102,6 @@ impl Engine {
         let metrics_sg = self.metrics_for(&vpc.id, req.metrics.as_deref()).await?;
 
         let secrets = secret_params(&req.name);
-        let mut created = Vec::new();
-        for p in &secrets {
-            if !ssm::exists(&self.aws.ssm, p).await? {
-                self.report.step(&format!("generating secret {p} (SSM SecureString)"));
-                ssm::put_secret(&self.aws.ssm, p, &generate_secret(), &format!("tyrell swarm {}", req.name)).await?;
-                created.push(p.clone());
-            }
-        }
         let join = |v: &[&ec2::Subnet]| v.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(",");
         let spec = StackSpec {
             name: req.name.clone(),
@@ -127,6 +119,16 @@ impl Engine {
             ]),
             tags: tags(ROLE, &req.name, None),
         };
+        // Checked before the secrets are written: nothing is made for a stack AWS would refuse.
+        super::limits::check_stack(&spec)?;
+        let mut created = Vec::new();
+        for p in &secrets {
+            if !ssm::exists(&self.aws.ssm, p).await? {
+                self.report.step(&format!("generating secret {p} (SSM SecureString)"));
+                ssm::put_secret(&self.aws.ssm, p, &generate_secret(), &format!("tyrell swarm {}", req.name)).await?;
+                created.push(p.clone());
+            }
+        }
         match self.create_stack(&spec).await {
             Ok(s) => Ok(Base::from(&s)),
             Err(e) => {
@@ -194,7 +196,46 @@ impl Engine {
             .collect())
     }
 
+    /// Fails, naming each, when a swarm's archive bucket holds objects or its queues hold
+    /// messages: removing the base stack would destroy them (or fail half-way with
+    /// `BucketNotEmpty`). The sentence says how to keep or empty them.
+    pub async fn ensure_no_data(&self, base: &StackInfo) -> anyhow::Result<()> {
+        let b = Base::from(base);
+        let mut held = Vec::new();
+        let mut how = Vec::new();
+        if !b.bucket.is_empty() && s3::holds_data(&self.aws.s3, &b.bucket).await? == Some(true) {
+            held.push(format!("its archive bucket {} holds archived ping records", b.bucket));
+            how.push(format!(
+                "copy them somewhere safe (aws s3 sync s3://{0} ./{0}) and empty the bucket (aws s3 rm s3://{0} --recursive, and its old versions if versioned)",
+                b.bucket
+            ));
+        }
+        for (what, url) in [("queue", &b.queue_url), ("dead-letter queue", &b.dead_letter_queue_url)] {
+            if url.is_empty() {
+                continue;
+            }
+            if let Some(n) = sqs::messages(&self.aws.sqs, url).await?.filter(|n| *n > 0) {
+                held.push(format!("its {what} holds {n} message(s) not yet archived"));
+            }
+        }
+        if held.len() > how.len() {
+            how.push(
+                "let the workers drain the queues (or redrive the dead-letter queue and let them archive it)".into(),
+            );
+        }
+        anyhow::ensure!(
+            held.is_empty(),
+            "refusing to remove swarm {}: {}; tyrell never deletes data as a side effect: {}, then run this again (nothing was removed)",
+            b.name,
+            held.join(", and "),
+            how.join("; ")
+        );
+        Ok(())
+    }
+
     /// Removes a base stack (with `all`, its role versions first), then its secrets.
+    /// Refused, before anything is removed, while the swarm holds data
+    /// ([`Engine::ensure_no_data`]).
     pub async fn remove_base(&mut self, name: &str, all: bool) -> anyhow::Result<Vec<String>> {
         validate::name("swarm", name)?;
         let base = self.existing(name, ROLE, "base stack").await?;
@@ -206,6 +247,9 @@ impl Engine {
                 versions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
             );
         }
+        // Data first: nothing is removed while the swarm still holds records (the
+        // bucket's DeleteBucket would fail late, with every fleet already gone).
+        self.ensure_no_data(&base).await?;
         let mut removed: Vec<String> = versions.iter().map(|s| s.name.clone()).collect();
         self.delete_stacks(&versions).await?;
         self.delete_stack(&base).await?;

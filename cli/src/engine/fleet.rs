@@ -162,7 +162,7 @@ impl Engine {
                 .map(str::to_string)
                 .ok_or_else(|| anyhow::anyhow!("base stack {} has no output {k}", base.name))
         };
-        let parameters = BTreeMap::from([
+        let mut parameters = BTreeMap::from([
             ("Swarm".into(), req.swarm.clone()),
             ("Role".into(), m.role.clone()),
             ("Version".into(), version.clone()),
@@ -176,13 +176,20 @@ impl Engine {
             ("InstanceProfileArn".into(), out(&m.instance_profile_output)?),
             ("TargetPort".into(), if m.traffic.via == Via::None { "0".into() } else { m.traffic.port.to_string() }),
             ("TargetProtocol".into(), m.traffic.protocol.clone()),
-            ("HealthCheckPath".into(), m.traffic.health_check_path.clone()),
             ("ScaleUpCron".into(), up),
             ("ScaleDownCron".into(), down),
             ("ScaleUpSize".into(), up_size.to_string()),
             ("DrainSeconds".into(), m.drain_seconds.to_string()),
         ]);
+        // Only a role with an HTTP health check sends one: an empty path breaks the
+        // template's AllowedPattern ^/.*$, which AWS (not the emulator) enforces.
+        if !m.traffic.health_check_path.is_empty() {
+            parameters.insert("HealthCheckPath".into(), m.traffic.health_check_path.clone());
+        }
         let tags = tags(&m.role, &req.swarm, Some(&version));
+        let spec = StackSpec { name: name.clone(), template, parameters: parameters.clone(), tags: tags.clone() };
+        // `--dry-run` shows only what AWS would take.
+        super::limits::check_stack(&spec)?;
         Ok(Plan {
             stack_name: name.clone(),
             version,
@@ -190,7 +197,7 @@ impl Engine {
             tags: tags.clone(),
             user_data,
             activate: m.traffic.via == Via::None && !existing.iter().any(|v| v.active),
-            spec: StackSpec { name, template, parameters, tags },
+            spec,
         })
     }
 
@@ -302,12 +309,7 @@ impl Engine {
         stacks: &[StackInfo],
     ) -> anyhow::Result<BTreeMap<String, i32>> {
         let mut w = BTreeMap::new();
-        let listener_output = match m.traffic.via {
-            Via::Alb => Some("AlbListenerArn"),
-            Via::Nlb => Some("BrokerListenerArn"),
-            Via::None => None,
-        };
-        match listener_output {
+        match m.traffic.listener.as_deref() {
             Some(out) => {
                 let Some(base) = cfn::get(&self.aws.cfn, swarm).await? else { return Ok(w) };
                 let Some(listener) = base.output(out) else { return Ok(w) };

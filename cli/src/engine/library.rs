@@ -25,10 +25,19 @@ pub enum Via {
     None,
 }
 
+/// `[traffic]` of a role manifest: how the role takes traffic and, for `alb`/`nlb`
+/// roles, which listener of the base stack is its own.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Traffic {
     pub via: Via,
+    /// The base stack output holding the ARN of this role's listener (`AlbListenerArn`);
+    /// required for `alb`/`nlb` roles, and no two roles may claim the same one.
+    #[serde(default)]
+    pub listener: Option<String>,
+    /// Other names `tyrell traffic` accepts for this role (`elb`, `alb` for the routers).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     #[serde(default)]
     pub port: u16,
     #[serde(default = "default_protocol")]
@@ -79,6 +88,46 @@ pub struct Manifest {
 
 fn default_template() -> String {
     "fleet".into()
+}
+
+/// Listeners and names are owned by one role each: a role behind a load balancer names
+/// its listener output; no two roles share a listener (one switch would replace the
+/// other's default action) or a name `tyrell traffic` resolves (noun, role or alias).
+fn check_traffic(manifests: &[Manifest]) -> Result<(), LibraryError> {
+    let err =
+        |m: &Manifest, error: String| LibraryError::Manifest { path: format!("roles/{}/role.toml", m.role), error };
+    let mut listeners: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut names: BTreeMap<&str, &str> = BTreeMap::new();
+    for m in manifests {
+        match (&m.traffic.via, &m.traffic.listener) {
+            (Via::None, Some(_)) => {
+                return Err(err(
+                    m,
+                    "[traffic] listener is for roles behind a load balancer (via = \"alb\" or \"nlb\")".into(),
+                ))
+            }
+            (Via::Alb | Via::Nlb, None) => {
+                return Err(err(m, "[traffic] needs listener = \"<base stack output with the listener ARN>\"".into()))
+            }
+            (_, Some(l)) => {
+                if let Some(other) = listeners.insert(l.as_str(), m.role.as_str()) {
+                    return Err(err(
+                        m,
+                        format!("[traffic] listener {l} is also claimed by roles/{other}/role.toml: each role needs its own"),
+                    ));
+                }
+            }
+            (Via::None, None) => {}
+        }
+        for n in [&m.role, &m.noun].into_iter().chain(&m.traffic.aliases) {
+            if let Some(other) = names.insert(n.as_str(), m.role.as_str()) {
+                if other != m.role {
+                    return Err(err(m, format!("the name {n:?} is also taken by roles/{other}/role.toml")));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +199,7 @@ impl Library {
             }
         }
         manifests.sort_by(|a, b| a.role.cmp(&b.role));
+        check_traffic(&manifests)?;
         Ok(Library { files, manifests })
     }
 
@@ -160,6 +210,11 @@ impl Library {
 
     pub fn role(&self, name: &str) -> Option<&Manifest> {
         self.manifests.iter().find(|m| m.role == name || m.noun == name)
+    }
+
+    /// The role `tyrell traffic NAME` means: a role name, noun or `[traffic] aliases`.
+    pub fn traffic_role(&self, name: &str) -> Option<&Manifest> {
+        self.role(name).or_else(|| self.manifests.iter().find(|m| m.traffic.aliases.iter().any(|a| a == name)))
     }
 
     pub fn file(&self, path: &str) -> Result<&str, LibraryError> {
@@ -187,5 +242,41 @@ impl Library {
     /// Every path under a role directory (e.g. extra config files).
     pub fn files_under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         self.files.iter().filter(move |(p, _)| p.starts_with(dir)).map(|(p, c)| (p.as_str(), c.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded library plus one more role manifest.
+    fn with_role(toml: &str) -> Result<Library, LibraryError> {
+        let mut files: BTreeMap<String, String> =
+            embedded::EMBEDDED.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect();
+        files.insert("roles/prober/role.toml".into(), toml.into());
+        Library::from_files(files)
+    }
+
+    const PROBER: &str = "role = \"prober\"\nnoun = \"probers\"\nabout = \"x\"\ninstance_type = \"t3.micro\"\nsize = 1\nmax_size = 2\nsecurity_group_output = \"RouterSecurityGroupId\"\ninstance_profile_output = \"RouterInstanceProfileArn\"\n[traffic]\nvia = \"alb\"\nport = 8081\nprotocol = \"HTTP\"\nhealth_check_path = \"/healthz\"\n";
+
+    #[test]
+    fn a_second_load_balanced_role_cannot_take_the_routers_listener_or_name() {
+        // `prober` sorts before `router`: by `via` alone it would have taken both.
+        let e = with_role(&format!("{PROBER}listener = \"AlbListenerArn\"\n")).unwrap_err().to_string();
+        assert!(e.contains("roles/prober/role.toml") && e.contains("roles/router/role.toml"), "{e}");
+        assert!(e.contains("listener AlbListenerArn"), "{e}");
+        let e = with_role(&format!("{PROBER}listener = \"ProberListenerArn\"\naliases = [\"elb\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"elb\"") && e.contains("prober") && e.contains("router"), "{e}");
+        let e = with_role(PROBER).unwrap_err().to_string();
+        assert!(e.contains("needs listener"), "{e}");
+
+        let lib = with_role(&format!("{PROBER}listener = \"ProberListenerArn\"\naliases = [\"probe\"]\n")).unwrap();
+        assert_eq!(lib.traffic_role("elb").unwrap().role, "router");
+        assert_eq!(lib.traffic_role("alb").unwrap().role, "router");
+        assert_eq!(lib.traffic_role("nlb").unwrap().role, "broker");
+        assert_eq!(lib.traffic_role("probe").unwrap().role, "prober");
+        assert_eq!(lib.role("prober").unwrap().traffic.listener.as_deref(), Some("ProberListenerArn"));
     }
 }

@@ -87,12 +87,6 @@ impl Engine {
         let template =
             render::template_with_user_data(&self.lib, ROLE, &user_data).map_err(|e| anyhow::anyhow!("{e}"))?;
 
-        let created = !ssm::exists(&self.aws.ssm, &password).await?;
-        if created {
-            self.report.step(&format!("generating secret {password} (SSM SecureString)"));
-            ssm::put_secret(&self.aws.ssm, &password, &generate_secret(), &format!("tyrell metrics box {}", req.name))
-                .await?;
-        }
         let spec = StackSpec {
             name: req.name.clone(),
             template,
@@ -106,6 +100,13 @@ impl Engine {
             ]),
             tags: tags(ROLE, &req.name, None),
         };
+        super::limits::check_stack(&spec)?;
+        let created = !ssm::exists(&self.aws.ssm, &password).await?;
+        if created {
+            self.report.step(&format!("generating secret {password} (SSM SecureString)"));
+            ssm::put_secret(&self.aws.ssm, &password, &generate_secret(), &format!("tyrell metrics box {}", req.name))
+                .await?;
+        }
         match self.create_stack(&spec).await {
             Ok(s) => Ok(MetricsBox::from(&s)),
             Err(e) => {

@@ -5,6 +5,7 @@ pub mod base;
 pub mod builds;
 pub mod fleet;
 pub mod library;
+pub mod limits;
 pub mod metrics;
 pub mod network;
 pub mod render;
@@ -60,7 +61,12 @@ pub fn admin_cidrs_param(cidrs: &[String]) -> anyhow::Result<String> {
 
 impl Engine {
     /// Creates a stack and waits for it, reporting progress; returns it complete.
+    ///
+    /// The spec is checked against its template's parameter constraints and
+    /// CloudFormation's quotas first ([`limits::check_stack`]); callers that write
+    /// anything before this (secrets) check it themselves before writing.
     pub async fn create_stack(&mut self, spec: &StackSpec) -> anyhow::Result<StackInfo> {
+        limits::check_stack(spec)?;
         self.report.step(&format!("creating stack {}", spec.name));
         let id = cfn::create(&self.aws.cfn, spec).await?;
         let done = cfn::wait(&self.aws.cfn, &id, &spec.name, Op::Create, &self.wait, self.report.as_mut()).await?;

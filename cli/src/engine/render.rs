@@ -65,7 +65,15 @@ pub enum RenderError {
     NoPlaceholder(String),
     #[error("unknown variable {0:?} (known: {1})")]
     UnknownVar(String, String),
+    #[error("the rendered cloud-init of role {role} is {bytes} bytes, over EC2's user data limit of {max} bytes (16 KB before base64): shorten roles/{role}/cloud-init.yaml or move content into the AMI (packer/scripts)", max = USER_DATA_MAX_BYTES)]
+    UserDataTooLarge { role: String, bytes: usize },
 }
+
+/// EC2's limit on user data: "User data is limited to 16 KB, in raw form, before it is
+/// base64-encoded" (Amazon EC2 User Guide, "Run commands when you launch an EC2
+/// instance with user data input"). A launch template with more fails only when
+/// CloudFormation creates it, so tyrell refuses it while rendering.
+pub const USER_DATA_MAX_BYTES: usize = 16_384;
 
 /// Renders `roles/<role>/cloud-init.yaml` with `vars`. Strict: a variable the template
 /// names but `vars` lacks is an error, not an empty string.
@@ -127,6 +135,9 @@ pub fn cloud_init(lib: &Library, role: &str, vars: &serde_json::Value) -> Result
     let text = hb.render_template(src, vars).map_err(|e| err(e.to_string()))?;
     if !text.starts_with("#cloud-config\n") {
         return Err(err("the rendered file must start with a #cloud-config line".into()));
+    }
+    if text.len() > USER_DATA_MAX_BYTES {
+        return Err(RenderError::UserDataTooLarge { role: role.into(), bytes: text.len() });
     }
     Ok(text)
 }

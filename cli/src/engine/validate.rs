@@ -13,9 +13,11 @@ fn bad(msg: String) -> Result<(), Invalid> {
 }
 
 /// Network, swarm and metrics-box names: they become CloudFormation stack names and the
-/// prefix of every resource name, so they are short, lowercase and DNS-safe.
+/// prefix of every resource name, so they are short, lowercase and DNS-safe. 2-28
+/// characters: the fleet template's `Swarm` parameter (`^[a-z][a-z0-9-]{0,27}[a-z0-9]$`)
+/// takes no one-letter name, so a one-letter swarm could never hold a version.
 pub fn name(kind: &str, s: &str) -> Result<(), Invalid> {
-    let ok = !s.is_empty()
+    let ok = s.len() >= 2
         && s.len() <= 28
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && !s.ends_with('-')
@@ -25,7 +27,7 @@ pub fn name(kind: &str, s: &str) -> Result<(), Invalid> {
         Ok(())
     } else {
         bad(format!(
-            "invalid {kind} name {s:?}: use 1-28 lowercase letters, digits and single hyphens, starting with a letter and not ending with a hyphen"
+            "invalid {kind} name {s:?}: use 2-28 lowercase letters, digits and single hyphens, starting with a letter and not ending with a hyphen"
         ))
     }
 }
@@ -117,7 +119,7 @@ pub fn size(n: i32) -> Result<(), Invalid> {
     if (0..=MAX_SIZE).contains(&n) {
         Ok(())
     } else {
-        bad(format!("invalid size {n}: a fleet holds 0 to {MAX_SIZE} instances"))
+        bad(format!("invalid size {n} (-s/--size): a fleet holds 0 to {MAX_SIZE} instances"))
     }
 }
 
@@ -127,10 +129,10 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["swarm1", "a", "swarm-net", "s1-2"] {
+        for ok in ["swarm1", "ab", "swarm-net", "s1-2"] {
             assert!(name("swarm", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Swarm", "1swarm", "swarm-", "sw--arm", "swarm_1", "a".repeat(29).as_str(), "sw arm"] {
+        for bad in ["", "a", "Swarm", "1swarm", "swarm-", "sw--arm", "swarm_1", "a".repeat(29).as_str(), "sw arm"] {
             assert!(name("swarm", bad).is_err(), "{bad}");
         }
     }
