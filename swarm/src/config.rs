@@ -12,6 +12,7 @@
 //! SecureString read at start (on the boxes).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -138,7 +139,10 @@ impl SecretSource {
 }
 
 /// Parses durations written as `10s`, `250ms`, `2m`, `1h` or plain seconds (`10`, `0.5`).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+///
+/// Errors (never panics): a missing or malformed number, a unit other than `ms`, `s`,
+/// `m`, `h`, a negative, NaN or infinite value, or one too large for a [`Duration`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => (&s[..i], s[i..].trim()),
@@ -152,16 +156,141 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h)")),
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("bad duration {s:?}"));
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("bad duration {s:?}"))
+}
+
+/// A duration written the way [`parse_duration`] reads it: `250ms`, `10s`, `2m`, `1h`.
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0s".into()
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// A clap value parser for a whole number setting in `min..=max`. `label` names the
+/// setting in the error, e.g. `"BEE_PROBES (--probes)"`; the error is one sentence with
+/// the allowed range: `BEE_PROBES (--probes) must be a whole number from 1 to 1000, not "0"`.
+pub fn int_in<T>(label: &'static str, min: T, max: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |s: &str| match s.trim().parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(format!("{label} must be a whole number from {min} to {max}, not {s:?}")),
+    }
+}
+
+/// A clap value parser for a duration setting in `min..=max` (see [`int_in`] for
+/// `label`); `zero_off` also allows `0`, meaning "off".
+pub fn duration_in(
+    label: &'static str,
+    min: Duration,
+    max: Duration,
+    zero_off: bool,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |s: &str| match parse_duration(s) {
+        Ok(d) if (d >= min && d <= max) || (zero_off && d.is_zero()) => Ok(d),
+        _ => Err(format!(
+            "{label} must be {}a duration from {} to {} (e.g. 10s, 250ms, 2m), not {s:?}",
+            if zero_off { "0 (off) or " } else { "" },
+            fmt_duration(min),
+            fmt_duration(max)
+        )),
+    }
+}
+
+/// A clap value parser for a listening address `IP:PORT` with the port in 1..=65535
+/// (see [`int_in`] for `label`); `optional` also allows the empty string (off).
+pub fn listen_addr(
+    label: &'static str,
+    optional: bool,
+) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
+    move |s: &str| match s.trim().parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() > 0 => Ok(a.to_string()),
+        _ if optional && s.trim().is_empty() => Ok(String::new()),
+        _ => Err(format!(
+            "{label} must be {}an address IP:PORT with the port from 1 to 65535 (e.g. 0.0.0.0:8080), not {s:?}",
+            if optional { "empty (off) or " } else { "" }
+        )),
+    }
+}
+
+/// The value parser of `STATS_INTERVAL` (every program): 0 (never) or 100ms to 24h.
+pub fn stats_interval() -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    duration_in("STATS_INTERVAL (--stats-interval)", Duration::from_millis(100), Duration::from_secs(86_400), true)
+}
+
+/// A clap value parser for a setting that must not be empty (see [`int_in`] for `label`).
+pub fn non_empty(label: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
+    move |s: &str| {
+        if s.trim().is_empty() {
+            Err(format!("{label} must not be empty"))
+        } else {
+            Ok(s.trim().to_string())
+        }
+    }
+}
+
+/// Checks of a program's settings that involve more than one of them, run after the
+/// flags are parsed (each setting's own range is checked by its value parser).
+pub trait Check {
+    /// `Err` holds one sentence naming the settings and what they must satisfy.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The `main` of every swarm program: the configuration file, then the flags (which read
+/// the environment it filled), JSON logging, a runtime, and `run`; a failure is logged
+/// before it is returned.
+///
+/// A setting out of its range (or a failed [`Check`]) stops the program before it does
+/// anything: one line `<program>: <sentence naming the setting and its range>` on
+/// stderr, exit code 2 (clap's own code for a usage error).
+pub fn main<A, F, Fut>(program: &str, run: F) -> Result<()>
+where
+    A: clap::Parser + Check,
+    F: FnOnce(A) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    load_config_file().context("loading the configuration file")?;
+    let args = match A::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
+            match std::error::Error::source(&e) {
+                Some(why) => eprintln!("{program}: {why}"),
+                None => eprintln!("{program}: {}", e.to_string().trim()),
+            }
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    };
+    if let Err(why) = args.check() {
+        eprintln!("{program}: {why}");
+        std::process::exit(2);
+    }
+    init_logging();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let r = run(args).await;
+        if let Err(e) = &r {
+            tracing::error!(error = format!("{e:#}"), "{program} failed");
+        }
+        r
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn env_file_syntax() {
@@ -183,6 +312,37 @@ mod tests {
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+        // Never a panic, whatever the input.
+        for bad in ["-1s", "NaN", "nan", "inf", "1e400s", "99999999999999999999999s", "1.2.3s", "", "s", ".ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges_name_the_setting_and_the_range() {
+        let p = int_in("BEE_PROBES (--probes)", 1u16, 1000);
+        assert_eq!(p("10"), Ok(10));
+        assert_eq!(p("1000"), Ok(1000));
+        for bad in ["0", "1001", "-1", "70000", "x", ""] {
+            let e = p(bad).unwrap_err();
+            assert!(e.starts_with("BEE_PROBES (--probes) must be a whole number from 1 to 1000, not"), "{e}");
+        }
+        let d = duration_in("BEE_INTERVAL (--interval)", Duration::from_millis(100), Duration::from_secs(3600), false);
+        assert_eq!(d("10s"), Ok(Duration::from_secs(10)));
+        for bad in ["0s", "50ms", "2h", "99999999999999999999s", "-1s", "NaN"] {
+            let e = d(bad).unwrap_err();
+            assert!(e.contains("BEE_INTERVAL (--interval) must be a duration from 100ms to 1h"), "{e}");
+        }
+        let z = duration_in("STATS_INTERVAL", Duration::from_millis(100), Duration::from_secs(86400), true);
+        assert_eq!(z("0"), Ok(Duration::ZERO));
+        assert!(z("1ms").unwrap_err().contains("must be 0 (off) or a duration from 100ms to 24h"));
+        let l = listen_addr("ROUTER_LISTEN", false);
+        assert_eq!(l("0.0.0.0:8080").as_deref(), Ok("0.0.0.0:8080"));
+        for bad in ["0.0.0.0:0", "0.0.0.0:70000", "", "localhost"] {
+            assert!(l(bad).unwrap_err().contains("port from 1 to 65535"), "{bad}");
+        }
+        assert_eq!(listen_addr("X", true)("").as_deref(), Ok(""));
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");
     }
 
     #[tokio::test]
@@ -197,26 +357,4 @@ mod tests {
         assert_eq!(SecretSource::default().resolve("x").await.unwrap(), None);
         assert!(!SecretSource::default().is_set());
     }
-}
-
-/// The `main` of every swarm program: the configuration file, then the flags (which read
-/// the environment it filled), JSON logging, a runtime, and `run`; a failure is logged
-/// before it is returned.
-pub fn main<A, F, Fut>(program: &str, run: F) -> Result<()>
-where
-    A: clap::Parser,
-    F: FnOnce(A) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    load_config_file().context("loading the configuration file")?;
-    let args = A::parse();
-    init_logging();
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let r = run(args).await;
-        if let Err(e) = &r {
-            tracing::error!(error = format!("{e:#}"), "{program} failed");
-        }
-        r
-    })
 }

@@ -5,6 +5,18 @@
 //! Measurement `ping`, tags `stack region agent target status`, fields `loss`
 //! `rtt_min rtt_avg rtt_max rtt_stddev` (when some probe answered) and `error`.
 //! Measurement `rip`, tag `agent`, field `dead=1i`: a bee's last will.
+//!
+//! Escaping follows the InfluxDB 1.x line protocol reference ("Special characters"):
+//! tag keys, tag values and field keys escape comma, equals sign and space with a
+//! backslash; measurements escape comma and space; string field values escape double
+//! quote and backslash; a backslash anywhere else is literal (so it is written as is).
+//! What the protocol cannot carry is handled the way Telegraf's influx serializer does
+//! (`plugins/serializers/influx/escape.go` and `influx.go` `buildHeader` in
+//! github.com/influxdata/telegraf): tab, newline, form feed and carriage return are
+//! written as the two characters `\t`, `\n`, `\f`, `\r` (in tags and in string
+//! fields); trailing backslashes of a tag key or value are stripped ("cannot be encoded
+//! by line protocol": InfluxDB would read the last one as escaping the separator after
+//! it and refuse the point); a tag whose value ends up empty is left out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,32 +28,58 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::sink::Buffer;
 use crate::Backoff;
 
-fn escape_tag(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
+/// Escapes a tag key, a tag value or a field key (see the module documentation); the
+/// result never ends in a backslash, and may be empty (then the tag is left out).
+pub fn escape_tag(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 4);
     for c in s.chars() {
         match c {
-            ',' | '=' | ' ' | '\\' => {
+            ',' | '=' | ' ' => {
                 o.push('\\');
                 o.push(c)
             }
-            '\n' | '\r' => o.push(' '),
+            '\t' => o.push_str("\\t"),
+            '\n' => o.push_str("\\n"),
+            '\x0c' => o.push_str("\\f"),
+            '\r' => o.push_str("\\r"),
+            _ => o.push(c),
+        }
+    }
+    let kept = o.trim_end_matches('\\').len();
+    o.truncate(kept);
+    o
+}
+
+/// Escapes the inside of a double-quoted string field value (see the module documentation).
+pub fn escape_str_field(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                o.push('\\');
+                o.push(c)
+            }
+            '\t' => o.push_str("\\t"),
+            '\n' => o.push_str("\\n"),
+            '\x0c' => o.push_str("\\f"),
+            '\r' => o.push_str("\\r"),
             _ => o.push(c),
         }
     }
     o
 }
 
-fn escape_str_field(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace(['\n', '\r'], " ")
-}
-
-/// The line-protocol line of a record (`None` when its timestamp is unreadable).
-pub fn line(r: &PingRecord) -> Option<String> {
-    let ts = crate::ts_millis(&r.ts)?;
+/// The line-protocol line of a record received at `received_ms` (ms since the epoch, the
+/// indexer's clock); `None` when its timestamp is unreadable. The point's time is the
+/// record's `ts`, but never later than `received_ms`: a bee whose clock runs ahead
+/// would otherwise put points in the future, where they stay the "last" value.
+pub fn line(r: &PingRecord, received_ms: i64) -> Option<String> {
+    let ts = crate::ts_millis(&r.ts)?.min(received_ms);
     let mut l = String::from("ping");
     for (k, v) in [("stack", &r.stack), ("region", &r.region), ("agent", &r.agent), ("target", &r.target)] {
+        let v = escape_tag(v);
         if !v.is_empty() {
-            l.push_str(&format!(",{k}={}", escape_tag(v)));
+            l.push_str(&format!(",{k}={v}"));
         }
     }
     let status = match r.status {
@@ -73,9 +111,35 @@ fn fmt_f(v: f64) -> String {
     }
 }
 
-/// The line of a bee's last will.
+/// The line of a bee's last will (`ts_ms`: ms since the epoch).
 pub fn rip_line(agent: &str, ts_ms: i64) -> String {
-    format!("rip,agent={} dead=1i {ts_ms}", escape_tag(agent))
+    match escape_tag(agent) {
+        a if a.is_empty() => format!("rip dead=1i {ts_ms}"),
+        a => format!("rip,agent={a} dead=1i {ts_ms}"),
+    }
+}
+
+/// How many of `sent` points a write answered with HTTP 400 `body` did not store.
+///
+/// InfluxDB 1.x refuses a whole request with 400 when nothing in it could be written,
+/// but answers a *partial write* (some points stored) with 400 too, its error
+/// `partial write: <reason> dropped=<n>`: the reason lists each line that failed to
+/// parse (`unable to parse '<line>': <why>`, one per line of the message, and then
+/// `dropped=0`), or `dropped=<n>` counts the points the storage refused (field type
+/// conflict, points beyond the retention policy). Those are the rejected points; the
+/// others were written. When the storage refuses some points, InfluxDB does not report
+/// lines that also failed to parse in the same request; the lines this indexer writes
+/// always parse.
+pub fn rejected_points(body: &str, sent: usize) -> usize {
+    let msg = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.to_string());
+    let Some(reason) = msg.strip_prefix("partial write:") else { return sent };
+    let unparsable = reason.lines().filter(|l| l.trim_start().starts_with("unable to parse '")).count();
+    let dropped = reason.rsplit_once("dropped=").and_then(|(_, n)| n.trim().parse::<usize>().ok()).unwrap_or(0);
+    // The server said some points were lost: never count none.
+    (unparsable + dropped).clamp(1, sent.max(1)).min(sent)
 }
 
 /// An InfluxDB 1.x server: `http://host:port`.
@@ -92,27 +156,38 @@ pub struct Influx {
 pub enum WriteError {
     /// The database does not exist (yet).
     NoDatabase,
-    /// Refused for good (bad points): retrying cannot help.
+    /// Refused for good, HTTP 400 (all points, or some on a partial write: see
+    /// [`rejected_points`]), with InfluxDB's answer: retrying cannot help.
     Rejected(String),
     /// Network trouble, timeouts, server errors: retry.
     Transient(String),
 }
 
 impl Influx {
+    /// Reads `http://host[:port][/]` (port 1 to 65535, default 8086) and checks the
+    /// database name (letters, digits, `_`, `-`). Errors are one sentence naming the
+    /// setting (`INFLUX_URL`, `INFLUX_DB`).
     pub fn from_url(url: &str, db: &str) -> Result<Influx> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow::anyhow!("INFLUX_URL must be http://host:port, got {url:?}"))?;
-        let hostport = rest.trim_end_matches('/');
-        if hostport.contains('/') {
-            bail!("INFLUX_URL must be http://host:port without a path, got {url:?}");
+        let form = "INFLUX_URL must be http://host:port with the port from 1 to 65535 and no path";
+        let Some(rest) = url.strip_prefix("http://") else { bail!("{form}, not {url:?}") };
+        let hostport = rest.strip_suffix('/').unwrap_or(rest);
+        if hostport.is_empty() || hostport.contains(['/', '?', '#', '@']) {
+            bail!("{form}, not {url:?}");
         }
         let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') => (h.trim_matches(['[', ']']).to_string(), p.parse()?),
-            _ => (hostport.to_string(), 8086),
+            // `[::1]:8086`, `host:8086`; a bare IPv6 address (`::1`) has colons but no port.
+            Some((h, p)) if !h.ends_with(':') && (h.starts_with('[') || !h.contains(':')) => {
+                let port = p.parse::<u16>().ok().filter(|p| *p > 0);
+                let Some(port) = port else { bail!("{form}, not {url:?}") };
+                (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
+            }
+            _ => (hostport.trim_start_matches('[').trim_end_matches(']').to_string(), 8086),
         };
+        if host.is_empty() {
+            bail!("{form}, not {url:?}");
+        }
         if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            bail!("bad InfluxDB database name {db:?}");
+            bail!("INFLUX_DB must be letters, digits, '_' or '-', not {db:?}");
         }
         Ok(Influx { host, port, db: db.to_string(), timeout: Duration::from_secs(15) })
     }
@@ -222,9 +297,12 @@ impl InfluxSink {
                     }
                 }
                 Err(WriteError::Rejected(reason)) => {
+                    // A partial write stored some of the points: count only the others.
+                    let rejected = rejected_points(&reason, held.len());
                     stats.requests.inc();
-                    stats.rejected.add(held.len() as u64);
-                    tracing::error!(destination = "influxdb", points = held.len(), reason = %reason, first = %crate::sqs::truncate(&held[0], 200), "InfluxDB refused the points: not retried");
+                    stats.rejected.add(rejected as u64);
+                    stats.delivered.add((held.len() - rejected) as u64);
+                    tracing::error!(destination = "influxdb", points = held.len(), rejected, written = held.len() - rejected, reason = %crate::sqs::truncate(&reason, 1000), first = %crate::sqs::truncate(&held[0], 200), "InfluxDB refused points: not retried");
                     held.clear();
                 }
                 Err(WriteError::Transient(e)) => {
@@ -256,8 +334,9 @@ mod tests {
             rtt_ms: record::Rtt::from_samples(&[1.0, 3.0]),
             error: None,
         };
+        let later = 1_795_428_000_123 + 1000;
         assert_eq!(
-            line(&r).unwrap(),
+            line(&r, later).unwrap(),
             "ping,stack=s1,region=eu-west-1,agent=bee\\ 1\\,x\\=y,target=::1,status=ok loss=0.1,rtt_min=1,rtt_avg=2,rtt_max=3,rtt_stddev=1 1795428000123"
         );
         r.status = record::Status::Error;
@@ -265,12 +344,47 @@ mod tests {
         r.region = String::new();
         r.error = Some("cannot resolve \"x\"".into());
         assert_eq!(
-            line(&r).unwrap(),
+            line(&r, later).unwrap(),
             "ping,stack=s1,agent=bee\\ 1\\,x\\=y,target=::1,status=error loss=0.1,error=\"cannot resolve \\\"x\\\"\" 1795428000123"
         );
+        // A timestamp past the arrival (a bee's clock ahead) is clamped to the arrival.
+        assert!(line(&r, 1_795_428_000_000).unwrap().ends_with(" 1795428000000"));
         r.ts = "bad".into();
-        assert!(line(&r).is_none());
+        assert!(line(&r, later).is_none());
         assert_eq!(rip_line("bee-1", 5), "rip,agent=bee-1 dead=1i 5");
+        assert_eq!(rip_line("\\", 5), "rip dead=1i 5");
+    }
+
+    #[test]
+    fn escaping_by_the_line_protocol_rules() {
+        // Tags: comma, equals, space escaped; a backslash is literal, except trailing ones,
+        // which cannot be carried (stripped, as Telegraf does); control characters as \n etc.
+        assert_eq!(escape_tag(r"sw\x"), r"sw\x");
+        assert_eq!(escape_tag(r"C:\"), "C:");
+        assert_eq!(escape_tag(r"C:\\"), "C:");
+        assert_eq!(escape_tag(r"\"), "");
+        assert_eq!(escape_tag(r#"a b,c=d"e"#), r#"a\ b\,c\=d"e"#);
+        assert_eq!(escape_tag(r"x\ y"), r"x\\ y");
+        assert_eq!(escape_tag("l1\nl2\tt\r"), r"l1\nl2\tt\r");
+        // String fields: double quote and backslash escaped, nothing else.
+        assert_eq!(escape_str_field(r#"C:\ sw\x "q" a,b=c d"#), r#"C:\\ sw\\x \"q\" a,b=c d"#);
+        assert_eq!(escape_str_field("a\nb"), r"a\nb");
+    }
+
+    #[test]
+    fn partial_writes_count_only_the_rejected_points() {
+        // InfluxDB 1.6's answers (captured from influxd).
+        let parse = r#"{"error":"partial write: unable to parse 'm,a=bad v= 17000': missing field value\nunable to parse 'm,a=bad3 v=x 19000': invalid boolean dropped=0"}"#;
+        assert_eq!(rejected_points(parse, 4), 2);
+        let conflict = r#"{"error":"partial write: field type conflict: input field \"v\" on measurement \"m\" is type string, already exists as type float dropped=1"}"#;
+        assert_eq!(rejected_points(conflict, 3), 1);
+        let beyond = r#"{"error":"partial write: points beyond retention policy dropped=2"}"#;
+        assert_eq!(rejected_points(beyond, 3), 2);
+        // Not partial: the whole request was refused.
+        let whole = r#"{"error":"unable to parse 'm,a=C:\\ v=1 2000': invalid tag format"}"#;
+        assert_eq!(rejected_points(whole, 3), 3);
+        assert_eq!(rejected_points("garbage", 3), 3);
+        assert_eq!(rejected_points(r#"{"error":"partial write: dropped=9"}"#, 3), 3);
     }
 
     #[test]
@@ -280,5 +394,12 @@ mod tests {
         assert_eq!(Influx::from_url("http://metrics", "t").unwrap().port, 8086);
         assert!(Influx::from_url("https://x:1", "t").is_err());
         assert!(Influx::from_url("http://x:1", "a b").is_err());
+        let i = Influx::from_url("http://[::1]:8087", "t").unwrap();
+        assert_eq!((i.host.as_str(), i.port), ("::1", 8087));
+        for bad in ["http://x:0", "http://x:70000", "http://x:-1", "http://x:", "http://", "http://x/db", "http://:80"]
+        {
+            let e = Influx::from_url(bad, "t").unwrap_err().to_string();
+            assert!(e.starts_with("INFLUX_URL must be http://host:port with the port from 1 to 65535"), "{bad}: {e}");
+        }
     }
 }

@@ -31,6 +31,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Delays from `min`, doubling up to `max`.
     pub fn new(min: Duration, max: Duration) -> Backoff {
         Backoff { min, max, cur: min }
     }
@@ -45,6 +46,7 @@ impl Backoff {
         base + Duration::from_millis(extra)
     }
 
+    /// Starts again from the minimum delay.
     pub fn reset(&mut self) {
         self.cur = self.min;
     }
@@ -55,6 +57,7 @@ pub fn now_ts() -> String {
     format_ts(time::OffsetDateTime::now_utc())
 }
 
+/// A time as the record's `ts` form, RFC 3339 UTC with milliseconds.
 pub fn format_ts(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(

@@ -7,22 +7,24 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rumqttc::Transport;
 
-use crate::config::{parse_duration, SecretSource};
+use crate::config::{duration_in, int_in, SecretSource};
 use crate::Backoff;
 
 /// Broker options common to the three programs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MqttArgs {
     /// Broker host name or address.
-    #[arg(long, env = "BROKER_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = "BROKER_HOST", default_value = "127.0.0.1",
+          value_parser = crate::config::non_empty("BROKER_HOST (--broker-host)"))]
     pub broker_host: String,
-    /// Broker port (1883 plain, 8883 usually for TLS).
-    #[arg(long, env = "BROKER_PORT", default_value_t = 1883)]
+    /// Broker port (1883 plain, 8883 usually for TLS): 1 to 65535.
+    #[arg(long, env = "BROKER_PORT", default_value_t = 1883,
+          value_parser = int_in("BROKER_PORT (--broker-port)", 1u16, 65535))]
     pub broker_port: u16,
     /// Broker user name.
     #[arg(long, env = "BROKER_USERNAME", default_value = "tyrell")]
@@ -44,11 +46,14 @@ pub struct MqttArgs {
     /// PEM file with the CA that signed the broker's certificate.
     #[arg(long, env = "BROKER_CA_FILE")]
     pub broker_ca_file: Option<PathBuf>,
-    /// MQTT keep-alive: a dead connection is noticed within 1.5 times this.
-    #[arg(long, env = "BROKER_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration)]
+    /// MQTT keep-alive: a dead connection is noticed within 1.5 times this. 1s to 65535s
+    /// (the protocol carries it as 16-bit seconds).
+    #[arg(long, env = "BROKER_KEEP_ALIVE", default_value = "15s",
+          value_parser = duration_in("BROKER_KEEP_ALIVE (--broker-keep-alive)", Duration::from_secs(1), Duration::from_secs(65535), false))]
     pub broker_keep_alive: Duration,
-    /// Longest wait between reconnection attempts.
-    #[arg(long, env = "BROKER_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    /// Longest wait between reconnection attempts: 250ms to 1h.
+    #[arg(long, env = "BROKER_MAX_BACKOFF", default_value = "30s",
+          value_parser = duration_in("BROKER_MAX_BACKOFF (--broker-max-backoff)", Duration::from_millis(250), Duration::from_secs(3600), false))]
     pub broker_max_backoff: Duration,
 }
 
@@ -129,8 +134,12 @@ impl MqttArgs {
 #[derive(Debug, Default)]
 pub struct ConnState {
     connected: AtomicBool,
+    /// Connections accepted by the broker.
     pub connects: AtomicU64,
+    /// Failed connections and connection attempts.
     pub errors: AtomicU64,
+    /// Connections taken over by another client with the same client id (see [`Reconnect`]).
+    pub clashes: AtomicU64,
 }
 
 impl ConnState {
@@ -152,51 +161,146 @@ pub enum Msg<'a> {
     },
 }
 
+/// How long a connection must stay up before the reconnection backoff starts again from
+/// its minimum. Resetting at every connect would let a connection that is dropped right
+/// after it is made (two clients with one client id taking it from each other) reconnect
+/// at the minimum delay forever.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// A connection the broker closes within this of accepting it, without a reason, was most
+/// likely taken over by another client with the same client id: that is how MQTT 3.1.1
+/// brokers (mosquitto) end the older of two connections with one id.
+pub const CLASH_WINDOW: Duration = Duration::from_secs(5);
+
+/// How a connection ended, as far as reconnecting cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// The broker said another client took the session over (MQTT 5 DISCONNECT, reason
+    /// code 0x8E "Session taken over").
+    TakenOver,
+    /// The broker closed the connection without a word (end of stream, reset).
+    Closed,
+    /// Anything else: timeouts, refused or failed connects, TLS, name resolution.
+    Other,
+}
+
+/// The reconnection policy of a connection: exponential backoff (see [`crate::Backoff`])
+/// that restarts from its minimum only once a connection stayed up [`STABLE_AFTER`], and
+/// the detection of a client id clash.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    backoff: Backoff,
+    connected_at: Option<Instant>,
+}
+
+impl Reconnect {
+    /// A policy around `backoff` (its minimum, cap and jitter), before any connection.
+    pub fn new(backoff: Backoff) -> Reconnect {
+        Reconnect { backoff, connected_at: None }
+    }
+
+    /// A connection was accepted (CONNACK) at `now`.
+    pub fn connected(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// The connection (or an attempt) failed at `now`: returns how long to wait before the
+    /// next attempt, how long the connection had been up (`None`: it never was), and
+    /// whether another client with the same id probably took it over (the broker said
+    /// so, or closed it within [`CLASH_WINDOW`] of accepting it).
+    pub fn lost(&mut self, now: Instant, loss: Loss) -> (Duration, Option<Duration>, bool) {
+        let up = self.connected_at.take().map(|t| now.saturating_duration_since(t));
+        if up.is_some_and(|u| u >= STABLE_AFTER) {
+            self.backoff.reset();
+        }
+        let clash = loss == Loss::TakenOver || (loss == Loss::Closed && up.is_some_and(|u| u < CLASH_WINDOW));
+        (self.backoff.next_delay(), up, clash)
+    }
+}
+
+fn io_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe)
+}
+
+/// What an MQTT 3.1.1 connection error says about how the connection ended.
+pub fn loss_v4(e: &rumqttc::ConnectionError) -> Loss {
+    use rumqttc::{ConnectionError as C, StateError as S};
+    match e {
+        C::MqttState(S::ConnectionAborted) => Loss::Closed,
+        C::MqttState(S::Io(io)) | C::Io(io) if io_closed(io) => Loss::Closed,
+        _ => Loss::Other,
+    }
+}
+
+/// What an MQTT 5 connection error says about how the connection ended.
+pub fn loss_v5(e: &rumqttc::v5::ConnectionError) -> Loss {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+    use rumqttc::v5::{ConnectionError as C, StateError as S};
+    match e {
+        C::MqttState(S::ServerDisconnect { reason_code: DisconnectReasonCode::SessionTakenOver, .. }) => {
+            Loss::TakenOver
+        }
+        C::MqttState(S::ConnectionAborted) => Loss::Closed,
+        C::MqttState(S::Io(io)) | C::Io(io) if io_closed(io) => Loss::Closed,
+        _ => Loss::Other,
+    }
+}
+
 async fn on_error(
     state: &ConnState,
-    backoff: &mut Backoff,
+    policy: &mut Reconnect,
     err: &(dyn std::fmt::Display + Sync),
-    host: &str,
-    port: u16,
+    loss: Loss,
+    client_id: &str,
+    broker: &str,
 ) {
     let was = state.connected.swap(false, Ordering::Relaxed);
     state.errors.fetch_add(1, Ordering::Relaxed);
-    let delay = backoff.next_delay();
-    if was {
-        tracing::error!(broker = %format!("{host}:{port}"), error = %err, retry_in_ms = delay.as_millis() as u64, "lost the broker connection");
+    let (delay, up, clash) = policy.lost(Instant::now(), loss);
+    let retry_in_ms = delay.as_millis() as u64;
+    if clash {
+        state.clashes.fetch_add(1, Ordering::Relaxed);
+        let up_ms = up.map(|u| u.as_millis() as u64);
+        tracing::error!(broker, client_id, error = %err, up_ms, retry_in_ms,
+            "client id clash: the broker handed this connection to another client with the same client id {client_id:?}; two programs must not share an id (BEE_AGENT / INDEXER_CLIENT_ID); backing off");
+    } else if was {
+        tracing::error!(broker, error = %err, retry_in_ms, "lost the broker connection");
     } else {
-        tracing::warn!(broker = %format!("{host}:{port}"), error = %err, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
+        tracing::warn!(broker, error = %err, retry_in_ms, "cannot connect to the broker");
     }
     tokio::time::sleep(delay).await;
 }
 
-fn on_connected(state: &ConnState, backoff: &mut Backoff, host: &str, port: u16) {
+fn on_connected(state: &ConnState, policy: &mut Reconnect, broker: &str) {
     state.connected.store(true, Ordering::Relaxed);
     let n = state.connects.fetch_add(1, Ordering::Relaxed);
-    backoff.reset();
-    tracing::info!(broker = %format!("{host}:{port}"), reconnect = n > 0, "connected to the broker");
+    policy.connected(Instant::now());
+    tracing::info!(broker, reconnect = n > 0, "connected to the broker");
 }
 
-/// Drives an MQTT 3.1.1 event loop forever, reconnecting with backoff.
+/// Drives an MQTT 3.1.1 event loop forever, reconnecting with backoff ([`Reconnect`]).
 pub async fn drive_v4(args: &MqttArgs, mut ev: rumqttc::EventLoop, state: Arc<ConnState>, mut on: impl FnMut(Msg<'_>)) {
     use rumqttc::{Event, Packet};
-    let mut backoff = args.backoff();
+    let mut policy = Reconnect::new(args.backoff());
+    let broker = format!("{}:{}", args.broker_host, args.broker_port);
+    let client_id = ev.mqtt_options.client_id();
     loop {
         match ev.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                on_connected(&state, &mut backoff, &args.broker_host, args.broker_port);
+                on_connected(&state, &mut policy, &broker);
                 on(Msg::Connected);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 on(Msg::Publish { topic: &p.topic, payload: &p.payload, retain: p.retain, v5: None });
             }
             Ok(_) => {}
-            Err(e) => on_error(&state, &mut backoff, &e, &args.broker_host, args.broker_port).await,
+            Err(e) => on_error(&state, &mut policy, &e, loss_v4(&e), &client_id, &broker).await,
         }
     }
 }
 
-/// Drives an MQTT 5 event loop forever, reconnecting with backoff.
+/// Drives an MQTT 5 event loop forever, reconnecting with backoff ([`Reconnect`]).
 pub async fn drive_v5(
     args: &MqttArgs,
     mut ev: rumqttc::v5::EventLoop,
@@ -205,11 +309,13 @@ pub async fn drive_v5(
 ) {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::Event;
-    let mut backoff = args.backoff();
+    let mut policy = Reconnect::new(args.backoff());
+    let broker = format!("{}:{}", args.broker_host, args.broker_port);
+    let client_id = ev.options.client_id();
     loop {
         match ev.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                on_connected(&state, &mut backoff, &args.broker_host, args.broker_port);
+                on_connected(&state, &mut policy, &broker);
                 on(Msg::Connected);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => match std::str::from_utf8(&p.topic) {
@@ -217,7 +323,54 @@ pub async fn drive_v5(
                 Err(_) => tracing::warn!("skipping a message whose topic is not UTF-8"),
             },
             Ok(_) => {}
-            Err(e) => on_error(&state, &mut backoff, &e, &args.broker_host, args.broker_port).await,
+            Err(e) => on_error(&state, &mut policy, &e, loss_v5(&e), &client_id, &broker).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Reconnect {
+        Reconnect::new(Backoff::new(Duration::from_millis(250), Duration::from_secs(30)))
+    }
+
+    #[test]
+    fn backoff_does_not_reset_for_a_connection_dropped_at_once() {
+        let mut p = policy();
+        let mut t = Instant::now();
+        let mut delays = Vec::new();
+        // Connected, then dropped 100 ms later, again and again (an id clash).
+        for _ in 0..6 {
+            p.connected(t);
+            t += Duration::from_millis(100);
+            let (d, up, clash) = p.lost(t, Loss::Closed);
+            assert_eq!(up, Some(Duration::from_millis(100)));
+            assert!(clash);
+            delays.push(d.as_millis());
+            t += d;
+        }
+        assert!(delays[5] >= 8000, "the backoff kept growing: {delays:?}");
+        // A connection that stayed up long enough starts the backoff over.
+        p.connected(t);
+        let (d, up, clash) = p.lost(t + STABLE_AFTER, Loss::Closed);
+        assert!(d < Duration::from_millis(313) && up == Some(STABLE_AFTER) && !clash, "{d:?}");
+    }
+
+    #[test]
+    fn what_counts_as_a_clash() {
+        let t = Instant::now();
+        let mut p = policy();
+        // Failed attempts are never a clash (there was no connection).
+        assert!(!p.lost(t, Loss::Closed).2);
+        // MQTT 5 says so, whenever it happens.
+        p.connected(t);
+        assert!(p.lost(t + Duration::from_secs(3600), Loss::TakenOver).2);
+        // Closed later than the window, or for another reason (a timeout): not a clash.
+        p.connected(t);
+        assert!(!p.lost(t + CLASH_WINDOW, Loss::Closed).2);
+        p.connected(t);
+        assert!(!p.lost(t + Duration::from_millis(10), Loss::Other).2);
     }
 }

@@ -12,15 +12,19 @@ pub const RIP_AGENT_PREFIX: &str = "rip/agent/";
 /// All last wills.
 pub const RIP_ALL: &str = "rip/#";
 
+/// The result topic of a target, `ping/<target>`; `target` is in its canonical spelling
+/// ([`crate::targets::canonical`]) so that one target has one topic.
 pub fn ping(target: &str) -> String {
     format!("{PING_PREFIX}{target}")
 }
 
+/// A bee's last-will topic, `rip/agent/<agent>`.
 pub fn rip(agent: &str) -> String {
     format!("{RIP_AGENT_PREFIX}{agent}")
 }
 
-/// The target of a `ping/<target>` topic.
+/// The target of a `ping/<target>` topic, as written (canonicalise it with
+/// [`crate::targets::canonical`] before comparing).
 pub fn ping_target(topic: &str) -> Option<&str> {
     topic.strip_prefix(PING_PREFIX).filter(|t| !t.is_empty() && !t.contains('/'))
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Parser;
 use rumqttc::{AsyncClient, QoS};
-use swarm::config::{self, parse_duration};
+use swarm::config::{self, duration_in, int_in, Check};
 use swarm::mqtt::{self, ConnState, MqttArgs, Msg};
 use swarm::ping::{self, Agent, Icmp, RoundSpec};
 use swarm::stats::{Counter, Snapshot};
@@ -34,25 +34,50 @@ struct Args {
     /// The AWS region, copied into every record.
     #[arg(long, env = "AWS_REGION", default_value = "")]
     region: String,
-    /// Echo requests per target and round (`ping -c`).
-    #[arg(long, env = "BEE_PROBES", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Echo requests per target and round (`ping -c`): 1 to 1000.
+    #[arg(long, env = "BEE_PROBES", default_value_t = 10, value_parser = int_in("BEE_PROBES (--probes)", 1u16, 1000))]
     probes: u16,
-    /// A round per target starts this often; its probes are spread evenly over it.
-    #[arg(long, env = "BEE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    /// A round per target starts this often; its probes are spread evenly over it: 100ms
+    /// to 1h, and at least 1ms per probe.
+    #[arg(long, env = "BEE_INTERVAL", default_value = "10s",
+          value_parser = duration_in("BEE_INTERVAL (--interval)", Duration::from_millis(100), Duration::from_secs(3600), false))]
     interval: Duration,
     /// How long a probe waits for its reply (default: the spacing between probes, so a
-    /// round never overruns its interval).
-    #[arg(long, env = "BEE_PROBE_TIMEOUT", value_parser = parse_duration)]
+    /// round never overruns its interval): 1ms to 60s.
+    #[arg(long, env = "BEE_PROBE_TIMEOUT",
+          value_parser = duration_in("BEE_PROBE_TIMEOUT (--probe-timeout)", Duration::from_millis(1), Duration::from_secs(60), false))]
     probe_timeout: Option<Duration>,
-    /// How long a name lookup may take.
-    #[arg(long, env = "BEE_RESOLVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    /// How long a name lookup may take: 100ms to 60s.
+    #[arg(long, env = "BEE_RESOLVE_TIMEOUT", default_value = "5s",
+          value_parser = duration_in("BEE_RESOLVE_TIMEOUT (--resolve-timeout)", Duration::from_millis(100), Duration::from_secs(60), false))]
     resolve_timeout: Duration,
-    /// Results held while the broker is unreachable; beyond it results are dropped (logged).
-    #[arg(long, env = "BEE_PUBLISH_QUEUE", default_value_t = 50_000)]
+    /// Results held while the broker is unreachable; beyond it results are dropped
+    /// (logged): 10 to 1000000.
+    #[arg(long, env = "BEE_PUBLISH_QUEUE", default_value_t = 50_000,
+          value_parser = int_in("BEE_PUBLISH_QUEUE (--publish-queue)", 10usize, 1_000_000))]
     publish_queue: usize,
-    /// Log the counters this often (0 = never).
-    #[arg(long, env = "STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    /// Log the counters this often: 0 (never) or 100ms to 24h.
+    #[arg(long, env = "STATS_INTERVAL", default_value = "60s", value_parser = config::stats_interval())]
     stats_interval: Duration,
+}
+
+impl Check for Args {
+    fn check(&self) -> Result<(), String> {
+        if let Some(a) = self.agent.as_deref().filter(|a| !topics::valid_agent(a)) {
+            return Err(format!(
+                "BEE_AGENT (--agent) must be 1 to 128 letters, digits, '-', '_', '.' or ':' (it becomes a topic level), not {a:?}"
+            ));
+        }
+        let spacing = self.interval / u32::from(self.probes);
+        if spacing < Duration::from_millis(1) {
+            return Err(format!(
+                "BEE_INTERVAL / BEE_PROBES (the time between two probes) must be at least 1ms, not {} / {}",
+                config::fmt_duration(self.interval),
+                self.probes
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -180,9 +205,9 @@ async fn run(args: Args) -> Result<()> {
         password.as_deref(),
         Some((rip_topic.clone(), rip_payload(&agent, "connection lost"), true)),
     )?;
-    let (client, eventloop) = AsyncClient::new(opts, args.publish_queue.max(10));
+    let (client, eventloop) = AsyncClient::new(opts, args.publish_queue);
 
-    let spacing = args.interval / args.probes as u32;
+    let spacing = args.interval / u32::from(args.probes);
     let spec = RoundSpec {
         probes: args.probes,
         spacing,

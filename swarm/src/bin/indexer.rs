@@ -13,13 +13,13 @@ use clap::Parser;
 use record::{Encoding, PingRecord};
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
-use swarm::config::{self, parse_duration};
+use swarm::config::{self, duration_in, int_in, Check};
 use swarm::influx::{Influx, InfluxSink};
 use swarm::mqtt::{self, ConnState, MqttArgs, Msg};
 use swarm::sink::Buffer;
 use swarm::sqs::SqsSink;
 use swarm::stats::{Counter, Snapshot};
-use swarm::topics;
+use swarm::{targets, topics};
 
 #[derive(Parser, Debug)]
 #[command(name = "indexer", version, about = "Delivers the swarm's ping records from MQTT to SQS and InfluxDB")]
@@ -38,8 +38,10 @@ struct Args {
     #[arg(long, env = "INDEXER_SHARE_GROUP", default_value = "indexers")]
     share_group: String,
     /// Seconds the broker keeps this indexer's session (and queues its QoS 1 messages)
-    /// while it is disconnected; 0 = a clean session each time.
-    #[arg(long, env = "INDEXER_SESSION_EXPIRY", default_value_t = 600)]
+    /// while it is disconnected; 0 = a clean session each time; 0 to 4294967295 (MQTT 5's
+    /// 32-bit field; the largest means "never expires").
+    #[arg(long, env = "INDEXER_SESSION_EXPIRY", default_value_t = 600,
+          value_parser = int_in("INDEXER_SESSION_EXPIRY (--session-expiry)", 0u32, u32::MAX))]
     session_expiry: u32,
     /// The SQS queue URL (empty = no SQS delivery).
     #[arg(long, env = "QUEUE_URL", default_value = "")]
@@ -47,43 +49,71 @@ struct Args {
     /// Message body encoding: `gzip+base64` (several times more records per message) or `ndjson`.
     #[arg(long, env = "SQS_ENCODING", default_value = "gzip+base64", value_parser = parse_encoding)]
     sqs_encoding: Encoding,
-    /// Largest message, and largest batch, in bytes.
-    #[arg(long, env = "SQS_MAX_BYTES", default_value_t = record::MAX_MESSAGE_BYTES)]
+    /// Largest message, and largest batch, in bytes: 1024 to 262144 (the SQS limit).
+    #[arg(long, env = "SQS_MAX_BYTES", default_value_t = record::MAX_MESSAGE_BYTES,
+          value_parser = int_in("SQS_MAX_BYTES (--sqs-max-bytes)", 1024usize, record::MAX_MESSAGE_BYTES))]
     sqs_max_bytes: usize,
-    /// InfluxDB 1.x URL, http://host:8086 (empty = no InfluxDB delivery).
-    #[arg(long, env = "INFLUX_URL", default_value = "")]
+    /// InfluxDB 1.x URL, http://host:8086 (empty = no InfluxDB delivery); the port 1 to 65535.
+    #[arg(long, env = "INFLUX_URL", default_value = "", value_parser = influx_url)]
     influx_url: String,
     /// InfluxDB database (created when missing).
     #[arg(long, env = "INFLUX_DB", default_value = "tyrell")]
     influx_db: String,
-    /// Most points per InfluxDB write.
-    #[arg(long, env = "INFLUX_BATCH", default_value_t = 5000)]
+    /// Most points per InfluxDB write: 1 to 100000.
+    #[arg(long, env = "INFLUX_BATCH", default_value_t = 5000,
+          value_parser = int_in("INFLUX_BATCH (--influx-batch)", 1usize, 100_000))]
     influx_batch: usize,
     /// Records each destination may hold while it is slow or down; beyond it the oldest
-    /// are dropped, counted and logged.
-    #[arg(long, env = "INDEXER_BUFFER", default_value_t = 500_000)]
+    /// are dropped, counted and logged. 1 to 10000000.
+    #[arg(long, env = "INDEXER_BUFFER", default_value_t = 500_000,
+          value_parser = int_in("INDEXER_BUFFER (--buffer)", 1usize, 10_000_000))]
     buffer: usize,
     /// Most messages the broker may send this indexer before it acknowledges them (the MQTT
     /// 5 receive maximum it announces). A message is acknowledged only once its record is
     /// in SQS, so SQS requests go out when half this many records wait, whatever the linger.
-    #[arg(long, env = "INDEXER_MAX_UNACKED", default_value_t = 10000, value_parser = clap::value_parser!(u16).range(2..))]
+    /// 2 to 65535 (the protocol's 16-bit field).
+    #[arg(long, env = "INDEXER_MAX_UNACKED", default_value_t = 10000,
+          value_parser = int_in("INDEXER_MAX_UNACKED (--max-unacked)", 2u16, 65535))]
     max_unacked: u16,
-    /// How long to wait for more records before sending a partly filled request.
-    #[arg(long, env = "INDEXER_LINGER", default_value = "1s", value_parser = parse_duration)]
+    /// How long to wait for more records before sending a partly filled request: 0s to 60s.
+    #[arg(long, env = "INDEXER_LINGER", default_value = "1s",
+          value_parser = duration_in("INDEXER_LINGER (--linger)", Duration::ZERO, Duration::from_secs(60), false))]
     linger: Duration,
     /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9102; empty = off).
-    #[arg(long, env = "INDEXER_METRICS_ADDR", default_value = "")]
+    #[arg(long, env = "INDEXER_METRICS_ADDR", default_value = "",
+          value_parser = config::listen_addr("INDEXER_METRICS_ADDR (--metrics-addr)", true))]
     metrics_addr: String,
-    /// On SIGTERM, how long to keep delivering what is buffered before exiting.
-    #[arg(long, env = "INDEXER_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    /// On SIGTERM, how long to keep delivering what is buffered before exiting: 0s to 1h.
+    #[arg(long, env = "INDEXER_DRAIN_TIMEOUT", default_value = "20s",
+          value_parser = duration_in("INDEXER_DRAIN_TIMEOUT (--drain-timeout)", Duration::ZERO, Duration::from_secs(3600), false))]
     drain_timeout: Duration,
-    /// Log the counters this often (0 = never).
-    #[arg(long, env = "STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    /// Log the counters this often: 0 (never) or 100ms to 24h.
+    #[arg(long, env = "STATS_INTERVAL", default_value = "60s", value_parser = config::stats_interval())]
     stats_interval: Duration,
 }
 
 fn parse_encoding(s: &str) -> Result<Encoding, String> {
-    Encoding::from_attribute(Some(s)).map_err(|e| e.to_string())
+    Encoding::from_attribute(Some(s)).map_err(|e| format!("SQS_ENCODING (--sqs-encoding): {e}"))
+}
+
+fn influx_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if !s.is_empty() {
+        Influx::from_url(s, "tyrell").map_err(|e| e.to_string())?;
+    }
+    Ok(s.to_string())
+}
+
+impl Check for Args {
+    fn check(&self) -> Result<(), String> {
+        if self.queue_url.is_empty() && self.influx_url.is_empty() {
+            return Err("nothing to deliver to: set QUEUE_URL and/or INFLUX_URL".into());
+        }
+        if !self.influx_url.is_empty() {
+            Influx::from_url(&self.influx_url, &self.influx_db).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -91,6 +121,10 @@ struct IndexerStats {
     received: Counter,
     malformed: Counter,
     rips: Counter,
+    /// Records whose `ts` was past their arrival (a bee's clock ahead).
+    clock_ahead: Counter,
+    /// The minute (since the epoch) a clock-ahead warning was last logged.
+    clock_ahead_logged: std::sync::atomic::AtomicI64,
     sqs: Option<Arc<Buffer>>,
     influx: Option<Arc<Buffer>>,
     conn: Arc<ConnState>,
@@ -103,6 +137,7 @@ impl Snapshot for IndexerStats {
             ("received", self.received.get()),
             ("malformed", self.malformed.get()),
             ("rips", self.rips.get()),
+            ("clock_ahead", self.clock_ahead.get()),
         ];
         for (b, names) in [
             (
@@ -192,13 +227,18 @@ impl Acks {
     }
 }
 
-/// Parses and checks one `ping/<target>` message.
+/// Parses and checks one `ping/<target>` message; the record's target comes out in its
+/// canonical spelling (`swarm::targets::canonical`), whatever spelling the publisher
+/// used, so one target is one InfluxDB series and one name in the archive.
 fn parse_ping(topic_target: &str, payload: &[u8]) -> Result<PingRecord, String> {
-    let r: PingRecord = serde_json::from_slice(payload).map_err(|e| format!("not a ping record: {e}"))?;
+    let mut r: PingRecord = serde_json::from_slice(payload).map_err(|e| format!("not a ping record: {e}"))?;
     r.validate()?;
-    if r.target != topic_target {
+    let topic_t = targets::canonical(topic_target).map_err(|e| format!("topic target: {e}"))?;
+    let record_t = targets::canonical(&r.target).map_err(|e| format!("record target: {e}"))?;
+    if record_t != topic_t {
         return Err(format!("record target {:?} does not match the topic's {topic_target:?}", r.target));
     }
+    r.target = record_t;
     Ok(r)
 }
 
@@ -224,9 +264,6 @@ async fn serve_metrics(addr: String, stats: Arc<IndexerStats>) -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    if args.queue_url.is_empty() && args.influx_url.is_empty() {
-        bail!("nothing to deliver to: set QUEUE_URL and/or INFLUX_URL");
-    }
     let password = args.mqtt.password().await?;
     let client_id = args.client_id.clone().unwrap_or_else(|| format!("indexer-{}", swarm::hostname()));
     let conn = Arc::new(ConnState::default());
@@ -304,8 +341,18 @@ async fn run(args: Args) -> Result<()> {
                 stats.received.inc();
                 match parse_ping(target, payload) {
                     Ok(r) => {
+                        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+                        if swarm::ts_millis(&r.ts)
+                            .is_some_and(|ts| ts > now_ms + swarm::router::CLOCK_TOLERANCE.as_millis() as i64)
+                        {
+                            stats.clock_ahead.inc();
+                            let secs = now_ms / 1000;
+                            if stats.clock_ahead_logged.swap(secs / 60, Ordering::Relaxed) != secs / 60 {
+                                tracing::warn!(agent = %r.agent, ts = %r.ts, "a bee's clock runs ahead of the indexer's: its InfluxDB points are written at their arrival time");
+                            }
+                        }
                         if let Some(b) = &stats.influx {
-                            match swarm::influx::line(&r) {
+                            match swarm::influx::line(&r, now_ms) {
                                 Some(l) => b.push(l),
                                 None => b.stats.rejected.inc(),
                             }

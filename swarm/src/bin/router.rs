@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rumqttc::{AsyncClient, QoS};
-use swarm::config::{self, parse_duration, SecretSource};
+use swarm::config::{self, Check, SecretSource};
 use swarm::mqtt::{self, ConnState, MqttArgs, Msg};
 use swarm::router::{app, RouterState};
 use swarm::topics;
@@ -20,8 +20,9 @@ struct Args {
     config: Option<PathBuf>,
     #[command(flatten)]
     mqtt: MqttArgs,
-    /// Address to serve on.
-    #[arg(long, env = "ROUTER_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address to serve on: IP:PORT, the port 1 to 65535.
+    #[arg(long, env = "ROUTER_LISTEN", default_value = "0.0.0.0:8080",
+          value_parser = config::listen_addr("ROUTER_LISTEN (--listen)", false))]
     listen: String,
     /// The bearer token for PUT /watch from the environment (`ROUTER_TOKEN`, local use; on
     /// the boxes ROUTER_TOKEN_PARAM). Not a flag: command lines are visible to every user.
@@ -33,13 +34,17 @@ struct Args {
     /// The SSM SecureString parameter holding the token, read at start.
     #[arg(long, env = "ROUTER_TOKEN_PARAM")]
     token_param: Option<String>,
-    /// A bee counts as alive while its last result is younger than this.
-    #[arg(long, env = "ROUTER_BEE_TTL", default_value = "60s", value_parser = parse_duration)]
+    /// A bee counts as alive while the router received a result from it within this: 1s
+    /// to 24h.
+    #[arg(long, env = "ROUTER_BEE_TTL", default_value = "60s",
+          value_parser = config::duration_in("ROUTER_BEE_TTL (--bee-ttl)", Duration::from_secs(1), Duration::from_secs(86_400), false))]
     bee_ttl: Duration,
     /// This role version (shown by /version).
     #[arg(long, env = "TYRELL_VERSION", default_value = "")]
     role_version: String,
 }
+
+impl Check for Args {}
 
 async fn run(args: Args) -> Result<()> {
     let token =

@@ -1,0 +1,269 @@
+//! Every numeric or duration setting of the real `bee`, `indexer` and `router` binaries is
+//! checked at start: a value out of its range stops the program at once with one line
+//! naming the setting and its allowed range, a non-zero exit code, and never a panic.
+//! Values at the edges of the ranges are accepted.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A program started with a clean environment plus `env` (nothing listens on the broker
+/// port: a program that passes its checks keeps trying to connect).
+fn spawn(program: &str, env: &[(&str, &str)]) -> Child {
+    let exe = match program {
+        "bee" => env!("CARGO_BIN_EXE_bee"),
+        "indexer" => env!("CARGO_BIN_EXE_indexer"),
+        _ => env!("CARGO_BIN_EXE_router"),
+    };
+    let mut cmd = Command::new(exe);
+    cmd.env_clear()
+        .env("BROKER_HOST", "127.0.0.1")
+        .env("BROKER_PORT", testkit::free_port().to_string())
+        .env("LOG", "warn");
+    match program {
+        "indexer" => cmd.env("INFLUX_URL", "http://127.0.0.1:9"),
+        "router" => cmd.env("ROUTER_TOKEN", "t").env("ROUTER_LISTEN", format!("127.0.0.1:{}", testkit::free_port())),
+        _ => cmd.env("BEE_AGENT", "bee-settings"),
+    };
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the program")
+}
+
+/// Waits up to `within` for the program to exit; kills it otherwise. Returns the exit
+/// code (`None`: still running, or killed by a signal) and stderr.
+fn finish(mut c: Child, within: Duration) -> (Option<i32>, String) {
+    let start = Instant::now();
+    let code = loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            break st.code();
+        }
+        if start.elapsed() > within {
+            let _ = c.kill();
+            let _ = c.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (code, err)
+}
+
+/// (program, its environment, what the one-line error must say)
+type Combo = (&'static str, &'static [(&'static str, &'static str)], &'static str);
+
+#[test]
+fn out_of_range_settings_are_refused_at_start() {
+    // (program, variable, value, what the one-line error must say)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("bee", "BEE_PROBES", "0", "BEE_PROBES (--probes) must be a whole number from 1 to 1000"),
+        ("bee", "BEE_PROBES", "70000", "BEE_PROBES (--probes) must be a whole number from 1 to 1000"),
+        ("bee", "BEE_PROBES", "-3", "BEE_PROBES (--probes) must be a whole number from 1 to 1000"),
+        ("bee", "BEE_INTERVAL", "0s", "BEE_INTERVAL (--interval) must be a duration from 100ms to 1h"),
+        (
+            "bee",
+            "BEE_INTERVAL",
+            "99999999999999999999999s",
+            "BEE_INTERVAL (--interval) must be a duration from 100ms to 1h",
+        ),
+        ("bee", "BEE_INTERVAL", "-1s", "BEE_INTERVAL (--interval) must be a duration from 100ms to 1h"),
+        ("bee", "BEE_INTERVAL", "NaN", "BEE_INTERVAL (--interval) must be a duration from 100ms to 1h"),
+        ("bee", "BEE_INTERVAL", "2h", "BEE_INTERVAL (--interval) must be a duration from 100ms to 1h"),
+        ("bee", "BEE_PROBE_TIMEOUT", "0s", "BEE_PROBE_TIMEOUT (--probe-timeout) must be a duration from 1ms to 1m"),
+        (
+            "bee",
+            "BEE_RESOLVE_TIMEOUT",
+            "1e9",
+            "BEE_RESOLVE_TIMEOUT (--resolve-timeout) must be a duration from 100ms to 1m",
+        ),
+        (
+            "bee",
+            "BEE_PUBLISH_QUEUE",
+            "0",
+            "BEE_PUBLISH_QUEUE (--publish-queue) must be a whole number from 10 to 1000000",
+        ),
+        (
+            "bee",
+            "STATS_INTERVAL",
+            "1ms",
+            "STATS_INTERVAL (--stats-interval) must be 0 (off) or a duration from 100ms to 24h",
+        ),
+        ("bee", "BROKER_PORT", "0", "BROKER_PORT (--broker-port) must be a whole number from 1 to 65535"),
+        ("bee", "BROKER_PORT", "65536", "BROKER_PORT (--broker-port) must be a whole number from 1 to 65535"),
+        (
+            "bee",
+            "BROKER_KEEP_ALIVE",
+            "500ms",
+            "BROKER_KEEP_ALIVE (--broker-keep-alive) must be a duration from 1s to 65535s",
+        ),
+        (
+            "bee",
+            "BROKER_KEEP_ALIVE",
+            "100000s",
+            "BROKER_KEEP_ALIVE (--broker-keep-alive) must be a duration from 1s to 65535s",
+        ),
+        (
+            "bee",
+            "BROKER_MAX_BACKOFF",
+            "0",
+            "BROKER_MAX_BACKOFF (--broker-max-backoff) must be a duration from 250ms to 1h",
+        ),
+        ("bee", "BROKER_HOST", "", "BROKER_HOST (--broker-host) must not be empty"),
+        ("bee", "BEE_AGENT", "bee/1", "BEE_AGENT (--agent) must be 1 to 128 letters"),
+        (
+            "indexer",
+            "INDEXER_MAX_UNACKED",
+            "1",
+            "INDEXER_MAX_UNACKED (--max-unacked) must be a whole number from 2 to 65535",
+        ),
+        (
+            "indexer",
+            "INDEXER_MAX_UNACKED",
+            "65536",
+            "INDEXER_MAX_UNACKED (--max-unacked) must be a whole number from 2 to 65535",
+        ),
+        (
+            "indexer",
+            "INDEXER_SESSION_EXPIRY",
+            "-1",
+            "INDEXER_SESSION_EXPIRY (--session-expiry) must be a whole number from 0 to 4294967295",
+        ),
+        (
+            "indexer",
+            "SQS_MAX_BYTES",
+            "300000",
+            "SQS_MAX_BYTES (--sqs-max-bytes) must be a whole number from 1024 to 262144",
+        ),
+        ("indexer", "INFLUX_BATCH", "0", "INFLUX_BATCH (--influx-batch) must be a whole number from 1 to 100000"),
+        ("indexer", "INDEXER_BUFFER", "0", "INDEXER_BUFFER (--buffer) must be a whole number from 1 to 10000000"),
+        ("indexer", "INDEXER_LINGER", "5m", "INDEXER_LINGER (--linger) must be a duration from 0s to 1m"),
+        (
+            "indexer",
+            "INDEXER_DRAIN_TIMEOUT",
+            "-5s",
+            "INDEXER_DRAIN_TIMEOUT (--drain-timeout) must be a duration from 0s to 1h",
+        ),
+        (
+            "indexer",
+            "INDEXER_METRICS_ADDR",
+            "127.0.0.1:0",
+            "INDEXER_METRICS_ADDR (--metrics-addr) must be empty (off) or an address IP:PORT",
+        ),
+        (
+            "indexer",
+            "INFLUX_URL",
+            "http://127.0.0.1:70000",
+            "INFLUX_URL must be http://host:port with the port from 1 to 65535",
+        ),
+        (
+            "indexer",
+            "INFLUX_URL",
+            "http://127.0.0.1:0",
+            "INFLUX_URL must be http://host:port with the port from 1 to 65535",
+        ),
+        (
+            "indexer",
+            "STATS_INTERVAL",
+            "48h",
+            "STATS_INTERVAL (--stats-interval) must be 0 (off) or a duration from 100ms to 24h",
+        ),
+        ("indexer", "BROKER_PORT", "99999", "BROKER_PORT (--broker-port) must be a whole number from 1 to 65535"),
+        ("router", "ROUTER_BEE_TTL", "0s", "ROUTER_BEE_TTL (--bee-ttl) must be a duration from 1s to 24h"),
+        ("router", "ROUTER_BEE_TTL", "nan", "ROUTER_BEE_TTL (--bee-ttl) must be a duration from 1s to 24h"),
+        (
+            "router",
+            "ROUTER_LISTEN",
+            "127.0.0.1:70000",
+            "ROUTER_LISTEN (--listen) must be an address IP:PORT with the port from 1 to 65535",
+        ),
+        (
+            "router",
+            "ROUTER_LISTEN",
+            "127.0.0.1:0",
+            "ROUTER_LISTEN (--listen) must be an address IP:PORT with the port from 1 to 65535",
+        ),
+        (
+            "router",
+            "BROKER_KEEP_ALIVE",
+            "0s",
+            "BROKER_KEEP_ALIVE (--broker-keep-alive) must be a duration from 1s to 65535s",
+        ),
+    ];
+    // A combination: each setting in range, together impossible.
+    let combos: &[Combo] = &[(
+        "bee",
+        &[("BEE_INTERVAL", "100ms"), ("BEE_PROBES", "1000")],
+        "BEE_INTERVAL / BEE_PROBES (the time between two probes) must be at least 1ms, not 100ms / 1000",
+    )];
+    let mut running: Vec<(String, &str, Child)> = cases
+        .iter()
+        .map(|(p, k, v, want)| (format!("{p} {k}={v:?}"), *want, spawn(p, &[(k, v)])))
+        .chain(combos.iter().map(|(p, env, want)| (format!("{p} {env:?}"), *want, spawn(p, env))))
+        .collect();
+    let mut failures = Vec::new();
+    for (what, want, child) in running.drain(..) {
+        let (code, err) = finish(child, Duration::from_secs(20));
+        let lines: Vec<&str> = err.lines().collect();
+        let ok = matches!(code, Some(c) if c != 0 && c != 101)
+            && !err.contains("panicked")
+            && lines.len() == 1
+            && lines[0].contains(want);
+        if !ok {
+            failures.push(format!("{what}: exit {code:?}, stderr {err:?}\n  wanted one line with {want:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of the bad settings were not refused properly:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn settings_at_the_edges_of_their_ranges_are_accepted() {
+    // Each program must still be running (trying to reach the absent broker) after 3 s.
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "bee",
+            vec![
+                ("BEE_PROBES", "100"),
+                ("BEE_INTERVAL", "100ms"),
+                ("BEE_PROBE_TIMEOUT", "1m"),
+                ("BEE_RESOLVE_TIMEOUT", "100ms"),
+                ("BEE_PUBLISH_QUEUE", "10"),
+                ("STATS_INTERVAL", "0"),
+                ("BROKER_PORT", "65535"),
+                ("BROKER_KEEP_ALIVE", "65535s"),
+                ("BROKER_MAX_BACKOFF", "1h"),
+            ],
+        ),
+        ("bee", vec![("BEE_PROBES", "1000"), ("BEE_INTERVAL", "1h"), ("STATS_INTERVAL", "24h")]),
+        (
+            "indexer",
+            vec![
+                ("INDEXER_MAX_UNACKED", "65535"),
+                ("INDEXER_SESSION_EXPIRY", "4294967295"),
+                ("SQS_MAX_BYTES", "1024"),
+                ("INFLUX_BATCH", "100000"),
+                ("INDEXER_BUFFER", "1"),
+                ("INDEXER_LINGER", "0s"),
+                ("INDEXER_DRAIN_TIMEOUT", "1h"),
+                ("STATS_INTERVAL", "100ms"),
+            ],
+        ),
+        ("router", vec![("ROUTER_BEE_TTL", "1s"), ("BROKER_KEEP_ALIVE", "1s")]),
+    ];
+    let children: Vec<_> = cases.iter().map(|(p, env)| (format!("{p} {env:?}"), spawn(p, env))).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut failures = Vec::new();
+    for (what, child) in children {
+        let (code, err) = finish(child, Duration::ZERO);
+        if code.is_some() || err.contains("panicked") {
+            failures.push(format!("{what}: exited {code:?}: {err}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
