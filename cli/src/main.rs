@@ -7,6 +7,7 @@
 mod aws;
 mod commands;
 mod engine;
+mod names;
 
 use std::process::ExitCode;
 
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
         }
         None => {
             eprintln!();
-            match aws::cfn::IN_FLIGHT.lock().unwrap().take() {
+            match commands::output::in_flight() {
                 Some(what) => eprintln!(
                     "interrupted: stopped waiting, but AWS goes on: {what}.\nLook at it with `aws cloudformation describe-stack-events --stack-name STACK` or the tyrell list commands."
                 ),

@@ -91,7 +91,7 @@ pub async fn list_tyrell(cfn: &Client, role: Option<&str>) -> Result<Vec<StackIn
             if info.status == "DELETE_COMPLETE" {
                 continue;
             }
-            match (info.tag(crate::engine::TAG_ROLE), role) {
+            match (info.tag(crate::names::TAG_ROLE), role) {
                 (Some(r), Some(want)) if r == want => out.push(info),
                 (Some(_), None) => out.push(info),
                 _ => {}
@@ -270,10 +270,10 @@ pub trait Progress {
     fn event(&mut self, stack: &str, event: &Event);
     /// The stack's status after a poll.
     fn status(&mut self, stack: &str, status: &str, elapsed: Duration);
+    /// What is still going on in AWS if the process stopped now (`None`: nothing), for
+    /// the message an interrupt prints.
+    fn in_flight(&mut self, _what: Option<String>) {}
 }
-
-/// What the process is waiting on right now, for the Ctrl-C message.
-pub static IN_FLIGHT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// Follows `stack` (name or id) until `op` reaches a terminal state or `opts.timeout`
 /// passes, reporting events and status to `progress`. Returns the final stack (`None`
@@ -295,7 +295,7 @@ pub async fn wait(
     loop {
         let info = get(cfn, stack).await?;
         let status = info.as_ref().map(|s| s.status.clone());
-        *IN_FLIGHT.lock().unwrap() = Some(format!("stack {display} is {}", status.as_deref().unwrap_or("gone")));
+        progress.in_flight(Some(format!("stack {display} is {}", status.as_deref().unwrap_or("gone"))));
         if events_supported {
             match new_events(cfn, stack, &mut seen, first && op != Op::Create).await {
                 Ok(evs) => evs.iter().for_each(|e| progress.event(display, e)),
@@ -310,11 +310,11 @@ pub async fn wait(
         last_status = shown.to_string();
         match judge(op, status.as_deref()) {
             Verdict::Done => {
-                *IN_FLIGHT.lock().unwrap() = None;
+                progress.in_flight(None);
                 return Ok(info);
             }
             Verdict::Failed => {
-                *IN_FLIGHT.lock().unwrap() = None;
+                progress.in_flight(None);
                 let failures = failures(cfn, stack).await.unwrap_or_default();
                 return Err(WaitError::Failed {
                     stack: display.to_string(),

@@ -46,7 +46,7 @@ pub async fn subnets(ec2: &Client, vpc_id: &str) -> Result<Vec<Subnet>, AwsError
     let mut subnets: Vec<Subnet> = all
         .iter()
         .map(|s| {
-            let tier = s.tags().iter().find(|t| t.key() == Some("tyrell:tier")).and_then(|t| t.value());
+            let tier = s.tags().iter().find(|t| t.key() == Some(crate::names::TAG_TIER)).and_then(|t| t.value());
             Subnet {
                 id: s.subnet_id().unwrap_or_default().into(),
                 az: s.availability_zone().unwrap_or_default().into(),

@@ -120,7 +120,7 @@ pub async fn run(e: &mut Engine, global: &Global, a: BuildsArgs) -> anyhow::Resu
                 return Ok(Printed::new(j, key_values(&pairs)));
             }
             let b = e.run_build(&plan).await?;
-            eprintln!("built {} {}: {} ({})", b.role, b.version, b.ami, b.name);
+            e.report.step(&format!("built {} {}: {} ({})", b.role, b.version, b.ami, b.name));
             Printed::new(serde_json::to_value(&b)?, b.ami.clone())
         }
         BuildsCmd::List { role } => {

@@ -209,7 +209,10 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
                 return Ok(Printed::new(j, text));
             }
             let v = e.create_version(&m, &plan).await?;
-            eprintln!("created {} version {} (stack {}, {} instance(s))", m.role, v.version, v.stack_name, v.desired);
+            e.report.step(&format!(
+                "created {} version {} (stack {}, {} instance(s))",
+                m.role, v.version, v.stack_name, v.desired
+            ));
             let mut j = version_json(&v);
             j["stack_name"] = json!(v.stack_name);
             Printed::new(j, v.version.clone())

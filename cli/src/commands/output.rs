@@ -90,7 +90,22 @@ impl StderrReporter {
     }
 }
 
+/// What the process was waiting on when it stopped, as the last reporter heard it: the
+/// Ctrl-C summary `main` prints.
+static IN_FLIGHT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Takes what was in flight (see [`cfn::Progress::in_flight`]).
+pub fn in_flight() -> Option<String> {
+    IN_FLIGHT.lock().map(|mut g| g.take()).unwrap_or(None)
+}
+
 impl cfn::Progress for StderrReporter {
+    fn in_flight(&mut self, what: Option<String>) {
+        if let Ok(mut g) = IN_FLIGHT.lock() {
+            *g = what;
+        }
+    }
+
     fn event(&mut self, stack: &str, e: &cfn::Event) {
         self.clear();
         eprintln!("    {stack}  {e}");

@@ -18,12 +18,7 @@ use crate::aws::cfn::{self, Op, StackInfo, StackSpec, WaitOptions};
 use crate::aws::Aws;
 use library::Library;
 
-pub const TAG_ROLE: &str = "tyrell:role";
-pub const TAG_STACK: &str = "tyrell:stack";
-pub const TAG_VERSION: &str = "tyrell:version";
-/// On an Auto Scaling group: `true` on the active version of a role without inbound traffic.
-pub const TAG_ACTIVE: &str = "tyrell:active";
-pub const TAG_BUILT_BY: &str = "tyrell:built-by";
+pub use crate::names::{TAG_ACTIVE, TAG_BUILT_BY, TAG_ROLE, TAG_STACK, TAG_VERSION};
 
 /// Receives progress: stack events and status (through [`cfn::Progress`]) and steps.
 pub trait Reporter: cfn::Progress + Send {

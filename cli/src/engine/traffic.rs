@@ -20,9 +20,7 @@ use super::library::{Manifest, Via};
 use super::{validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK};
 use crate::aws::{asg, cfn, elb, ssm};
 
-/// On an Auto Scaling group: when its version stopped being the active one (RFC 3339),
-/// which tells `--rollback` where to go back to.
-pub const TAG_INACTIVE_SINCE: &str = "tyrell:inactive-since";
+pub use crate::names::TAG_INACTIVE_SINCE;
 
 /// How often health is looked at while waiting for the gate or during a bake, at most.
 const POLL: Duration = Duration::from_secs(5);
@@ -293,11 +291,6 @@ fn host_name() -> String {
 /// Whether a process of this host is alive (Linux: /proc; elsewhere assume it is).
 fn pid_alive(pid: u32) -> bool {
     !std::path::Path::new("/proc/self").exists() || std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// What Ctrl-C leaves behind, for the message `main` prints on an interrupt.
-fn in_flight(what: Option<String>) {
-    *crate::aws::cfn::IN_FLIGHT.lock().unwrap() = what;
 }
 
 fn now_rfc3339() -> String {
@@ -571,7 +564,7 @@ impl Engine {
             anyhow::bail!("another {} switch in swarm {swarm} took the lock first, {other}", m.role);
         }
         let result = self.switch_holding(m, req, listener.as_deref(), prior.as_ref(), &mut me, &description).await;
-        in_flight(None);
+        self.report.in_flight(None);
         // Release only our own lock (someone may have broken it and taken it since); a
         // failure to release never hides the switch's own error.
         let released = match self.read_lock(swarm, &m.role).await {
@@ -676,7 +669,7 @@ impl Engine {
         if capacity != was {
             new = self.scale_version(m, swarm, &to, capacity).await?;
         }
-        in_flight(Some(interrupted("before moving any traffic")));
+        self.report.in_flight(Some(interrupted("before moving any traffic")));
         if let Err(e) = self.gate(&new).await {
             if capacity != was {
                 self.report.step(&format!("gate failed: returning {} {to} to {was} instance(s)", m.role));
@@ -692,7 +685,7 @@ impl Engine {
                 for (i, pct) in plan.iter().enumerate() {
                     let targets = split(old_tg.as_deref(), new_tg, *pct);
                     elb::forward(&self.aws.elb, listener, &targets).await?;
-                    in_flight(Some(interrupted(&format!("at {pct}%"))));
+                    self.report.in_flight(Some(interrupted(&format!("at {pct}%"))));
                     steps.push(*pct);
                     let rest = match (&from, *pct) {
                         (Some(f), p) if p < 100 => format!(", {f} {}%", 100 - p),
