@@ -1,0 +1,418 @@
+//! The box runner: follows the emulator's instances and keeps one booted box per running
+//! instance whose AMI is a local image; serves the instance metadata; `down` removes
+//! everything it made, also after it crashed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+
+use crate::boxes::{self, Running};
+use crate::imds::{self, Imds};
+use crate::{aws, bake, net, nspawn, paths, state};
+
+/// How a runner runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The cloud's name (its namespace and state directory).
+    pub cloud: String,
+    /// How often the emulator is asked.
+    pub poll: Duration,
+    /// How long a box may take to boot before it is reported stuck.
+    pub boot_timeout: Duration,
+}
+
+/// One instance of the emulator, as the runner needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// `i-…`.
+    pub id: String,
+    /// `pending`, `running`, `stopping`, `stopped`, `shutting-down`, `terminated`.
+    pub state: String,
+    /// The AMI.
+    pub ami: String,
+    /// The private IP.
+    pub ip: Option<Ipv4Addr>,
+    /// The private DNS name.
+    pub dns_name: String,
+    /// e.g. `t3.micro`.
+    pub instance_type: String,
+    /// e.g. `us-east-1a`.
+    pub az: String,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub launched: String,
+}
+
+impl Instance {
+    /// Whether the instance should have a box.
+    pub fn wants_box(&self) -> bool {
+        self.state == "pending" || self.state == "running"
+    }
+}
+
+/// Every instance the emulator lists (all states).
+pub async fn instances(ec2: &aws_sdk_ec2::Client) -> anyhow::Result<Vec<Instance>> {
+    let mut out = Vec::new();
+    let mut pages = ec2.describe_instances().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page
+            .map_err(|e| anyhow::anyhow!("DescribeInstances failed: {}", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+        for r in page.reservations() {
+            for i in r.instances() {
+                out.push(Instance {
+                    id: i.instance_id().unwrap_or_default().into(),
+                    state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                    ami: i.image_id().unwrap_or_default().into(),
+                    ip: i.private_ip_address().and_then(|a| a.parse().ok()),
+                    dns_name: i.private_dns_name().unwrap_or_default().into(),
+                    instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+                    az: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().into(),
+                    tags: i
+                        .tags()
+                        .iter()
+                        .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
+                        .collect(),
+                    launched: i.launch_time().map(|t| t.to_string()).unwrap_or_default(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The user data of an instance: its `userData` attribute, else (Auto Scaling instances
+/// in the emulator) its group's launch template version's.
+pub async fn user_data(
+    ec2: &aws_sdk_ec2::Client,
+    asg: &aws_sdk_autoscaling::Client,
+    instance: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let attr = ec2
+        .describe_instance_attribute()
+        .instance_id(instance)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await;
+    if let Ok(a) = attr {
+        if let Some(v) = a.user_data().and_then(|u| u.value()).filter(|v| !v.is_empty()) {
+            return b64.decode(v.trim()).context("the instance's user data is not base64");
+        }
+    }
+    let out = asg.describe_auto_scaling_instances().instance_ids(instance).send().await.map_err(|e| {
+        anyhow::anyhow!("DescribeAutoScalingInstances failed: {}", aws_sdk_autoscaling::error::DisplayErrorContext(e))
+    })?;
+    let Some(lt) = out.auto_scaling_instances().first().and_then(|i| i.launch_template()) else {
+        return Ok(Vec::new());
+    };
+    let mut req = ec2.describe_launch_template_versions();
+    req = match (lt.launch_template_id(), lt.launch_template_name()) {
+        (Some(id), _) => req.launch_template_id(id),
+        (None, Some(n)) => req.launch_template_name(n),
+        _ => return Ok(Vec::new()),
+    };
+    req = req.versions(lt.version().unwrap_or("$Default"));
+    let v = req.send().await.map_err(|e| {
+        anyhow::anyhow!("DescribeLaunchTemplateVersions failed: {}", aws_sdk_ec2::error::DisplayErrorContext(e))
+    })?;
+    match v.launch_template_versions().first().and_then(|v| v.launch_template_data()).and_then(|d| d.user_data()) {
+        Some(u) if !u.is_empty() => b64.decode(u.trim()).context("the launch template's user data is not base64"),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// An instance's Auto Scaling lifecycle state, `None` when in no group.
+pub async fn lifecycle_state(asg: &aws_sdk_autoscaling::Client, instance: &str) -> Option<String> {
+    let out = asg.describe_auto_scaling_instances().instance_ids(instance).send().await.ok()?;
+    out.auto_scaling_instances().first().and_then(|i| i.lifecycle_state()).map(str::to_string)
+}
+
+/// Stops every box of a cloud and removes everything recorded for it, whatever state
+/// its runner left (stopped, crashed, killed with -9). Idempotent.
+pub fn down(cloud: &str) -> anyhow::Result<Vec<String>> {
+    net::check_cloud_name(cloud)?;
+    let mut said = Vec::new();
+    if let Some(r) = state::runner(cloud) {
+        if r.pid != std::process::id() {
+            crate::cmd::signal(r.pid, libc::SIGTERM);
+            let start = Instant::now();
+            while crate::cmd::alive(r.pid) && start.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if crate::cmd::alive(r.pid) {
+                crate::cmd::signal(r.pid, libc::SIGKILL);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            said.push(format!("stopped runner {}", r.pid));
+        }
+    }
+    for b in state::boxes(cloud) {
+        boxes::stop_recorded(cloud, &b)?;
+        said.push(format!("removed box {} ({} {})", b.instance, b.role, b.ip));
+    }
+    // Boxes whose record was lost: any nspawn in a namespace of this cloud.
+    for pid in stray_nspawns(cloud) {
+        nspawn::stop_pid(pid, Duration::from_secs(20));
+        said.push(format!("stopped stray systemd-nspawn {pid}"));
+    }
+    let had_ns = net::netns_exists(cloud) || net::netns_list().iter().any(|n| n.starts_with(&format!("{cloud}-i-")));
+    net::remove_cloud(cloud)?;
+    if had_ns {
+        said.push(format!("removed network namespace {cloud} and its boxes' namespaces"));
+    }
+    let d = state::dir(cloud);
+    if d.exists() {
+        std::fs::remove_dir_all(&d).with_context(|| format!("cannot remove {}", d.display()))?;
+    }
+    Ok(said)
+}
+
+/// nspawn processes running in a namespace of this cloud (by their command line).
+fn stray_nspawns(cloud: &str) -> Vec<u32> {
+    let needle = format!("--network-namespace-path=/run/netns/{cloud}-i-");
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Ok(cl) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let args: Vec<String> = cl.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            if args.first().is_some_and(|a| a.ends_with("systemd-nspawn"))
+                && args.iter().any(|a| a.starts_with(&needle))
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Runs the box runner until SIGTERM/SIGINT, then stops its boxes and removes its cloud.
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    net::check_cloud_name(&opts.cloud)?;
+    let endpoint = aws::endpoint()?;
+    if let Some(r) = state::runner(&opts.cloud) {
+        bail!("cloud {} already has a runner (pid {}): stop it with `tyrell-local down`", opts.cloud, r.pid);
+    }
+    // What a crashed runner left.
+    if !state::boxes(&opts.cloud).is_empty() || net::netns_exists(&opts.cloud) {
+        for l in down(&opts.cloud)? {
+            tracing::info!("cleanup of a previous runner: {l}");
+        }
+    }
+    state::save_runner(&opts.cloud, &endpoint)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let result = serve(opts, &rt, &stop);
+    // Whatever happened: stop every box and remove the cloud.
+    match down_own(&opts.cloud) {
+        Ok(()) => {}
+        Err(e) => tracing::error!("cleanup failed: {e:#}; run `tyrell-local down --cloud {}`", opts.cloud),
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+thread_local! {
+    static HELD: std::cell::RefCell<HashMap<String, Running>> = std::cell::RefCell::new(HashMap::new());
+}
+
+fn down_own(cloud: &str) -> anyhow::Result<()> {
+    let held: Vec<Running> = HELD.with(|h| h.borrow_mut().drain().map(|(_, v)| v).collect());
+    for mut b in held {
+        if let Err(e) = boxes::stop(cloud, &mut b) {
+            tracing::warn!("stopping {}: {e:#}", b.record.instance);
+        }
+    }
+    for l in down(cloud)? {
+        tracing::info!("{l}");
+    }
+    Ok(())
+}
+
+fn serve(opts: &Options, rt: &tokio::runtime::Runtime, stop: &AtomicBool) -> anyhow::Result<()> {
+    let cloud = opts.cloud.as_str();
+    let conf = rt.block_on(aws::config())?;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let asg = aws_sdk_autoscaling::Client::new(&conf);
+    net::ensure_cloud(cloud)?;
+    let lookup_asg = asg.clone();
+    let lifecycle: imds::LifecycleLookup = Arc::new(move |id: String| {
+        let asg = lookup_asg.clone();
+        Box::pin(async move { lifecycle_state(&asg, &id).await })
+    });
+    let service = Imds::new(aws::region(), lifecycle);
+    let listener = net::listen_tcp_in(cloud, (net::IMDS, 80).into())?;
+    {
+        let _guard = rt.enter();
+        let s = service.clone();
+        rt.spawn(async move {
+            if let Err(e) = s.serve(listener).await {
+                tracing::error!("the metadata service stopped: {e:#}");
+            }
+        });
+    }
+    std::fs::write(state::dir(cloud).join("ready"), b"")?;
+    tracing::info!("cloud {cloud} ready: following the emulator at {}", aws::endpoint()?);
+    let mut warned: BTreeSet<String> = BTreeSet::new();
+    while !stop.load(Ordering::SeqCst) {
+        match rt.block_on(instances(&ec2)) {
+            Ok(list) => reconcile(opts, rt, &ec2, &asg, &service, &list, &mut warned),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+        check_boots(opts);
+        let until = Instant::now() + opts.poll;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    tracing::info!("stopping cloud {cloud}");
+    Ok(())
+}
+
+fn check_boots(opts: &Options) {
+    HELD.with(|h| {
+        for b in h.borrow_mut().values_mut() {
+            if b.record.state != "starting" {
+                continue;
+            }
+            match boxes::check_booted(&opts.cloud, b, opts.boot_timeout) {
+                Ok(true) => tracing::info!(
+                    "box {} ({} {} {}) booted in {:.1}s",
+                    b.record.instance,
+                    b.record.role,
+                    b.record.version,
+                    b.record.ip,
+                    b.record.boot_seconds.unwrap_or_default()
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!("{e:#}"),
+            }
+        }
+    });
+}
+
+fn reconcile(
+    opts: &Options,
+    rt: &tokio::runtime::Runtime,
+    ec2: &aws_sdk_ec2::Client,
+    asg: &aws_sdk_autoscaling::Client,
+    service: &Imds,
+    list: &[Instance],
+    warned: &mut BTreeSet<String>,
+) {
+    let cloud = opts.cloud.as_str();
+    let wanted: BTreeMap<&str, &Instance> = list.iter().filter(|i| i.wants_box()).map(|i| (i.id.as_str(), i)).collect();
+    // Boxes whose instance stopped or terminated (or vanished).
+    let gone: Vec<String> =
+        HELD.with(|h| h.borrow().keys().filter(|k| !wanted.contains_key(k.as_str())).cloned().collect());
+    for id in gone {
+        if let Some(mut b) = HELD.with(|h| h.borrow_mut().remove(&id)) {
+            tracing::info!("instance {id} is no longer running: stopping its box");
+            if let Ok(mut m) = service.instances.write() {
+                m.remove(&b.record.ip);
+            }
+            if let Err(e) = boxes::stop(cloud, &mut b) {
+                tracing::error!("stopping box {id}: {e:#}");
+            }
+        }
+    }
+    for (id, i) in wanted {
+        if HELD.with(|h| h.borrow().contains_key(id)) {
+            continue;
+        }
+        let Some(image) = paths::image_of(&i.ami) else {
+            if warned.insert(id.to_string()) {
+                tracing::warn!("instance {id} runs {} which is not a local image: it gets no box", i.ami);
+            }
+            continue;
+        };
+        let Some(ip) = i.ip else {
+            if warned.insert(id.to_string()) {
+                tracing::warn!("instance {id} has no private IP yet");
+            }
+            continue;
+        };
+        let clash = HELD.with(|h| h.borrow().values().find(|b| b.record.ip == ip).map(|b| b.record.instance.clone()));
+        if let Some(other) = clash {
+            if warned.insert(id.to_string()) {
+                tracing::error!(
+                    "instance {id} has private IP {ip}, which box {other} already has (another VPC?): it gets no box"
+                );
+            }
+            continue;
+        }
+        let rec = bake::load(&image).ok();
+        let role =
+            i.tags.get("tyrell:role").cloned().or_else(|| rec.as_ref().map(|r| r.role.clone())).unwrap_or_default();
+        let version = i
+            .tags
+            .get("tyrell:version")
+            .cloned()
+            .or_else(|| rec.as_ref().map(|r| r.version.clone()))
+            .unwrap_or_default();
+        let user_data = match rt.block_on(user_data(ec2, asg, id)) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!("instance {id}: cannot read its user data: {e:#}");
+                continue;
+            }
+        };
+        let spec = boxes::Spec {
+            instance: id.to_string(),
+            ip,
+            dns_name: i.dns_name.clone(),
+            user_data: user_data.clone(),
+            ami: i.ami.clone(),
+            image,
+            role: role.clone(),
+            version,
+        };
+        if let Ok(mut m) = service.instances.write() {
+            m.insert(
+                ip,
+                imds::Instance {
+                    id: id.to_string(),
+                    ami: i.ami.clone(),
+                    instance_type: i.instance_type.clone(),
+                    az: i.az.clone(),
+                    ip: Some(ip),
+                    dns_name: i.dns_name.clone(),
+                    user_data,
+                    launched: i.launched.clone(),
+                    role_name: if role.is_empty() { "tyrell-local".into() } else { format!("tyrell-{role}") },
+                },
+            );
+        }
+        match boxes::start(cloud, &spec) {
+            Ok(b) => {
+                tracing::info!("instance {id} ({role} {ip}): booting its box");
+                HELD.with(|h| h.borrow_mut().insert(id.to_string(), b));
+            }
+            Err(e) => {
+                tracing::error!("instance {id}: cannot start its box: {e:#}");
+                let _ = net::remove_box(cloud, id);
+                state::forget_box(cloud, id);
+            }
+        }
+    }
+}

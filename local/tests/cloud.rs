@@ -1,0 +1,400 @@
+//! The local cloud for real: a bake, a box that boots and runs its user data, the
+//! metadata service from inside a box, and `down` after a kill -9 of the runner.
+//!
+//! Runs as root (namespaces, nspawn). The base filesystem is cached under
+//! /var/cache/tyrell-local (the first run makes it with mmdebstrap: a few minutes, once);
+//! the images these tests bake go to a temporary directory. Each test follows its own
+//! region of the shared emulator, so its runner sees only its own instances.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+use base64::Engine as _;
+
+const EXE: &str = env!("CARGO_BIN_EXE_tyrell-local");
+
+fn require_tools() {
+    for (tool, pkg) in
+        [("mmdebstrap", "mmdebstrap"), ("systemd-nspawn", "systemd-container"), ("nsenter", "util-linux")]
+    {
+        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"].iter().any(|d| Path::new(d).join(tool).exists());
+        assert!(found, "{tool} is not installed: run scripts/local-setup (apt-get install {pkg})");
+    }
+    // SAFETY: getuid has no side effects.
+    assert_eq!(unsafe { libc::getuid() }, 0, "the local cloud tests need root (namespaces, systemd-nspawn)");
+}
+
+/// Where these tests' images go (a directory that lives as long as the test process).
+fn images_dir() -> &'static Path {
+    static D: OnceLock<tempfile::TempDir> = OnceLock::new();
+    D.get_or_init(|| tempfile::Builder::new().prefix("tyrell-local-images-").tempdir_in("/var/tmp").unwrap()).path()
+}
+
+fn local(region: &str) -> Command {
+    let e = testkit::Emulator::shared();
+    let mut c = Command::new(EXE);
+    for (k, v) in e.env() {
+        c.env(k, v);
+    }
+    c.env("AWS_REGION", region).env("TYRELL_LOCAL_IMAGES", images_dir()).env_remove("TYRELL_LOCAL_CLOUD");
+    c
+}
+
+fn ok(mut c: Command) -> String {
+    let o: Output = c.output().expect("run tyrell-local");
+    assert!(
+        o.status.success(),
+        "{c:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The bee image, baked once per test process (with the debug binaries).
+struct Baked {
+    name: String,
+    ami: String,
+    dir: PathBuf,
+    stderr: String,
+    seconds: f64,
+}
+
+fn baked() -> &'static Baked {
+    static B: OnceLock<Baked> = OnceLock::new();
+    B.get_or_init(|| {
+        require_tools();
+        let bins = testkit::bin("bee").parent().unwrap().to_path_buf();
+        let start = Instant::now();
+        let o = local("us-east-1")
+            .args(["bake", "bee", "--json", "--binaries"])
+            .arg(&bins)
+            .output()
+            .expect("run tyrell-local bake");
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "bake failed:\n{stderr}");
+        let rec: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bake --json prints the image");
+        Baked {
+            name: rec["name"].as_str().unwrap().to_string(),
+            ami: rec["ami"].as_str().unwrap().to_string(),
+            dir: PathBuf::from(rec["dir"].as_str().unwrap()),
+            stderr,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    })
+}
+
+async fn ec2(region: &str) -> aws_sdk_ec2::Client {
+    let e = testkit::Emulator::shared();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&e.url)
+        .region(aws_config::Region::new(region.to_string()))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&conf)
+}
+
+/// Registers the baked image in `region` and runs one instance of it with `user_data`.
+async fn launch(region: &str, user_data: &str) -> (aws_sdk_ec2::Client, String, String) {
+    let b = baked();
+    let mut c = local(region);
+    c.args(["register", &b.name]);
+    let ami = ok(c).trim().to_string();
+    let ec2 = ec2(region).await;
+    let out = ec2
+        .run_instances()
+        .image_id(&ami)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key("tyrell:role").value("bee").build())
+                .tags(Tag::builder().key("tyrell:version").value("vtest").build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RunInstances");
+    let i = &out.instances()[0];
+    (ec2, i.instance_id().unwrap().to_string(), i.private_ip_address().unwrap().to_string())
+}
+
+/// A runner for `cloud`, following `region`; stopped (SIGTERM) when dropped.
+struct Runner {
+    guard: Option<testkit::proc::Guard>,
+    cloud: String,
+    region: String,
+}
+
+impl Runner {
+    fn start(cloud: &str, region: &str) -> Runner {
+        let log = std::env::temp_dir().join(format!("{cloud}-runner.log"));
+        let mut c = local(region);
+        c.args(["run", "--cloud", cloud, "--poll", "0.5", "--boot-timeout", "60"]);
+        let guard = testkit::proc::Guard::spawn(c, &log);
+        Runner { guard: Some(guard), cloud: cloud.into(), region: region.into() }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let o = local(&self.region).args(["status", "--json", "--cloud", &self.cloud]).output().unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until the instance's box is booted; fails naming it with its error.
+    fn wait_booted(&self, instance: &str, within: Duration) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let s = self.status();
+            if let Some(b) = s["boxes"].as_array().and_then(|a| a.iter().find(|b| b["instance"] == instance)) {
+                if b["state"] == "booted" {
+                    return b.clone();
+                }
+                assert_ne!(b["state"], "failed", "box {instance} failed: {}", b["error"]);
+            }
+            assert!(
+                start.elapsed() < within,
+                "box {instance} not booted within {within:?}; status: {s}\nrunner log:\n{}",
+                std::fs::read_to_string(std::env::temp_dir().join(format!("{}-runner.log", self.cloud)))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn exec(&self, instance: &str, argv: &[&str]) -> String {
+        ok({
+            let mut c = local(&self.region);
+            c.args(["exec", "--cloud", &self.cloud, instance, "--"]).args(argv);
+            c
+        })
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if let Some(g) = self.guard.take() {
+            g.signal("TERM");
+            let start = Instant::now();
+            while g.alive() && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = local(&self.region).args(["down", "--cloud", &self.cloud]).output();
+    }
+}
+
+fn unique_cloud(prefix: &str) -> String {
+    testkit::unique(prefix)
+}
+
+fn netns_list() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn bake_registers_an_image_with_the_build_tags() {
+    let b = baked();
+    eprintln!("bake took {:.1}s", b.seconds);
+    let rootfs = b.dir.join("rootfs");
+    assert!(rootfs.join("usr/local/bin/bee").is_file(), "install-binary.sh installed bee");
+    assert!(rootfs.join("usr/bin/aws").exists(), "base.sh installed the AWS CLI");
+    let release = std::fs::read_to_string(rootfs.join("etc/tyrell/ami-release")).expect("finish.sh ran");
+    assert!(release.contains("role=bee"), "{release}");
+    assert!(!rootfs.join("tmp/tyrell").exists(), "finish.sh removed the upload");
+    assert!(b.stderr.contains("skipped Amazon's SSM agent"), "one line says the SSM agent was skipped:\n{}", b.stderr);
+    assert_eq!(b.stderr.matches("skipped").count(), 1, "{}", b.stderr);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ec2 = ec2("us-east-1").await;
+        let out = ec2.describe_images().owners("self").image_ids(&b.ami).send().await.expect("DescribeImages");
+        let img = &out.images()[0];
+        assert_eq!(img.name(), Some(b.name.as_str()));
+        let tags: std::collections::BTreeMap<&str, &str> =
+            img.tags().iter().map(|t| (t.key().unwrap(), t.value().unwrap())).collect();
+        let keys: Vec<&str> = tags.keys().copied().collect();
+        assert_eq!(
+            keys,
+            [
+                "Name",
+                "tyrell:base-ami",
+                "tyrell:base-ami-name",
+                "tyrell:built-by",
+                "tyrell:commit",
+                "tyrell:role",
+                "tyrell:version"
+            ],
+            "exactly the tags of packer/tyrell.json"
+        );
+        assert_eq!(tags["tyrell:role"], "bee");
+        assert_eq!(tags["tyrell:built-by"], "tyrell");
+        assert!(tags["tyrell:version"].starts_with('v'));
+    });
+
+    // A second bake of the role reuses the cached base.
+    let start = Instant::now();
+    let bins = testkit::bin("bee").parent().unwrap().to_path_buf();
+    let out = ok({
+        let mut c = local("us-east-1");
+        c.args(["bake", "bee", "--json", "--version", &format!("t{}", std::process::id()), "--binaries"]).arg(&bins);
+        c
+    });
+    let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rec["base_seconds"].as_f64(), Some(0.0), "the base came from the cache");
+    eprintln!("cached bake took {:.1}s", start.elapsed().as_secs_f64());
+}
+
+#[test]
+fn a_box_boots_and_runs_its_user_data() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let region = "eu-west-1";
+    let user_data = "#cloud-config\nwrite_files:\n  - path: /etc/tyrell/hello\n    content: |\n      written by cloud-init\nruncmd:\n  - [sh, -c, 'cloud-init query v1.instance_id > /run/tyrell-runcmd']\n";
+    let (ec2, id, ip) = rt.block_on(launch(region, user_data));
+    let cloud = unique_cloud("tlb");
+    let r = Runner::start(&cloud, region);
+    let start = Instant::now();
+    let b = r.wait_booted(&id, Duration::from_secs(90));
+    eprintln!("box {id} booted in {:.1}s (runner's measure {})", start.elapsed().as_secs_f64(), b["boot_seconds"]);
+    assert_eq!(b["ip"], ip.as_str());
+    assert_eq!(b["role"], "bee");
+
+    // cloud-init ran the user data from the NoCloud seed, as EC2's datasource would.
+    let status = r.exec(&id, &["cloud-init", "status", "--wait"]);
+    assert!(status.contains("done"), "cloud-init status: {status}");
+    assert_eq!(r.exec(&id, &["cat", "/etc/tyrell/hello"]), "written by cloud-init\n");
+    assert_eq!(r.exec(&id, &["cat", "/run/tyrell-runcmd"]).trim(), id);
+    let sys = r.exec(&id, &["sh", "-c", "systemctl is-system-running || true"]);
+    assert!(sys.trim() == "running" || sys.trim() == "degraded", "systemd: {sys}");
+    assert!(r.exec(&id, &["sh", "-c", "systemctl is-active multi-user.target"]).contains("active"));
+    assert_eq!(r.exec(&id, &["hostname"]).trim(), format!("ip-{}", ip.replace('.', "-")));
+    assert!(r.exec(&id, &["ip", "-4", "-o", "addr", "show", "eth0"]).contains(&format!("{ip}/32")));
+
+    // An instance that terminates stops its box.
+    rt.block_on(ec2.terminate_instances().instance_ids(&id).send()).expect("TerminateInstances");
+    let ns = format!("{cloud}-{id}");
+    let start = Instant::now();
+    while netns_list().contains(&ns) {
+        assert!(start.elapsed() < Duration::from_secs(30), "box {id} still there 30s after its instance terminated");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(r.status()["boxes"].as_array().is_some_and(|a| a.is_empty()), "{}", r.status());
+}
+
+#[test]
+fn the_metadata_service_wants_a_token_and_knows_the_box() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let region = "eu-west-2";
+    let (_ec2, id, ip) = rt.block_on(launch(region, "#cloud-config\n"));
+    let cloud = unique_cloud("tli");
+    let r = Runner::start(&cloud, region);
+    r.wait_booted(&id, Duration::from_secs(90));
+    let imds = "http://169.254.169.254/latest";
+    let code =
+        r.exec(&id, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{imds}/meta-data/instance-id")]);
+    assert_eq!(code, "401", "IMDSv1 (no token) is refused");
+    let code = r.exec(
+        &id,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "X-aws-ec2-metadata-token: bogus",
+            &format!("{imds}/meta-data/instance-id"),
+        ],
+    );
+    assert_eq!(code, "401", "a wrong token is refused");
+    let get = |path: &str| {
+        let script = format!(
+            "t=$(curl -sf -X PUT {imds}/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') && curl -sf -H \"X-aws-ec2-metadata-token: $t\" {imds}/{path}"
+        );
+        r.exec(&id, &["sh", "-c", &script])
+    };
+    assert_eq!(get("meta-data/instance-id"), id);
+    assert_eq!(get("meta-data/local-ipv4"), ip);
+    assert_eq!(get("meta-data/placement/region"), region);
+    let doc: serde_json::Value = serde_json::from_str(&get("dynamic/instance-identity/document")).unwrap();
+    assert_eq!(doc["instanceId"], id.as_str());
+    assert_eq!(doc["region"], region);
+    let role = get("meta-data/iam/security-credentials/");
+    assert_eq!(role, "tyrell-bee");
+    let creds: serde_json::Value =
+        serde_json::from_str(&get(&format!("meta-data/iam/security-credentials/{role}"))).unwrap();
+    assert_eq!(creds["Code"], "Success");
+    assert!(creds["AccessKeyId"].as_str().is_some_and(|k| !k.is_empty()));
+    // Not in an Auto Scaling group: no lifecycle state (404, as on EC2).
+    let code = r.exec(
+        &id,
+        &["sh", "-c", &format!("t=$(curl -sf -X PUT {imds}/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60'); curl -s -o /dev/null -w %{{http_code}} -H \"X-aws-ec2-metadata-token: $t\" {imds}/meta-data/autoscaling/target-lifecycle-state")],
+    );
+    assert_eq!(code, "404");
+    // The token request needs a TTL.
+    let code = r
+        .exec(&id, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", &format!("{imds}/api/token")]);
+    assert_eq!(code, "400");
+}
+
+#[test]
+fn down_after_kill_9_leaves_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let region = "eu-central-1";
+    let (_ec2, id, _ip) = rt.block_on(launch(region, "#cloud-config\n"));
+    let cloud = unique_cloud("tlc");
+    let links_before = host_links();
+    let mut r = Runner::start(&cloud, region);
+    r.wait_booted(&id, Duration::from_secs(90));
+    assert!(netns_list().contains(&cloud));
+    let g = r.guard.take().unwrap();
+    g.signal("KILL");
+    let start = Instant::now();
+    while g.alive() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(g);
+    let said = local(region).args(["down", "--cloud", &cloud]).output().unwrap();
+    assert!(said.status.success(), "{}", String::from_utf8_lossy(&said.stderr));
+    // Idempotent.
+    ok({
+        let mut c = local(region);
+        c.args(["down", "--cloud", &cloud]);
+        c
+    });
+    let left: Vec<String> = netns_list().into_iter().filter(|n| n.starts_with(&cloud)).collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&cloud),
+        "mounts left:\n{}",
+        mounts.lines().filter(|l| l.contains(&cloud)).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(host_links(), links_before, "the host's links are as they were");
+    let procs = Command::new("pgrep").args(["-f", &format!("netns/{cloud}-")]).output().unwrap();
+    assert!(procs.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&procs.stdout));
+    assert!(!Path::new("/run/tyrell-local").join(&cloud).exists(), "state directory left");
+    let st = local(region).args(["status", "--json", "--cloud", &cloud]).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["boxes"].as_array().map(Vec::len), Some(0));
+}
+
+fn host_links() -> Vec<String> {
+    let o = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+        .collect();
+    v.sort();
+    v
+}
