@@ -2,14 +2,15 @@
 //!
 //! Records are appended, as their original NDJSON lines, to one part per UTC hour of
 //! their `ts`. The whole buffer is flushed at once (by size, by age, or on shutdown) as
-//! a [`Batch`]: one object per hour it holds, plus the ids of every message whose records
-//! it holds. A message whose records span hours therefore sits in exactly one batch, and
-//! may be deleted as soon as all of that batch's objects are stored.
+//! a [`Batch`]: one object per hour it holds, one errors/ object per message with lines
+//! set aside (lines that are not valid records: [`SetAside`]), plus the ids of every message
+//! whose lines it holds. A message whose records span hours therefore sits in exactly one
+//! batch, and may be deleted as soon as all of that batch's objects are stored.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use record::Line;
+use record::{Line, Rejected};
 
 /// `(year, month, day, hour)`, UTC.
 pub type Hour = (u16, u8, u8, u8);
@@ -24,20 +25,37 @@ pub struct Part {
     pub first_ts: String,
 }
 
+/// The lines of one message that are not valid records, with what identifies the message:
+/// stored as one errors/ object (`PREFIX/errors/YYYY/MM/DD/HH/STACK-WORKER-MESSAGEID.json`)
+/// in the same batch as the message's good records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAside {
+    pub message_id: String,
+    /// The message's [`record::ENCODING_ATTRIBUTE`], as received.
+    pub encoding: Option<String>,
+    pub receive_count: u32,
+    /// The lines set aside, in body order (empty: nothing to store).
+    pub lines: Vec<Rejected>,
+}
+
 /// What one flush writes and then deletes.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub parts: Vec<(Hour, Part)>,
+    /// One errors/ object each.
+    pub set_aside: Vec<SetAside>,
     /// Messages whose records are all in `parts` (or that hold none, e.g. a malformed
     /// message already archived under errors/): delete them once the parts are stored.
     pub messages: Vec<String>,
     pub records: usize,
+    /// Bytes of the lines held: records (NDJSON with newlines) plus lines set aside.
     pub bytes: usize,
 }
 
 #[derive(Debug, Default)]
 pub struct Buffer {
     parts: BTreeMap<Hour, Part>,
+    set_aside: Vec<SetAside>,
     messages: Vec<String>,
     records: usize,
     bytes: usize,
@@ -45,20 +63,44 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    /// Adds one message's records; all of them end up in the next [`Batch`].
-    pub fn add(&mut self, message_id: String, lines: Vec<Line>, now: Instant) {
+    /// Adds one message: its records go to the part of their UTC hour, its lines that are
+    /// not records (`set_aside`, which also names the message) to an errors/ object; all of
+    /// them end up in the next [`Batch`]. A record whose `ts` cannot be read (not one that
+    /// [`record::decode_lines`] returns) is set aside too, as line 0 (unknown).
+    pub fn add(&mut self, lines: Vec<Line>, mut set_aside: SetAside, now: Instant) {
         for line in lines {
-            let hour = line.record.hour().expect("decode_body validated ts");
+            let t = match line.record.utc() {
+                Ok(t) => t,
+                Err(reason) => {
+                    set_aside.lines.push(Rejected { line: 0, raw: line.raw, reason });
+                    continue;
+                }
+            };
+            // parse_ts keeps the year in 0000..=9999.
+            let hour = (t.year() as u16, t.month() as u8, t.day(), t.hour());
             let part = self.parts.entry(hour).or_default();
-            let ts = &line.record.ts[..19];
-            if part.first_ts.is_empty() || ts < part.first_ts.as_str() {
-                part.first_ts = ts.to_string();
+            let ts = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(),
+                t.month() as u8,
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            if part.first_ts.is_empty() || ts < part.first_ts {
+                part.first_ts = ts;
             }
             part.ndjson.extend_from_slice(line.raw.as_bytes());
             part.ndjson.push(b'\n');
             part.records += 1;
             self.records += 1;
             self.bytes += line.raw.len() + 1;
+        }
+        let message_id = set_aside.message_id.clone();
+        if !set_aside.lines.is_empty() {
+            self.bytes += set_aside.lines.iter().map(|r| r.raw.len() + 1).sum::<usize>();
+            self.set_aside.push(set_aside);
         }
         self.add_message(message_id, now);
     }
@@ -93,6 +135,7 @@ impl Buffer {
         let taken = std::mem::take(self);
         Some(Batch {
             parts: taken.parts.into_iter().collect(),
+            set_aside: taken.set_aside,
             messages: taken.messages,
             records: taken.records,
             bytes: taken.bytes,
@@ -125,7 +168,11 @@ pub fn error_key(prefix: &str, hour: Hour, stack: &str, worker: &str, message_id
 #[cfg(test)]
 mod tests {
     use super::*;
-    use record::{decode_body, Encoding};
+    use record::{decode_body, decode_lines, Encoding};
+
+    fn msg(id: &str) -> SetAside {
+        SetAside { message_id: id.into(), ..SetAside::default() }
+    }
 
     fn lines(ids_ts: &[(&str, &str)]) -> Vec<Line> {
         let body: String = ids_ts
@@ -142,8 +189,8 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Buffer::default();
         assert!(b.take().is_none());
-        b.add("m1".into(), lines(&[("a", "2026-11-23T10:59:59.900Z"), ("b", "2026-11-23T11:00:00.100Z")]), t0);
-        b.add("m2".into(), lines(&[("c", "2026-11-23T10:00:01Z")]), t0);
+        b.add(lines(&[("a", "2026-11-23T10:59:59.900Z"), ("b", "2026-11-23T11:00:00.100Z")]), msg("m1"), t0);
+        b.add(lines(&[("c", "2026-11-23T10:00:01Z")]), msg("m2"), t0);
         assert!(!b.due(t0, 1 << 20, Duration::from_secs(60)));
         assert!(b.due(t0 + Duration::from_secs(60), 1 << 20, Duration::from_secs(60)));
         assert!(b.due(t0, 10, Duration::from_secs(60)));
@@ -158,6 +205,41 @@ mod tests {
         let text = String::from_utf8(p10.ndjson.clone()).unwrap();
         assert!(text.lines().next().unwrap().contains(r#""id":"a""#) && text.ends_with('\n'));
         assert_eq!(batch.bytes, batch.parts.iter().map(|(_, p)| p.ndjson.len()).sum::<usize>());
+        assert!(batch.set_aside.is_empty(), "no errors/ object for messages without bad lines");
+    }
+
+    #[test]
+    fn offsets_are_partitioned_by_their_utc_hour_and_bad_lines_set_aside() {
+        // The record from the field (+00:00) and one an hour ahead of UTC both belong to
+        // 11:00 UTC; the original lines are kept untouched, the first-ts is UTC.
+        let t0 = Instant::now();
+        let body = [
+            ("g1", "2026-11-23T10:15:00.000Z"),
+            ("o1", "2026-11-23T11:30:00.000+00:00"),
+            ("o2", "2026-11-23T12:20:00.000+01:00"),
+            ("bad", "2026-11-23T11:30:00.000+99:00"),
+        ]
+        .iter()
+        .map(|(id, ts)| {
+            format!(r#"{{"id":"{id}","ts":"{ts}","stack":"s","region":"r","agent":"a","target":"t","status":"ok","loss":0.0,"rtt_ms":null,"error":null}}"#) + "\n"
+        })
+        .collect::<String>();
+        let d = decode_lines(&body, Encoding::Ndjson).unwrap();
+        let mut b = Buffer::default();
+        b.add(d.lines, SetAside { lines: d.rejected, ..msg("m1") }, t0);
+        let batch = b.take().unwrap();
+        let hours: Vec<Hour> = batch.parts.iter().map(|(h, _)| *h).collect();
+        assert_eq!(hours, [(2026, 11, 23, 10), (2026, 11, 23, 11)]);
+        let p11 = &batch.parts[1].1;
+        assert_eq!((p11.records, p11.first_ts.as_str()), (2, "2026-11-23T11:20:00"));
+        let text = String::from_utf8(p11.ndjson.clone()).unwrap();
+        assert!(text.contains("11:30:00.000+00:00") && text.contains("12:20:00.000+01:00"), "{text}");
+        assert_eq!(batch.messages, ["m1"]);
+        assert_eq!(batch.set_aside.len(), 1);
+        let s = &batch.set_aside[0];
+        assert_eq!((s.message_id.as_str(), s.lines.len(), s.lines[0].line), ("m1", 1, 4));
+        assert!(s.lines[0].raw.contains(r#""id":"bad""#) && s.lines[0].reason.contains("RFC 3339"));
+        assert_eq!(batch.records, 3);
     }
 
     #[test]

@@ -31,15 +31,17 @@ macro_rules! counters {
 }
 
 counters! {
-    records: "records archived (in objects that are stored)",
-    messages: "messages received (first deliveries to this worker)",
+    records: "records archived: lines in record objects that were stored (a message that comes back after a failed batch or delete is archived, and counted, again)",
+    set_aside: "lines set aside under errors/ (not valid records) in objects that were stored",
+    messages: "messages taken in (received while this worker did not hold them)",
     redelivered: "messages received again while this worker still held them",
-    deleted: "messages deleted",
+    deleted: "messages deleted: DeleteMessageBatch entries SQS reported successful",
+    undeleted: "messages stored but not deleted (their DeleteMessageBatch entry or call failed): they come back",
     objects: "record objects stored",
     bytes_in: "record bytes (uncompressed NDJSON) stored",
     bytes_out: "gzip bytes stored",
-    malformed: "malformed messages archived under errors/",
-    errors: "failed API calls and failed batch entries",
+    malformed: "malformed messages (no line readable) archived whole under errors/",
+    errors: "failed API calls (each attempt) and failed batch entries",
     sqs_receive: "ReceiveMessage calls",
     sqs_delete: "DeleteMessageBatch calls",
     sqs_visibility: "ChangeMessageVisibilityBatch calls",

@@ -3,19 +3,21 @@
 //!
 //! A message is in exactly one of these places until it is deleted:
 //! the receive channel → `held` (+ the buffer, or an errors/ PUT in flight) → a batch
-//! being stored → deleted. Its visibility is renewed as long as it is in `held`, and it
-//! is deleted only after every object of its batch is stored: a crash at any point leaves
-//! it in the queue, to be delivered again (at-least-once).
+//! being stored → being deleted → deleted. Its visibility is renewed as long as it is in
+//! `held`, and it is deleted only after every object of its batch is stored (its records'
+//! hour objects and the errors/ object of its lines set aside): a crash at any point leaves
+//! it in the queue, to be delivered again (at-least-once). The delete uses the receipt
+//! handle of the latest delivery (SQS ignores a delete with an older one).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use record::{decode_body, Encoding};
+use record::{decode_lines, Encoding};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::buffer::{Batch, Buffer};
+use crate::buffer::{Batch, Buffer, SetAside};
 use crate::config::Config;
 use crate::metrics::Counters;
 use crate::queue::{Queue, Received};
@@ -33,8 +35,11 @@ struct Held {
 }
 
 enum Outcome {
-    /// A batch was stored (and its messages deleted) or not (they will be redelivered).
+    /// A batch was stored (its messages are to be deleted) or not (they will be redelivered).
     Batch { messages: Vec<String>, bytes: usize, stored: bool },
+    /// The messages of a stored batch were deleted (or their delete failed and they will be
+    /// redelivered: counted in `undeleted`).
+    Deleted { messages: Vec<String> },
     /// A malformed message was archived under errors/ (or not: it will be redelivered,
     /// and after the queue's maxReceiveCount it goes to the dead-letter queue).
     Malformed { id: String, stored: bool },
@@ -187,9 +192,18 @@ impl Pipeline {
         }
         Counters::inc(&self.counters.messages);
         self.held.insert(m.id.clone(), Held { receipt: m.receipt.clone(), visible_until, renewing: false });
-        let decoded = Encoding::from_attribute(m.encoding.as_deref()).and_then(|enc| decode_body(&m.body, enc));
+        let decoded = Encoding::from_attribute(m.encoding.as_deref()).and_then(|enc| decode_lines(&m.body, enc));
         match decoded {
-            Ok(lines) => self.buffer.add(m.id, lines, Instant::now()),
+            // Each line on its own: the good ones to their hours, the bad ones set aside.
+            Ok(d) => {
+                let set_aside = SetAside {
+                    message_id: m.id,
+                    encoding: m.encoding,
+                    receive_count: m.receive_count,
+                    lines: d.rejected,
+                };
+                self.buffer.add(d.lines, set_aside, Instant::now());
+            }
             Err(reason) => {
                 let store = self.store.clone();
                 self.tasks.spawn(async move {
@@ -200,32 +214,52 @@ impl Pipeline {
         }
     }
 
-    /// Turns the buffer into a batch: its objects are stored, then its messages deleted.
+    /// Turns the buffer into a batch: its objects are stored, then (in [`Self::settle`])
+    /// its messages deleted.
     fn flush(&mut self) {
-        let Some(Batch { parts, messages, records, bytes }) = self.buffer.take() else {
+        let Some(Batch { parts, set_aside, messages, records, bytes }) = self.buffer.take() else {
             return;
         };
-        tracing::debug!(records, bytes, messages = messages.len(), objects = parts.len(), "flushing");
-        let receipts: Vec<(String, String)> =
-            messages.iter().filter_map(|id| self.held.get(id).map(|h| (id.clone(), h.receipt.clone()))).collect();
+        tracing::debug!(
+            records,
+            bytes,
+            messages = messages.len(),
+            objects = parts.len(),
+            errors_objects = set_aside.len(),
+            "flushing"
+        );
         self.storing_bytes += bytes;
-        let (store, queue) = (self.store.clone(), self.queue.clone());
+        let store = self.store.clone();
         self.tasks.spawn(async move {
-            let stored = store.write_parts(parts).await;
-            if stored {
-                queue.delete(&receipts).await;
-            }
+            let stored = store.write_batch(parts, set_aside).await;
             Outcome::Batch { messages, bytes, stored }
         });
     }
 
     fn settle(&mut self, outcome: Outcome) {
         match outcome {
-            Outcome::Batch { messages, bytes, stored } => {
+            Outcome::Batch { messages, bytes, stored: true } => {
                 self.storing_bytes -= bytes;
-                if !stored {
-                    tracing::error!(messages = messages.len(), "batch not stored: its messages will be redelivered");
+                // The receipts of the latest deliveries: a message delivered again while its
+                // batch was being stored can only be deleted with the new one.
+                let receipts: Vec<(String, String)> = messages
+                    .iter()
+                    .filter_map(|id| self.held.get(id).map(|h| (id.clone(), h.receipt.clone())))
+                    .collect();
+                let queue = self.queue.clone();
+                self.tasks.spawn(async move {
+                    queue.delete(&receipts).await;
+                    Outcome::Deleted { messages }
+                });
+            }
+            Outcome::Batch { messages, bytes, stored: false } => {
+                self.storing_bytes -= bytes;
+                tracing::error!(messages = messages.len(), "batch not stored: its messages will be redelivered");
+                for id in messages {
+                    self.held.remove(&id);
                 }
+            }
+            Outcome::Deleted { messages } => {
                 for id in messages {
                     self.held.remove(&id);
                 }

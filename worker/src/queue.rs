@@ -15,6 +15,18 @@ use crate::metrics::Counters;
 /// SQS batch calls take at most 10 entries.
 pub const BATCH: usize = 10;
 
+/// How many distinct entries of a batch of `entries` (ids `"0"`, `"1"`, ...) SQS lists as
+/// successful; ids it did not send, or lists twice, do not count.
+fn succeeded<'a>(entries: usize, ids: impl Iterator<Item = &'a str>) -> usize {
+    let mut seen = vec![false; entries];
+    for i in ids.filter_map(|id| id.parse::<usize>().ok()) {
+        if let Some(s) = seen.get_mut(i) {
+            *s = true;
+        }
+    }
+    seen.iter().filter(|s| **s).count()
+}
+
 /// One received message.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -94,6 +106,10 @@ impl Queue {
 
     /// Deletes `(message id, receipt handle)` pairs in batches of 10; returns how many
     /// could not be deleted (they will be redelivered: duplicates, not losses).
+    ///
+    /// Counts what SQS reports: `deleted` the entries it lists as successful, `undeleted`
+    /// and `errors` every other entry (listed as failed, or not listed at all, or in a
+    /// call that failed after its retries).
     pub async fn delete(&self, messages: &[(String, String)]) -> usize {
         let mut failed = 0;
         for chunk in messages.chunks(BATCH) {
@@ -113,16 +129,25 @@ impl Queue {
                 self.client.delete_message_batch().queue_url(&self.url).set_entries(Some(entries.clone())).send().await
             })
             .await;
-            let chunk_failed = match result {
+            let chunk_deleted = match result {
                 Ok(out) => {
                     for f in out.failed() {
-                        tracing::warn!(code = f.code(), reason = f.message(), "could not delete a message");
+                        let id = f.id().parse::<usize>().ok().and_then(|i| chunk.get(i)).map(|(id, _)| id.as_str());
+                        tracing::warn!(
+                            message_id = id,
+                            code = f.code(),
+                            reason = f.message(),
+                            "could not delete a message: it will be redelivered"
+                        );
                     }
-                    out.failed().len()
+                    succeeded(chunk.len(), out.successful().iter().map(|s| s.id()))
                 }
-                Err(_) => chunk.len(), // logged by retry
+                Err(_) => 0, // logged by retry
             };
-            Counters::add(&self.counters.deleted, (chunk.len() - chunk_failed) as u64);
+            let chunk_failed = chunk.len() - chunk_deleted;
+            Counters::add(&self.counters.deleted, chunk_deleted as u64);
+            Counters::add(&self.counters.undeleted, chunk_failed as u64);
+            Counters::add(&self.counters.errors, chunk_failed as u64);
             failed += chunk_failed;
         }
         failed
@@ -153,19 +178,23 @@ impl Queue {
                 .set_entries(Some(entries))
                 .send()
                 .await;
-            match out {
-                Ok(out) => failed.extend(
-                    out.failed()
-                        .iter()
-                        .filter_map(|f| f.id().parse::<usize>().ok())
-                        .filter_map(|i| chunk.get(i))
-                        .map(|(id, _)| id.clone()),
-                ),
+            let renewed = match out {
+                Ok(out) => {
+                    for f in out.failed() {
+                        tracing::warn!(code = f.code(), reason = f.message(), "could not renew a message's visibility");
+                    }
+                    out.successful().iter().filter_map(|s| s.id().parse::<usize>().ok()).collect::<Vec<_>>()
+                }
                 Err(e) => {
                     tracing::warn!(error = error_chain(&e), "ChangeMessageVisibilityBatch failed");
-                    failed.extend(chunk.iter().map(|(id, _)| id.clone()));
+                    Vec::new()
                 }
-            }
+            };
+            // Anything not reported renewed is treated as failed (it may become visible).
+            let before = failed.len();
+            failed
+                .extend(chunk.iter().enumerate().filter(|(i, _)| !renewed.contains(i)).map(|(_, (id, _))| id.clone()));
+            Counters::add(&self.counters.errors, (failed.len() - before) as u64);
         }
         failed
     }
@@ -189,5 +218,18 @@ impl Queue {
         let empty = HashMap::new();
         let attrs = out.attributes().unwrap_or(&empty);
         Ok(attrs.values().all(|v| v.trim() == "0"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_entries_listed_successful_count_as_deleted() {
+        assert_eq!(succeeded(3, ["0", "2"].into_iter()), 2);
+        // Unknown, repeated or malformed ids never inflate the count (nor underflow the rest).
+        assert_eq!(succeeded(2, ["0", "0", "7", "x", "-1"].into_iter()), 1);
+        assert_eq!(succeeded(0, ["0"].into_iter()), 0);
     }
 }

@@ -1,5 +1,5 @@
-//! The S3 side: gzip NDJSON objects for batches of records, JSON envelopes for
-//! malformed messages.
+//! The S3 side: gzip NDJSON objects for batches of records, JSON envelopes under errors/
+//! for the lines set aside from a message and for malformed messages.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use crate::aws::{error_chain, retry};
-use crate::buffer::{error_key, object_key, Hour, Part};
+use crate::buffer::{error_key, object_key, Hour, Part, SetAside};
 use crate::metrics::Counters;
 use crate::queue::Received;
 
@@ -38,12 +38,17 @@ impl Store {
         }
     }
 
-    /// Stores one object per part, in parallel; `true` only when every one is stored.
-    pub async fn write_parts(&self, parts: Vec<(Hour, Part)>) -> bool {
+    /// Stores one object per part and one errors/ object per message with lines set aside,
+    /// in parallel; `true` only when every one is stored.
+    pub async fn write_batch(&self, parts: Vec<(Hour, Part)>, set_aside: Vec<SetAside>) -> bool {
         let mut puts = tokio::task::JoinSet::new();
         for (hour, part) in parts {
             let store = self.clone();
             puts.spawn(async move { store.write_part(hour, part).await });
+        }
+        for s in set_aside {
+            let store = self.clone();
+            puts.spawn(async move { store.write_set_aside(s).await });
         }
         let mut all = true;
         while let Some(done) = puts.join_next().await {
@@ -72,18 +77,60 @@ impl Store {
         true
     }
 
-    /// Archives a message that cannot be read under `errors/` as a JSON envelope holding
-    /// its raw body and the reason; `true` once stored.
-    pub async fn write_malformed(&self, m: &Received, reason: &str) -> bool {
+    /// Archives the lines of one message that are not valid records under `errors/` as a
+    /// JSON envelope `{message_id, reason, encoding, receive_count, archived_at, worker,
+    /// lines: [{line, reason, raw}]}` (`reason`: how many lines, and the first one's);
+    /// `true` once stored.
+    async fn write_set_aside(&self, s: SetAside) -> bool {
+        let (now, key) = self.error_object(&s.message_id);
+        let reason = match s.lines.as_slice() {
+            [] => return true,
+            [one] => format!("1 line set aside: line {}: {}", one.line, one.reason),
+            [first, ..] => format!("{} lines set aside: line {}: {} ...", s.lines.len(), first.line, first.reason),
+        };
+        let lines: Vec<_> =
+            s.lines.iter().map(|r| serde_json::json!({"line": r.line, "reason": r.reason, "raw": r.raw})).collect();
+        let envelope = serde_json::json!({
+            "message_id": s.message_id,
+            "reason": reason,
+            "encoding": s.encoding,
+            "receive_count": s.receive_count,
+            "archived_at": now,
+            "worker": self.worker,
+            "lines": lines,
+        });
+        let meta = [
+            ("tyrell-reason", header_safe(&reason)),
+            ("tyrell-message-id", header_safe(&s.message_id)),
+            ("tyrell-lines", s.lines.len().to_string()),
+        ];
+        let stored = self.put(&key, envelope.to_string().into_bytes(), "application/json", &meta).await;
+        if stored {
+            Counters::add(&self.counters.set_aside, s.lines.len() as u64);
+            tracing::warn!(key, message_id = s.message_id, lines = s.lines.len(), reason, "lines set aside");
+        }
+        stored
+    }
+
+    /// The time (RFC 3339) and key of a new errors/ object for a message, in this UTC hour.
+    fn error_object(&self, message_id: &str) -> (String, String) {
         let now = OffsetDateTime::now_utc();
-        let hour = (now.year() as u16, now.month() as u8, now.day(), now.hour());
-        let key = error_key(&self.prefix, hour, &self.stack, &self.worker, &m.id);
+        let hour = (now.year().clamp(0, 9999) as u16, now.month() as u8, now.day(), now.hour());
+        let key = error_key(&self.prefix, hour, &self.stack, &self.worker, message_id);
+        (now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(), key)
+    }
+
+    /// Archives a message none of whose lines can be read (bad encoding, base64 or gzip, no
+    /// line) under `errors/` as a JSON envelope holding its raw body and the reason; `true`
+    /// once stored.
+    pub async fn write_malformed(&self, m: &Received, reason: &str) -> bool {
+        let (now, key) = self.error_object(&m.id);
         let envelope = serde_json::json!({
             "message_id": m.id,
             "reason": reason,
             "encoding": m.encoding,
             "receive_count": m.receive_count,
-            "archived_at": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "archived_at": now,
             "worker": self.worker,
             "body": m.body,
         });

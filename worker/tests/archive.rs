@@ -68,15 +68,17 @@ async fn archives_every_record_once_under_its_hour() {
 async fn malformed_messages_go_to_errors_and_never_block() {
     let f = Fixture::new(30, Some(3)).await;
     let good = records("g", 200, "2026-11-23T10:00:00", Duration::from_millis(100));
-    let line = serde_json::to_string(&good[0]).unwrap();
+    // Messages none of whose lines can be read: archived whole.
     let bad: Vec<(String, Encoding)> = vec![
         ("!!! not base64 !!!".into(), Encoding::GzipBase64),
         ("aGVsbG8gd29ybGQ=".into(), Encoding::GzipBase64), // base64 of "hello world": not gzip
-        (format!("{line}\n{{\"id\": truncated\n"), Encoding::Ndjson),
         ("\n\n".into(), Encoding::Ndjson),
     ];
+    // A good record and a truncated line: only the truncated line is set aside.
+    let extra = serde_json::to_string(&records("x", 1, "2026-11-23T10:00:00", Duration::ZERO)[0]).unwrap();
+    let partial = (format!("{extra}\n{{\"id\": truncated\n"), Encoding::Ndjson);
     let mut msgs = bodies(&good, 20);
-    for (i, b) in bad.iter().enumerate() {
+    for (i, b) in bad.iter().chain([&partial]).enumerate() {
         msgs.insert(i * 3, b.clone());
     }
     f.send(&msgs).await;
@@ -97,7 +99,7 @@ async fn malformed_messages_go_to_errors_and_never_block() {
     assert!(status.success(), "worker failed: {status}\n{}", w.log_text());
 
     let counts = f.id_counts("").await;
-    assert_eq!(counts.len(), 200, "every good record archived");
+    assert_eq!(counts.len(), 201, "every good record archived, the one beside the truncated line too");
     assert!(counts.values().all(|&n| n == 1), "each once");
     let errors = f.objects("errors/").await;
     assert_eq!(
@@ -107,13 +109,21 @@ async fn malformed_messages_go_to_errors_and_never_block() {
         errors.iter().map(|e| &e.0).collect::<Vec<_>>()
     );
     let mut archived_bodies = HashSet::new();
+    let mut set_aside = Vec::new();
     for (key, bytes) in &errors {
         assert!(key.starts_with("errors/") && key.ends_with(".json") && key.split('/').count() == 6, "{key}");
         let env: serde_json::Value = serde_json::from_slice(bytes).unwrap();
         assert!(!env["reason"].as_str().unwrap().is_empty(), "{env}");
         assert!(env["message_id"].is_string());
-        archived_bodies.insert(env["body"].as_str().unwrap().to_string());
+        match env["body"].as_str() {
+            Some(body) => {
+                archived_bodies.insert(body.to_string());
+            }
+            None => set_aside
+                .extend(env["lines"].as_array().unwrap().iter().map(|l| l["raw"].as_str().unwrap().to_string())),
+        }
     }
+    assert_eq!(set_aside, ["{\"id\": truncated"], "only the bad line is set aside, not its good neighbour");
     for (body, _) in &bad {
         assert!(archived_bodies.contains(body), "raw body {body:?} archived untouched");
     }
@@ -121,6 +131,137 @@ async fn malformed_messages_go_to_errors_and_never_block() {
     let dlq = f.dlq_url.clone().unwrap();
     assert_eq!(f.depth(&f.queue_url).await, (0, 0), "malformed messages are deleted once archived");
     assert_eq!(f.depth(&dlq).await, (0, 0), "nothing needed the dead-letter queue");
+    let c = w.exit_counters();
+    assert_eq!(
+        (c["malformed"].as_u64(), c["set_aside"].as_u64(), c["records"].as_u64()),
+        (Some(4), Some(1), Some(201))
+    );
+}
+
+/// One NDJSON line: a record with the given id and `ts`.
+fn line(id: &str, ts: &str) -> String {
+    let mut r = records(id, 1, "2026-11-23T10:00:00", Duration::ZERO).remove(0);
+    (r.id, r.ts) = (id.to_string(), ts.to_string());
+    serde_json::to_string(&r).unwrap()
+}
+
+#[tokio::test]
+async fn one_bad_line_spoils_only_itself() {
+    let f = Fixture::new(30, Some(3)).await;
+    // The message from the field: two good records and one whose ts has a +00:00 offset,
+    // which is valid RFC 3339 (§5.6) and belongs to 11:00 UTC.
+    let field = [
+        line("f1", "2026-11-23T10:15:00.000Z"),
+        line("f2", "2026-11-23T10:45:00.000Z"),
+        line("f3", "2026-11-23T11:30:00.000+00:00"),
+    ]
+    .join("\n");
+    // Two good records (one an hour ahead of UTC) and one line that is not RFC 3339 (hour
+    // 25), gzip-compressed as the indexer sends them: only that line is set aside.
+    let bad_line = line("b3", "2026-11-23T25:30:00.000+00:00");
+    let mixed = format!(
+        "{}\n{bad_line}\n{}\n",
+        line("b1", "2026-11-23T10:20:00.000Z"),
+        line("b2", "2026-11-23T12:50:00.000+01:00")
+    );
+    f.send(&[(field, Encoding::Ndjson), (record::encode_body(&mixed, Encoding::GzipBase64), Encoding::GzipBase64)])
+        .await;
+
+    let mut w = Worker::start(f.worker(&["--drain"]));
+    let status = w.wait(Duration::from_secs(60));
+    assert!(status.success(), "worker failed: {status}\n{}", w.log_text());
+
+    let mut where_: Vec<(String, String)> = Vec::new();
+    for (key, recs) in f.archived("").await {
+        let (dir, first) = split_key("", &key);
+        for r in &recs {
+            where_.push((r.id.clone(), dir.to_string()));
+        }
+        // The key's first-ts is the earliest record in UTC, whatever offsets the lines carry.
+        let utc = |ts: &str| {
+            let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).unwrap();
+            t.to_offset(time::UtcOffset::UTC)
+        };
+        let t = recs.iter().map(|r| utc(&r.ts)).min().unwrap();
+        let utc = format!(
+            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+            t.year(),
+            t.month() as u8,
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        assert_eq!(utc, first, "first-ts of {key}");
+    }
+    where_.sort();
+    let ten = "2026/11/23/10/".to_string();
+    let eleven = "2026/11/23/11/".to_string();
+    assert_eq!(
+        where_,
+        [
+            ("b1".to_string(), ten.clone()),
+            ("b2".to_string(), eleven.clone()),
+            ("f1".to_string(), ten.clone()),
+            ("f2".to_string(), ten),
+            ("f3".to_string(), eleven),
+        ],
+        "every good record once, in its UTC hour; the bad line in none"
+    );
+
+    let errors = f.objects("errors/").await;
+    assert_eq!(errors.len(), 1, "{:?}", errors.iter().map(|e| &e.0).collect::<Vec<_>>());
+    let env: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
+    assert!(env.get("body").is_none(), "not the whole body: {env}");
+    let lines = env["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{env}");
+    assert_eq!((lines[0]["line"].as_u64(), lines[0]["raw"].as_str()), (Some(2), Some(bad_line.as_str())));
+    let reason = lines[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not an RFC 3339 date-time") && reason.contains("25:30"), "{reason}");
+    assert!(env["reason"].as_str().unwrap().contains(reason), "{env}");
+    assert_eq!(env["encoding"], "gzip+base64");
+
+    assert_eq!(f.depth(&f.queue_url).await, (0, 0), "both messages deleted once everything was stored");
+    assert_eq!(f.depth(f.dlq_url.as_ref().unwrap()).await, (0, 0));
+    let c = w.exit_counters();
+    assert_eq!(
+        (c["records"].as_u64(), c["set_aside"].as_u64(), c["malformed"].as_u64(), c["deleted"].as_u64()),
+        (Some(5), Some(1), Some(0), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn counters_tell_what_sqs_did_when_some_deletes_fail() {
+    let f = Fixture::new(30, None).await;
+    // Ten messages the worker takes and holds (nothing flushes for 5 minutes) ...
+    let first = records("p", 100, "2026-11-23T09:00:00", Duration::from_secs(1));
+    f.send(&bodies(&first, 10)).await;
+    let mut w = Worker::start(f.worker(&["--flush-seconds", "300"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f.depth(&f.queue_url).await != (0, 10) {
+        assert!(Instant::now() < deadline, "worker never took the messages; log:\n{}", w.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ... are purged behind its back, so their receipt handles no longer delete anything;
+    // five more arrive and are held too. One flush then stores all 15 messages' records and
+    // sends 15 deletes in batches of 10 and 5: SQS fails the 10 purged entries one by one.
+    f.sqs.purge_queue().queue_url(&f.queue_url).send().await.unwrap();
+    let second = records("q", 50, "2026-11-23T09:30:00", Duration::from_secs(1));
+    f.send(&bodies(&second, 10)).await;
+    while f.depth(&f.queue_url).await != (0, 5) {
+        assert!(Instant::now() < deadline, "worker never took the new messages; log:\n{}", w.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.signal(libc::SIGTERM);
+    assert!(w.wait(Duration::from_secs(20)).success(), "{}", w.log_text());
+
+    assert_eq!(f.id_counts("").await.len(), 150, "every record stored before any delete");
+    assert_eq!(f.depth(&f.queue_url).await, (0, 0));
+    let c = w.exit_counters();
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("no counter {k}: {c:?}"));
+    assert_eq!((n("records"), n("messages"), n("deleted"), n("undeleted")), (150, 15, 5, 10));
+    assert_eq!(n("sqs_delete"), 2, "one call per 10 entries");
+    assert_eq!(n("errors"), 10, "each failed entry is an error, nothing else failed");
 }
 
 #[tokio::test]
