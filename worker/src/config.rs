@@ -18,8 +18,8 @@ pub struct Config {
     /// The archive bucket.
     #[arg(long, env = "TYRELL_BUCKET")]
     pub bucket: String,
-    /// Key prefix inside the bucket (records under PREFIX/YYYY/MM/DD/HH/, malformed
-    /// messages under PREFIX/errors/YYYY/MM/DD/HH/).
+    /// Key prefix inside the bucket (records under PREFIX/YYYY/MM/DD/HH/; lines set aside
+    /// and malformed messages under PREFIX/errors/YYYY/MM/DD/HH/).
     #[arg(long, env = "TYRELL_PREFIX", default_value = "")]
     pub prefix: String,
     /// Exit 0 once the queue is empty and everything is flushed (the scheduled run);
