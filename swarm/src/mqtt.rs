@@ -359,6 +359,24 @@ mod tests {
     }
 
     #[test]
+    fn how_connections_end() {
+        use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+        let taken = rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+            reason_code: DisconnectReasonCode::SessionTakenOver,
+            reason_string: None,
+        });
+        assert_eq!(loss_v5(&taken), Loss::TakenOver);
+        let closed = rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted);
+        assert_eq!(loss_v5(&closed), Loss::Closed);
+        assert_eq!(loss_v4(&rumqttc::ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted)), Loss::Closed);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(loss_v4(&rumqttc::ConnectionError::Io(reset)), Loss::Closed);
+        assert_eq!(loss_v4(&rumqttc::ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp)), Loss::Other);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(loss_v4(&rumqttc::ConnectionError::Io(refused)), Loss::Other);
+    }
+
+    #[test]
     fn what_counts_as_a_clash() {
         let t = Instant::now();
         let mut p = policy();

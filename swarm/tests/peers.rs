@@ -197,3 +197,35 @@ fn two_bees_with_one_agent_id_back_off_and_say_so() {
     assert!(ca >= 1 && cb >= 1);
     assert!(broker.alive());
 }
+
+#[test]
+fn two_indexers_with_one_client_id_log_the_clash_and_back_off() {
+    // MQTT 5 (mosquitto, rumqttc): the takeover reaches the indexer as the broker closing
+    // the connection right after accepting it, as for the bee.
+    let broker = broker();
+    let port = broker.port;
+    let id = testkit::unique("indexer-twin");
+    let start = |name: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_indexer"));
+        broker_env(&mut cmd, port);
+        // Nothing listens there: the InfluxDB writer retries quietly, the MQTT side is real.
+        cmd.env("INDEXER_CLIENT_ID", &id)
+            .env("INFLUX_URL", format!("http://127.0.0.1:{}", testkit::free_port()))
+            .env("BROKER_MAX_BACKOFF", "30s")
+            .env("STATS_INTERVAL", "0");
+        Program::start(cmd, name)
+    };
+    let a = start("indexer-twin-a");
+    let b = start("indexer-twin-b");
+    std::thread::sleep(Duration::from_secs(15));
+    let connects = |p: &Program| p.log_text().matches("connected to the broker").count();
+    let (ca, cb) = (connects(&a), connects(&b));
+    let taken_over = [&a, &b]
+        .iter()
+        .flat_map(|p| p.log_text().lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| l.contains("client id clash") && l.contains(&id) && l.contains("\"ERROR\""))
+        .count();
+    eprintln!("connects {ca} + {cb}, takeovers logged {taken_over}");
+    assert!(taken_over >= 1, "no takeover logged:\n{}\n{}", a.log_text(), b.log_text());
+    assert!(ca + cb <= 16, "{ca} + {cb} connections in 15 s");
+}
