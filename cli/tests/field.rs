@@ -235,3 +235,26 @@ fn a_custom_schedule_with_a_cron_list_works() {
     let err = fails(&["workers", "create", "-a", &ami(), "--schedule", "1,31 * * * *,45 * * * *,1", &sw]);
     assert!(err.contains("--scale-up"), "{err}");
 }
+
+/// `tyrell bees S` made two Auto Scaling calls per version (122 calls for 60 versions);
+/// the groups are now read in batches of 50 names, shared by the weights.
+#[test]
+fn listing_sixty_versions_takes_a_few_calls() {
+    let (sw, _) = swarm("ls");
+    let ami = ami();
+    for i in 0..60 {
+        ok(&["bees", "create", "-a", &ami, "-s", "0", "--version", &format!("b{i}"), "--no-schedule", &sw]);
+    }
+    let out = run(&["-v", "bees", &sw, "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["versions"].as_array().unwrap().len(), 60);
+    let err = stderr(&out);
+    let calls: usize = err
+        .lines()
+        .find_map(|l| l.split(" AWS API calls").next().filter(|_| l.contains("AWS API calls")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no call count in: {err}"));
+    assert!(calls <= 10, "tyrell bees with 60 versions made {calls} AWS calls");
+}

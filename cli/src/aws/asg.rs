@@ -32,13 +32,36 @@ impl Group {
 }
 
 pub async fn group(asg: &Client, name: &str) -> Result<Option<Group>, AwsError> {
-    let out = asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(name)
-        .send()
-        .await
-        .map_err(|e| describe(&format!("cannot read Auto Scaling group {name}"), e))?;
-    Ok(out.auto_scaling_groups().first().map(|g| Group {
+    Ok(groups(asg, &[name.to_string()]).await?.remove(name))
+}
+
+/// The most group names one DescribeAutoScalingGroups call takes (its `MaxRecords`
+/// limit is 100; 50 keeps each answer to one page in practice).
+const NAMES_PER_CALL: usize = 50;
+
+/// Several groups by name, in as few calls as the API allows (50 names a call, every
+/// page read); groups that do not exist are absent from the map.
+pub async fn groups(asg: &Client, names: &[String]) -> Result<BTreeMap<String, Group>, AwsError> {
+    let mut found = BTreeMap::new();
+    for chunk in names.chunks(NAMES_PER_CALL) {
+        let mut pages = asg
+            .describe_auto_scaling_groups()
+            .set_auto_scaling_group_names(Some(chunk.to_vec()))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let out =
+                page.map_err(|e| describe(&format!("cannot read Auto Scaling group(s) {}", chunk.join(", ")), e))?;
+            for g in out.auto_scaling_groups() {
+                found.insert(g.auto_scaling_group_name().unwrap_or_default().to_string(), to_group(g));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn to_group(g: &aws_sdk_autoscaling::types::AutoScalingGroup) -> Group {
+    Group {
         desired: g.desired_capacity().unwrap_or_default(),
         max: g.max_size().unwrap_or_default(),
         instances: g
@@ -55,7 +78,7 @@ pub async fn group(asg: &Client, name: &str) -> Result<Option<Group>, AwsError> 
             .iter()
             .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
             .collect(),
-    }))
+    }
 }
 
 /// Sets (or replaces) one tag on a group, not propagated to instances.

@@ -141,7 +141,7 @@ impl Engine {
             users.join(", ")
         );
         self.delete_stack(&stack).await?;
-        ssm::delete(&self.aws.ssm, &[m.grafana_password_param.clone()]).await?;
+        ssm::delete(&self.aws.ssm, std::slice::from_ref(&m.grafana_password_param)).await?;
         Ok(m)
     }
 }
