@@ -47,7 +47,8 @@ pub struct PingRecord {
     pub region: String,
     /// The bee's id (its MQTT client id).
     pub agent: String,
-    /// The host name or address as given in `watch`.
+    /// The host name or address in its canonical spelling (`swarm::targets::canonical`:
+    /// RFC 5952 IPv6, dotted-quad IPv4, lowercase names without a trailing dot).
     pub target: String,
     pub status: Status,
     /// Fraction of probes lost, 0.0..=1.0.
