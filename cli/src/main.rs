@@ -45,6 +45,16 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(global.verbose);
+    // `tyrell local ...` is another program's command line, run as it is.
+    if let commands::Invocation::Static(commands::Command::Local(a)) = &inv {
+        return match commands::local::run(&a.args) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
     let started = std::time::Instant::now();
     let result = rt.block_on(async {

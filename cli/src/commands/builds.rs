@@ -62,6 +62,10 @@ enum BuildsCmd {
         /// Print the Packer variables and command without running them
         #[arg(long)]
         dry_run: bool,
+        /// Bake a local image instead (a Debian root filesystem for `tyrell local`, with the
+        /// same packer/scripts), registered in the emulator with a real build's tags
+        #[arg(long, conflicts_with_all = ["dry_run", "base_ami_filter", "base_ami_owner", "ssh_cidr", "template"])]
+        local: bool,
     },
     /// List tyrell's AMIs, newest first (same as giving no subcommand)
     List {
@@ -99,7 +103,33 @@ pub async fn run(e: &mut Engine, global: &Global, a: BuildsArgs) -> anyhow::Resu
             binaries_dir,
             template,
             dry_run,
+            local,
         } => {
+            if local {
+                // The bake is tyrell-local's; its stdout (the AMI id) is this command's result.
+                let mut args = vec!["bake".to_string(), role.clone()];
+                if let Some(d) = &binaries_dir {
+                    args.extend(["--binaries".into(), d.display().to_string()]);
+                }
+                if let Some(v) = &version {
+                    args.extend(["--version".into(), v.clone()]);
+                }
+                let prog = super::local::program();
+                let out = std::process::Command::new(&prog)
+                    .args(&args)
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .map_err(|err| {
+                        anyhow::anyhow!(
+                            "cannot run {} ({err}): build it with `cargo build -p tyrell-local`",
+                            prog.display()
+                        )
+                    })?;
+                anyhow::ensure!(out.status.success(), "the local bake of {role} failed (see above)");
+                let ami = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                e.report.step(&format!("baked a local {role} image: {ami}"));
+                return Ok(Printed::new(json!({ "ami": ami, "role": role, "local": true }), ami));
+            }
             let req = BuildRequest {
                 role,
                 version,

@@ -3,6 +3,7 @@
 
 pub mod builds;
 pub mod fleet;
+pub mod local;
 pub mod metrics;
 pub mod network;
 pub mod output;
@@ -135,6 +136,8 @@ pub enum Command {
     Traffic(traffic::TrafficArgs),
     /// Role AMIs baked by Packer: create, list, remove (lists them without a subcommand)
     Builds(builds::BuildsArgs),
+    /// A local cloud whose boxes really boot: up, status, down (runs tyrell-local)
+    Local(local::LocalArgs),
 }
 
 /// What to run: a static command, or a role noun (`bees`, `routers`, ...).
@@ -189,7 +192,7 @@ pub async fn run(global: &Global, lib: Library, inv: Invocation) -> anyhow::Resu
         Invocation::Static(Command::Metrics(a)) => metrics::run(&mut e, a).await?,
         Invocation::Static(Command::Builds(a)) => builds::run(&mut e, global, a).await?,
         Invocation::Static(Command::Traffic(a)) => traffic::run(&mut e, a).await?,
-        Invocation::Static(Command::Roles(_)) => unreachable!("handled above"),
+        Invocation::Static(Command::Roles(_) | Command::Local(_)) => unreachable!("handled above"),
         Invocation::Fleet(role, a) => fleet::run(&mut e, &role, a).await?,
     };
     Ok((printed, Some(e.aws.calls())))
