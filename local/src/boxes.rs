@@ -123,6 +123,7 @@ pub fn start(cloud: &str, spec: &Spec) -> anyhow::Result<Running> {
     std::fs::write(nocloud.join("meta-data"), meta_data(&spec.instance, &spec.dns_name, spec.ip))?;
     std::fs::write(seed.join("90-tyrell-local.cfg"), DATASOURCE_CFG)?;
     std::fs::write(seed.join("resolv.conf"), format!("nameserver {}\n", net::DNS))?;
+    crate::endpoints::bundle_for(&rootfs, &seed.join("ca-certificates.crt"))?;
     let consoles = d.join("consoles");
     std::fs::create_dir_all(&consoles)?;
     let console = console_path(cloud, &spec.instance);
@@ -142,6 +143,7 @@ pub fn start(cloud: &str, spec: &Spec) -> anyhow::Result<Running> {
         format!("--bind-ro={}:/var/lib/cloud/seed/nocloud", nocloud.display()),
         format!("--bind-ro={}:/etc/cloud/cloud.cfg.d/90-tyrell-local.cfg", seed.join("90-tyrell-local.cfg").display()),
         format!("--bind-ro={}:/etc/resolv.conf", seed.join("resolv.conf").display()),
+        format!("--bind-ro={}:/etc/ssl/certs/ca-certificates.crt", seed.join("ca-certificates.crt").display()),
     ];
     let container = nspawn::spawn(&record.machine, &args, &console)?;
     let pid = container.child.id();

@@ -15,6 +15,7 @@ fn package_of(program: &str) -> &'static str {
         "ip" => "iproute2",
         "nsenter" | "unshare" => "util-linux",
         "openssl" => "openssl",
+        "stunnel" => "stunnel4",
         _ => "coreutils",
     }
 }

@@ -10,6 +10,7 @@ mod aws;
 mod bake;
 mod boxes;
 mod cmd;
+mod endpoints;
 mod imds;
 mod net;
 mod nspawn;

@@ -73,7 +73,7 @@ pub fn ensure_cloud(cloud: &str) -> anyhow::Result<()> {
     }
     ip(&["-n", cloud, "link", "set", "br0", "up"])?;
     let addrs = ip(&["-n", cloud, "-o", "-4", "addr", "show"])?;
-    for (a, dev) in [(GATEWAY, "br0"), (IMDS, "lo"), (DNS, "lo")] {
+    for (a, dev) in [(GATEWAY, "br0"), (IMDS, "lo"), (DNS, "lo"), (crate::endpoints::ENDPOINTS, "lo")] {
         if !addrs.contains(&format!("inet {a}/32")) {
             ip(&["-n", cloud, "addr", "add", &format!("{a}/32"), "dev", dev])?;
         }

@@ -159,7 +159,7 @@ pub fn down(cloud: &str) -> anyhow::Result<Vec<String>> {
     // Boxes whose record was lost: any nspawn in a namespace of this cloud.
     for pid in stray_nspawns(cloud) {
         nspawn::stop_pid(pid, Duration::from_secs(20));
-        said.push(format!("stopped stray systemd-nspawn {pid}"));
+        said.push(format!("stopped stray process {pid}"));
     }
     let had_ns = net::netns_exists(cloud) || net::netns_list().iter().any(|n| n.starts_with(&format!("{cloud}-i-")));
     net::remove_cloud(cloud)?;
@@ -173,18 +173,21 @@ pub fn down(cloud: &str) -> anyhow::Result<Vec<String>> {
     Ok(said)
 }
 
-/// nspawn processes running in a namespace of this cloud (by their command line).
+/// The nspawn processes in a namespace of this cloud and its stunnel (by their command lines).
 fn stray_nspawns(cloud: &str) -> Vec<u32> {
     let needle = format!("--network-namespace-path=/run/netns/{cloud}-i-");
+    let stunnel_conf = state::dir(cloud).join("tls/stunnel.conf").display().to_string();
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
             let Ok(cl) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
             let args: Vec<String> = cl.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            if args.first().is_some_and(|a| a.ends_with("systemd-nspawn"))
-                && args.iter().any(|a| a.starts_with(&needle))
-            {
+            let nspawn = args.first().is_some_and(|a| a.ends_with("systemd-nspawn"))
+                && args.iter().any(|a| a.starts_with(&needle));
+            let tls = args.first().is_some_and(|a| a.ends_with("stunnel") || a.ends_with("stunnel4"))
+                && args.contains(&stunnel_conf);
+            if nspawn || tls {
                 out.push(pid);
             }
         }
@@ -271,12 +274,56 @@ fn serve(opts: &Options, rt: &tokio::runtime::Runtime, stop: &AtomicBool) -> any
             }
         });
     }
+    // AWS endpoints over HTTPS and the resolver, inside the cloud namespace.
+    let tls_dir = state::dir(cloud).join("tls");
+    let (key, crt) = crate::endpoints::make_cert(&tls_dir, &aws::region())?;
+    let socket = state::dir(cloud).join("emulator.sock");
+    let emulator = crate::endpoints::emulator_addr(&aws::endpoint()?)?;
+    {
+        let socket = socket.clone();
+        rt.spawn(async move {
+            if let Err(e) = crate::endpoints::relay(socket, emulator).await {
+                tracing::error!("the relay to the emulator stopped: {e:#}");
+            }
+        });
+    }
+    {
+        let cloud = cloud.to_string();
+        rt.spawn(async move {
+            if let Err(e) = crate::endpoints::serve_dns(&cloud).await {
+                tracing::error!("the resolver stopped: {e:#}");
+            }
+        });
+    }
+    let mut tls = crate::endpoints::start_tls(cloud, &tls_dir, &key, &crt, &socket)?;
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(status) = tls.try_wait()? {
+        bail!(
+            "stunnel (HTTPS for the AWS endpoints) stopped at start ({status}); its log:\n{}",
+            crate::cmd::tail(&std::fs::read_to_string(tls_dir.join("stunnel.log")).unwrap_or_default(), 10)
+        );
+    }
+    let result = follow(opts, rt, stop, &ec2, &asg, &service);
+    let _ = tls.kill();
+    let _ = tls.wait();
+    result
+}
+
+fn follow(
+    opts: &Options,
+    rt: &tokio::runtime::Runtime,
+    stop: &AtomicBool,
+    ec2: &aws_sdk_ec2::Client,
+    asg: &aws_sdk_autoscaling::Client,
+    service: &Imds,
+) -> anyhow::Result<()> {
+    let cloud = opts.cloud.as_str();
     std::fs::write(state::dir(cloud).join("ready"), b"")?;
     tracing::info!("cloud {cloud} ready: following the emulator at {}", aws::endpoint()?);
     let mut warned: BTreeSet<String> = BTreeSet::new();
     while !stop.load(Ordering::SeqCst) {
-        match rt.block_on(instances(&ec2)) {
-            Ok(list) => reconcile(opts, rt, &ec2, &asg, &service, &list, &mut warned),
+        match rt.block_on(instances(ec2)) {
+            Ok(list) => reconcile(opts, rt, ec2, asg, service, &list, &mut warned),
             Err(e) => tracing::warn!("{e:#}"),
         }
         check_boots(opts);

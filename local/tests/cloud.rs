@@ -341,6 +341,26 @@ fn the_metadata_service_wants_a_token_and_knows_the_box() {
         &["sh", "-c", &format!("t=$(curl -sf -X PUT {imds}/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60'); curl -s -o /dev/null -w %{{http_code}} -H \"X-aws-ec2-metadata-token: $t\" {imds}/meta-data/autoscaling/target-lifecycle-state")],
     );
     assert_eq!(code, "404");
+    // AWS from inside the box, unmodified: Debian's AWS CLI (which ignores
+    // AWS_ENDPOINT_URL) resolves the real endpoint name, trusts the local CA over HTTPS,
+    // and signs with the credentials of the metadata service.
+    let seen = r.exec(
+        &id,
+        &[
+            "aws",
+            "ec2",
+            "describe-instances",
+            "--region",
+            region,
+            "--instance-ids",
+            &id,
+            "--query",
+            "Reservations[0].Instances[0].PrivateIpAddress",
+            "--output",
+            "text",
+        ],
+    );
+    assert_eq!(seen.trim(), ip);
     // The token request needs a TTL.
     let code = r
         .exec(&id, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", &format!("{imds}/api/token")]);
@@ -381,7 +401,7 @@ fn down_after_kill_9_leaves_nothing() {
         mounts.lines().filter(|l| l.contains(&cloud)).collect::<Vec<_>>().join("\n")
     );
     assert_eq!(host_links(), links_before, "the host's links are as they were");
-    let procs = Command::new("pgrep").args(["-f", &format!("netns/{cloud}-")]).output().unwrap();
+    let procs = Command::new("pgrep").args(["-f", &format!("netns/{cloud}-|{cloud}/tls/stunnel")]).output().unwrap();
     assert!(procs.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&procs.stdout));
     assert!(!Path::new("/run/tyrell-local").join(&cloud).exists(), "state directory left");
     let st = local(region).args(["status", "--json", "--cloud", &cloud]).output().unwrap();
