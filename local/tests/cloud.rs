@@ -418,3 +418,112 @@ fn host_links() -> Vec<String> {
     v.sort();
     v
 }
+
+#[test]
+fn an_auto_scaling_instance_boots_with_its_launch_template() {
+    use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
+    use aws_sdk_autoscaling::types::Tag as AsgTag;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let region = "ap-southeast-2";
+    let b = baked();
+    let mut c = local(region);
+    c.args(["register", &b.name]);
+    let ami = ok(c).trim().to_string();
+    let e = testkit::Emulator::shared();
+    let (ec2, asg) = rt.block_on(async {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&e.url)
+            .region(aws_config::Region::new(region))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+            .load()
+            .await;
+        (aws_sdk_ec2::Client::new(&conf), aws_sdk_autoscaling::Client::new(&conf))
+    });
+    let group = testkit::unique("tl-asg");
+    let id = rt.block_on(async {
+        let vpc = ec2.create_vpc().cidr_block("10.44.0.0/16").send().await.unwrap();
+        let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+        let sn = ec2.create_subnet().vpc_id(&vpc).cidr_block("10.44.1.0/24").send().await.unwrap();
+        let sn = sn.subnet().unwrap().subnet_id().unwrap().to_string();
+        let ud = base64::engine::general_purpose::STANDARD
+            .encode("#cloud-config\nruncmd:\n  - [sh, -c, 'echo from-launch-template > /run/lt']\n");
+        ec2.create_launch_template()
+            .launch_template_name(&group)
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id(&ami)
+                    .instance_type(InstanceType::T3Micro)
+                    .user_data(ud)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name(&group)
+            .launch_template(
+                LaunchTemplateSpecification::builder().launch_template_name(&group).version("$Latest").build(),
+            )
+            .min_size(0)
+            .max_size(2)
+            .desired_capacity(1)
+            .vpc_zone_identifier(&sn)
+            .tags(AsgTag::builder().key("tyrell:role").value("bee").propagate_at_launch(true).build())
+            .send()
+            .await
+            .unwrap();
+        let out = asg.describe_auto_scaling_groups().auto_scaling_group_names(&group).send().await.unwrap();
+        out.auto_scaling_groups()[0].instances()[0].instance_id().unwrap().to_string()
+    });
+    let cloud = unique_cloud("tla");
+    let r = Runner::start(&cloud, region);
+    r.wait_booted(&id, Duration::from_secs(90));
+    r.exec(&id, &["cloud-init", "status", "--wait"]);
+    assert_eq!(r.exec(&id, &["cat", "/run/lt"]), "from-launch-template\n", "the launch template's user data ran");
+    let state = r.exec(
+        &id,
+        &["sh", "-c", "t=$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') && curl -sf -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/meta-data/autoscaling/target-lifecycle-state"],
+    );
+    assert_eq!(state, "InService");
+    // Scale-in terminates the instance: its box goes.
+    rt.block_on(asg.set_desired_capacity().auto_scaling_group_name(&group).desired_capacity(0).send()).unwrap();
+    let ns = format!("{cloud}-{id}");
+    let start = Instant::now();
+    while netns_list().contains(&ns) {
+        assert!(start.elapsed() < Duration::from_secs(30), "box {id} still there 30s after scale-in");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn up_prints_the_environment_and_down_stops_everything() {
+    require_tools();
+    let cloud = unique_cloud("tlu");
+    let mut c = Command::new(EXE);
+    c.args(["up", "--cloud", &cloud]).env_remove("AWS_ENDPOINT_URL").env("TYRELL_LOCAL_IMAGES", images_dir());
+    let env = ok(c);
+    let url = env
+        .lines()
+        .find_map(|l| l.strip_prefix("export AWS_ENDPOINT_URL="))
+        .unwrap_or_else(|| panic!("no AWS_ENDPOINT_URL in:\n{env}"))
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(env.contains(&format!("export TYRELL_LOCAL_CLOUD={cloud}")), "{env}");
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "the emulator answers");
+    let st = Command::new(EXE).args(["status", "--cloud", &cloud]).output().unwrap();
+    assert!(st.status.success(), "status with a runner exits 0");
+    ok({
+        let mut c = Command::new(EXE);
+        c.args(["down", "--cloud", &cloud]);
+        c
+    });
+    assert!(!netns_list().iter().any(|n| n.starts_with(&cloud)));
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the emulator up started is still running after down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = Command::new(EXE).args(["status", "--cloud", &cloud]).output().unwrap();
+    assert_eq!(st.status.code(), Some(3), "status without a runner exits 3");
+}
