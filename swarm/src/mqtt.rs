@@ -15,6 +15,9 @@ use rumqttc::Transport;
 use crate::config::{duration_in, int_in, SecretSource};
 use crate::Backoff;
 
+/// Debian's bundle of trusted CA certificates (package ca-certificates).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Broker options common to the three programs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MqttArgs {
@@ -71,17 +74,30 @@ impl MqttArgs {
         self.password_source().resolve("broker password").await
     }
 
+    /// The broker's TLS transport: certificates verified against BROKER_CA_FILE, else the
+    /// system bundle; an error (never a panic) when neither holds a PEM certificate.
     fn transport(&self) -> Result<Option<Transport>> {
         if !self.broker_tls {
             return Ok(None);
         }
-        Ok(Some(match &self.broker_ca_file {
-            Some(f) => {
-                let ca = std::fs::read(f).with_context(|| format!("reading the broker CA {}", f.display()))?;
-                Transport::tls(ca, None, None)
-            }
-            None => Transport::tls_with_default_config(),
-        }))
+        // Without BROKER_CA_FILE the system's CA bundle is read here, not through
+        // rumqttc's default configuration, which panics on an unreadable certificate
+        // store and retries forever on an empty one.
+        let (path, what) = match &self.broker_ca_file {
+            Some(f) => (f.clone(), "BROKER_CA_FILE"),
+            None => (
+                std::env::var_os("SSL_CERT_FILE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE)),
+                "the system CA bundle (SSL_CERT_FILE, else Debian's ca-certificates)",
+            ),
+        };
+        let ca = std::fs::read(&path)
+            .with_context(|| format!("BROKER_TLS is on, but {what} {} cannot be read", path.display()))?;
+        anyhow::ensure!(
+            String::from_utf8_lossy(&ca).contains("-----BEGIN CERTIFICATE-----"),
+            "BROKER_TLS is on, but {what} {} holds no PEM certificate",
+            path.display()
+        );
+        Ok(Some(Transport::tls(ca, None, None)))
     }
 
     /// MQTT 3.1.1 options with an optional last will `(topic, payload, retain)`.

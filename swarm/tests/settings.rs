@@ -267,3 +267,23 @@ fn settings_at_the_edges_of_their_ranges_are_accepted() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `BROKER_TLS=true` without `BROKER_CA_FILE` went through rumqttc's default TLS
+/// configuration, which panics on an unreadable certificate store and retries forever on
+/// an empty one. Now the system bundle is read at start: missing or empty, each program
+/// stops with one sentence and no panic.
+#[test]
+fn broker_tls_without_a_readable_ca_is_refused_at_start() {
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let empty = empty.path().to_str().unwrap().to_string();
+    for program in ["bee", "indexer", "router"] {
+        for (bundle, want) in [("/nonexistent/ca.pem", "cannot be read"), (empty.as_str(), "holds no PEM certificate")]
+        {
+            let c = spawn(program, &[("BROKER_TLS", "true"), ("SSL_CERT_FILE", bundle)]);
+            let (code, err) = finish(c, Duration::from_secs(10));
+            assert!(code.is_some_and(|c| c != 0 && c != 101), "{program} with {bundle}: {code:?} {err}");
+            assert!(!err.contains("panicked"), "{program}: {err}");
+            assert!(err.contains("BROKER_TLS") && err.contains(want), "{program} with {bundle}: {err}");
+        }
+    }
+}
