@@ -131,3 +131,17 @@ fn roles_dir_on_disk_works_without_a_templates_directory() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("#cloud-config\n"));
 }
+
+/// Clients reach the broker through its internal NLB, whose addresses are in the VPC but
+/// not in the broker's security group: an egress rule naming that group blocks them on
+/// AWS (the emulator ignores egress rules, so only the template can show it).
+#[test]
+fn mqtt_clients_may_reach_the_broker_nlb() {
+    let base = std::fs::read_to_string(root().join("roles/base/template.yaml")).unwrap();
+    assert!(
+        !base.contains("DestinationSecurityGroupId: !GetAtt BrokerSecurityGroup.GroupId"),
+        "an MQTT egress rule names the broker's group instead of the VPC the NLB is in"
+    );
+    let to_nlb = base.matches("Description: MQTT to the broker NLB in the VPC").count();
+    assert_eq!(to_nlb, 3, "routers, bees and indexers each need egress 1883 to the VPC");
+}
