@@ -387,16 +387,22 @@ fn roles_without_traffic_move_the_tag_and_prune_keeps_the_active_and_newest() {
     assert_eq!((desired(&sw, "worker", "w1"), desired(&sw, "worker", "w2")), (1, 0));
     ok(&["traffic", "workers", &sw, "--version", "w2"]);
 
-    // Inactive: w1, w3, w4 (oldest first). Keep the newest one of them, and the active w2.
+    // Inactive: w1, w3, w4 (oldest first). w1 is what --rollback returns to (it was live
+    // before w2): never pruned. Of the rest keep the newest one, and the active w2.
     let pruned = json(&["workers", "prune", &sw, "--keep", "1"]);
-    assert_eq!(pruned["removed"], serde_json::json!(["w1", "w3"]), "{pruned}");
+    assert_eq!(pruned["removed"], serde_json::json!(["w3"]), "{pruned}");
     let left: Vec<String> = json(&["workers", &sw])["versions"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v["version"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(left, vec!["w2", "w4"]);
+    assert_eq!(left, vec!["w1", "w2", "w4"]);
+    // Even --keep 0 leaves the rollback target, and the rollback still works.
+    let pruned = json(&["workers", "prune", &sw, "--keep", "0"]);
+    assert_eq!(pruned["removed"], serde_json::json!(["w4"]), "{pruned}");
+    ok(&["traffic", "workers", &sw, "--rollback"]);
+    assert_eq!(json(&["traffic", "workers", &sw])["active"], "w1");
 }
 
 #[test]

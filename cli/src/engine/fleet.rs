@@ -417,12 +417,18 @@ impl Engine {
         Ok(v)
     }
 
-    /// Removes the oldest versions that carry no traffic, keeping the newest `keep` of them.
+    /// Removes the oldest versions that carry no traffic, keeping the newest `keep` of them
+    /// and, always, the version `--rollback` would return to.
     pub async fn prune(&mut self, m: &Manifest, swarm: &str, keep: usize) -> anyhow::Result<Vec<VersionInfo>> {
         validate::name("swarm", swarm)?;
         self.ensure_unlocked(m, swarm).await?;
         let all = self.versions(m, Some(swarm)).await?;
-        let idle: Vec<VersionInfo> = all.into_iter().filter(|v| v.weight == 0).collect();
+        let rollback = self.previous(&all).await?;
+        if let Some(r) = &rollback {
+            self.report.step(&format!("keeping {} {r}: it is what --rollback returns to", m.role));
+        }
+        let idle: Vec<VersionInfo> =
+            all.into_iter().filter(|v| v.weight == 0 && Some(&v.version) != rollback.as_ref()).collect();
         let doomed: Vec<VersionInfo> = idle[..idle.len().saturating_sub(keep)].to_vec();
         let stacks: Vec<StackInfo> = doomed.iter().map(|v| v.stack.clone()).collect();
         self.delete_stacks(&stacks).await?;

@@ -475,7 +475,7 @@ impl Engine {
 
     /// The version `--rollback` returns to: the one that stopped being active most recently
     /// (tag `tyrell:inactive-since`), else the newest version older than the active one.
-    async fn previous(&self, versions: &[VersionInfo]) -> anyhow::Result<Option<String>> {
+    pub async fn previous(&self, versions: &[VersionInfo]) -> anyhow::Result<Option<String>> {
         let mut best: Option<(String, String)> = None;
         for v in versions.iter().filter(|v| v.weight == 0) {
             let Some(name) = v.stack.output("AutoScalingGroupName") else { continue };
