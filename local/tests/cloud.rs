@@ -27,10 +27,25 @@ fn require_tools() {
     assert_eq!(unsafe { libc::getuid() }, 0, "the local cloud tests need root (namespaces, systemd-nspawn)");
 }
 
-/// Where these tests' images go (a directory that lives as long as the test process).
+/// Where these tests' images go: one directory per test process under
+/// /var/tmp/tyrell-local-tests, whose older entries (from earlier runs, whose process
+/// could not remove them: a static is never dropped) are removed first, unless a process
+/// that made them is still running.
 fn images_dir() -> &'static Path {
-    static D: OnceLock<tempfile::TempDir> = OnceLock::new();
-    D.get_or_init(|| tempfile::Builder::new().prefix("tyrell-local-images-").tempdir_in("/var/tmp").unwrap()).path()
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let root = Path::new("/var/tmp/tyrell-local-tests");
+        std::fs::create_dir_all(root).unwrap();
+        for e in std::fs::read_dir(root).unwrap().flatten() {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok();
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let d = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
 }
 
 fn local(region: &str) -> Command {
