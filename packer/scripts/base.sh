@@ -7,7 +7,9 @@ export DEBIAN_FRONTEND=noninteractive
 echo "tyrell: base provisioning for role ${TYRELL_ROLE:?} ${TYRELL_VERSION:?}"
 
 # cloud-init of the base image may still be writing apt sources.
-cloud-init status --wait >/dev/null 2>&1 || true
+# Bounded: where cloud-init never ran (a chroot, a box without a datasource) --wait
+# waits forever.
+timeout 600 cloud-init status --wait >/dev/null 2>&1 || echo "base.sh: cloud-init not done after 600 s (or failed); going on" >&2
 
 apt-get update -q
 apt-get -y -q -o Dpkg::Options::=--force-confold upgrade
