@@ -21,8 +21,9 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TYRELL_LOG").unwrap_or_else(|_| level.into());
-    // Colour only on a terminal: piped or redirected logs carry no escape codes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colour only on a terminal, and never with NO_COLOR set (no-color.org): piped or
+    // redirected logs carry no escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -21,10 +21,12 @@ pub const MAX_TARGETS: usize = 100_000;
 pub fn parse_watch(payload: &[u8]) -> Result<Vec<String>, String> {
     let text = std::str::from_utf8(payload).map_err(|_| "payload is not UTF-8".to_string())?;
     let trimmed = text.trim();
-    let raw: Vec<String> = if trimmed.starts_with('[') {
-        serde_json::from_str::<Vec<String>>(trimmed).map_err(|e| format!("not a JSON array of strings: {e}"))?
-    } else {
-        trimmed.split_whitespace().map(str::to_string).collect()
+    // JSON only when it is JSON: `[::1] 127.0.0.1` starts with a bracket too, and is the
+    // whitespace form with a bracketed IPv6 address first.
+    let json = if trimmed.starts_with('[') { serde_json::from_str::<serde_json::Value>(trimmed).ok() } else { None };
+    let raw: Vec<String> = match json {
+        Some(v) => serde_json::from_value(v).map_err(|e| format!("not a JSON array of strings: {e}"))?,
+        None => trimmed.split_whitespace().map(str::to_string).collect(),
     };
     if raw.len() > MAX_TARGETS {
         return Err(format!("{} targets, more than the limit of {MAX_TARGETS}", raw.len()));
@@ -113,6 +115,14 @@ pub fn validate_target(t: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bracketed_ipv6_address_first_is_the_whitespace_form() {
+        assert_eq!(parse_watch(b"[::1] 127.0.0.1").unwrap(), vec!["::1".to_string(), "127.0.0.1".to_string()]);
+        assert_eq!(parse_watch(b"[::1]").unwrap(), vec!["::1".to_string()]);
+        assert!(parse_watch(br#"["a.example", 1]"#).is_err(), "JSON that is not strings stays malformed");
+        assert!(parse_watch(br#"["a.example", "b"#).is_err(), "broken JSON is not a list of targets");
+    }
 
     #[test]
     fn both_forms() {
