@@ -31,20 +31,7 @@ use crate::Backoff;
 /// Escapes a tag key, a tag value or a field key (see the module documentation); the
 /// result never ends in a backslash, and may be empty (then the tag is left out).
 pub fn escape_tag(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 4);
-    for c in s.chars() {
-        match c {
-            ',' | '=' | ' ' => {
-                o.push('\\');
-                o.push(c)
-            }
-            '\t' => o.push_str("\\t"),
-            '\n' => o.push_str("\\n"),
-            '\x0c' => o.push_str("\\f"),
-            '\r' => o.push_str("\\r"),
-            _ => o.push(c),
-        }
-    }
+    let mut o = escape(s, &[',', '=', ' ']);
     let kept = o.trim_end_matches('\\').len();
     o.truncate(kept);
     o
@@ -52,10 +39,16 @@ pub fn escape_tag(s: &str) -> String {
 
 /// Escapes the inside of a double-quoted string field value (see the module documentation).
 pub fn escape_str_field(s: &str) -> String {
+    escape(s, &['"', '\\'])
+}
+
+/// A backslash before each of `special`; control characters as `\t`, `\n`, `\f`, `\r`
+/// (what Telegraf writes: the line protocol cannot carry them raw).
+fn escape(s: &str, special: &[char]) -> String {
     let mut o = String::with_capacity(s.len() + 4);
     for c in s.chars() {
         match c {
-            '"' | '\\' => {
+            c if special.contains(&c) => {
                 o.push('\\');
                 o.push(c)
             }

@@ -388,14 +388,10 @@ pub async fn failures(cfn: &Client, stack: &str) -> Result<Vec<Failure>, AwsErro
     let mut res: Vec<Failure> = Vec::new();
     let mut own: Vec<Failure> = Vec::new();
     // Back to the start of the latest operation: the stack's own "User Initiated" event.
-    let all = events(cfn, stack, |e| {
-        e.resource_type == "AWS::CloudFormation::Stack" && e.reason.as_deref() == Some("User Initiated")
-    })
-    .await?;
-    let start = all
-        .iter()
-        .rposition(|e| e.resource_type == "AWS::CloudFormation::Stack" && e.reason.as_deref() == Some("User Initiated"))
-        .unwrap_or(0);
+    let starts =
+        |e: &Event| e.resource_type == "AWS::CloudFormation::Stack" && e.reason.as_deref() == Some("User Initiated");
+    let all = events(cfn, stack, starts).await?;
+    let start = all.iter().rposition(starts).unwrap_or(0);
     for e in all.into_iter().skip(start) {
         if !e.status.ends_with("_FAILED") {
             continue;

@@ -114,19 +114,7 @@ pub async fn run(e: &mut Engine, global: &Global, a: BuildsArgs) -> anyhow::Resu
                 if let Some(v) = &version {
                     args.extend(["--version".into(), v.clone()]);
                 }
-                let prog = super::local::program();
-                let out = std::process::Command::new(&prog)
-                    .args(&args)
-                    .stderr(std::process::Stdio::inherit())
-                    .output()
-                    .map_err(|err| {
-                        anyhow::anyhow!(
-                            "cannot run {} ({err}): build it with `cargo build -p tyrell-local`",
-                            prog.display()
-                        )
-                    })?;
-                anyhow::ensure!(out.status.success(), "the local bake of {role} failed (see above)");
-                let ami = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                let ami = super::local::output(&args, &format!("the local bake of {role}"))?;
                 e.report.step(&format!("baked a local {role} image: {ami}"));
                 return Ok(Printed::new(json!({ "ami": ami, "role": role, "local": true }), ami));
             }

@@ -159,16 +159,6 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
             m.noun
         );
     }
-    if let Some(w) = &a.stack {
-        // `tyrell bees diff`: a mistyped verb reads as a swarm name; say so if no such swarm.
-        if e.bases().await?.iter().all(|b| &b.name != w) {
-            anyhow::bail!(
-                "there is no swarm (base stack) named {w:?}; {} commands are {VERBS} (tyrell {} --help)",
-                m.noun,
-                m.noun
-            );
-        }
-    }
     let cmd = a.cmd.unwrap_or(FleetCmd::List { stack: a.stack });
     Ok(match cmd {
         FleetCmd::Create {
@@ -219,6 +209,17 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
         }
         FleetCmd::List { stack } => {
             let vs = e.versions(&m, stack.as_deref()).await?;
+            // `tyrell bees diff`: a mistyped verb reads as a swarm name. Only an empty
+            // listing needs the extra look at the base stacks to say so.
+            if let Some(w) = stack.as_ref().filter(|_| vs.is_empty()) {
+                if e.bases().await?.iter().all(|b| &b.name != w) {
+                    anyhow::bail!(
+                        "there is no swarm (base stack) named {w:?}; {} commands are {VERBS} (tyrell {} --help)",
+                        m.noun,
+                        m.noun
+                    );
+                }
+            }
             let text = if vs.is_empty() {
                 format!("no {} versions (create one with: tyrell {} create -a AMI_ID SWARM)", m.role, m.noun)
             } else {

@@ -38,14 +38,29 @@ pub fn program() -> PathBuf {
     }
 }
 
+fn cannot_run(prog: &std::path::Path, e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot run {} ({e}): build it with `cargo build -p tyrell-local` (it is a binary of this workspace)",
+        prog.display()
+    )
+}
+
 /// Runs `tyrell-local ARGS...` with this process's standard streams; returns its exit code.
 pub fn run(args: &[String]) -> anyhow::Result<i32> {
     let prog = program();
-    let status = Command::new(&prog).args(args).status().map_err(|e| {
-        anyhow::anyhow!(
-            "cannot run {} ({e}): build it with `cargo build -p tyrell-local` (it is a binary of this workspace)",
-            prog.display()
-        )
-    })?;
+    let status = Command::new(&prog).args(args).status().map_err(|e| cannot_run(&prog, e))?;
     Ok(status.code().unwrap_or(1))
+}
+
+/// Runs `tyrell-local ARGS...` with its stderr shown here; returns its stdout, or an error
+/// naming `what` when it fails.
+pub fn output(args: &[String], what: &str) -> anyhow::Result<String> {
+    let prog = program();
+    let out = Command::new(&prog)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| cannot_run(&prog, e))?;
+    anyhow::ensure!(out.status.success(), "{what} failed (see above)");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
