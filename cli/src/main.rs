@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         }
         Some(Err(e)) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(engine::error::class_of(&e).code())
         }
         None => {
             eprintln!();
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
                 ),
                 None => eprintln!("interrupted"),
             }
-            ExitCode::from(130)
+            ExitCode::from(engine::error::Class::Interrupted.code())
         }
     }
 }

@@ -13,7 +13,7 @@ use std::process::Output;
 use std::sync::OnceLock;
 
 use aws_sdk_ec2::types::Tag;
-use support::{block_on, emulator, fails, json, ok, unique};
+use support::{block_on, emulator, exit, fails, json, ok, unique};
 
 /// Registers an image owned by the account, with these tags.
 fn register(name: &str, tags: &[(&str, &str)]) -> String {
@@ -86,7 +86,7 @@ fn lists_tyrell_builds_newest_first_and_ignores_other_images() {
     // `list` is the same as no subcommand; nouns work as roles; the table has its columns.
     let table = ok(&["builds", "list", "--role", "indexers"]);
     assert!(table.starts_with("AMI") && table.contains("IN USE BY") && table.contains(&new), "{table}");
-    assert!(fails(&["builds", "--role", "nosuch"]).contains("unknown role \"nosuch\""));
+    assert!(fails(exit::USAGE, &["builds", "--role", "nosuch"]).contains("unknown role \"nosuch\""));
 }
 
 #[test]
@@ -98,12 +98,12 @@ fn latest_resolves_to_the_newest_build_of_the_role() {
     assert_eq!(plan("latest"), v2.as_str());
     assert_eq!(plan("latest:w1"), v1.as_str());
 
-    let err = fails(&["workers", "create", "-a", "latest:w9", "--dry-run", swarm]);
+    let err = fails(exit::NOT_FOUND, &["workers", "create", "-a", "latest:w9", "--dry-run", swarm]);
     assert!(err.contains("no worker build with version w9"), "{err}");
-    let err = fails(&["workers", "create", "-a", "latest:W-1", "--dry-run", swarm]);
+    let err = fails(exit::USAGE, &["workers", "create", "-a", "latest:W-1", "--dry-run", swarm]);
     assert!(err.contains("invalid version \"W-1\""), "{err}");
     // No metrics build exists in this emulator: one sentence saying how to make one.
-    let err = fails(&["metrics", "create", "-v", "vpc-0abc1234", "-a", "latest", &unique("mx")]);
+    let err = fails(exit::NOT_FOUND, &["metrics", "create", "-v", "vpc-0abc1234", "-a", "latest", &unique("mx")]);
     assert!(err.contains("no metrics builds: run tyrell builds create metrics"), "{err}");
 }
 
@@ -122,7 +122,7 @@ fn remove_refuses_a_build_in_use_and_removes_one_that_is_not() {
     let entry = listed["builds"].as_array().unwrap().iter().find(|b| b["ami"] == used.as_str()).unwrap();
     assert_eq!(entry["in_use"], serde_json::json!([stack]));
 
-    let err = fails(&["builds", "remove", &used]);
+    let err = fails(exit::IN_USE, &["builds", "remove", &used]);
     assert!(err.contains(&format!("is in use by stack(s) {stack}")), "{err}");
     assert!(image_tags(&used).is_some(), "a refused remove deregistered the image");
 
@@ -132,11 +132,11 @@ fn remove_refuses_a_build_in_use_and_removes_one_that_is_not() {
     assert!(!ids(&json(&["builds", "--role", "bee"])).contains(&idle));
 
     let foreign = register(&unique("not-a-build"), &[]);
-    let err = fails(&["builds", "remove", &foreign]);
+    let err = fails(exit::NOT_FOUND, &["builds", "remove", &foreign]);
     assert!(err.contains("is not a tyrell build"), "{err}");
-    assert!(fails(&["builds", "remove", "ami-0000000000000000f"])
+    assert!(fails(exit::NOT_FOUND, &["builds", "remove", "ami-0000000000000000f"])
         .contains("this account owns no AMI ami-0000000000000000f"));
-    assert!(fails(&["builds", "remove", "ami-XYZ"]).contains("invalid AMI id"));
+    assert!(fails(exit::USAGE, &["builds", "remove", "ami-XYZ"]).contains("invalid AMI id"));
 }
 
 // ---- builds create, with a stand-in packer ----------------------------------------------
@@ -299,7 +299,7 @@ fn create_runs_packer_follows_it_and_tags_the_ami() {
     // The new build is listed, and a second build of the same version is refused before packer runs.
     assert!(ids(&json(&["builds", "--role", "router"])).contains(&ami));
     let again = with_path(packer.path(), false, &["builds", "create", "router", "--version", version]);
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(again.status.code(), Some(exit::EXISTS));
     assert!(
         text(&again.stderr).contains(&format!("router build r1 already exists ({ami})")),
         "{}",
@@ -312,7 +312,7 @@ fn create_reports_a_failed_build_with_packers_error() {
     let packer = replaying(&PACKER_FAILED.replace("VERSION", "r2"), 1);
     let out = with_path(packer.path(), false, &["builds", "create", "router", "--version", "r2"]);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(exit::OTHER), "{stderr}");
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
     let last = stderr.lines().last().unwrap();
     assert_eq!(
@@ -327,7 +327,7 @@ fn create_is_bounded_by_the_timeout() {
     let started = std::time::Instant::now();
     let out = with_path(packer.path(), false, &["--timeout", "2", "builds", "create", "router", "--version", "r3"]);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(exit::OTHER), "{stderr}");
     assert!(stderr.contains("packer build of router r3 did not finish within 2s (--timeout)"), "{stderr}");
     assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
 }
@@ -337,7 +337,7 @@ fn create_without_packer_says_how_to_install_it() {
     let empty = tempfile::tempdir().unwrap();
     let out = with_path(empty.path(), true, &["builds", "create", "router", "--version", "r4"]);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(exit::OTHER), "{stderr}");
     assert!(stderr.contains("packer is not on PATH: install HashiCorp Packer"), "{stderr}");
 }
 

@@ -113,9 +113,9 @@ fn rendered_cloud_init_is_valid_for_every_role() {
 
 #[test]
 fn render_refuses_unknown_variables_and_roles() {
-    let err = fails(&["roles", "render", "bee", "--set", "nosuch=1"]);
+    let err = fails(exit::USAGE, &["roles", "render", "bee", "--set", "nosuch=1"]);
     assert!(err.contains("unknown variable \"nosuch\""), "{err}");
-    let err = fails(&["roles", "render", "toaster"]);
+    let err = fails(exit::NOT_FOUND, &["roles", "render", "toaster"]);
     assert!(err.contains("toaster"), "{err}");
 }
 

@@ -63,7 +63,7 @@ fn user_data_over_ec2s_limit_is_refused_before_creating() {
         }
         let out = tyrell().env("TYRELL_ROLES_DIR", roles.path().join("roles")).args(&args).output().unwrap();
         let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(out.status.code(), Some(exit::OTHER), "{err}");
         assert!(err.contains("16384") && err.contains("bee"), "{err}");
         assert!(out.stdout.is_empty(), "a refused --dry-run printed a plan");
     }
@@ -76,7 +76,7 @@ fn user_data_over_ec2s_limit_is_refused_before_creating() {
 fn names_the_templates_would_refuse_are_refused_up_front() {
     let net = unique("nm");
     let vpc = json(&["network", "create", &net])["vpc_id"].as_str().unwrap().to_string();
-    let err = fails(&["stacks", "create", "-v", &vpc, "a"]);
+    let err = fails(exit::USAGE, &["stacks", "create", "-v", &vpc, "a"]);
     assert!(err.contains("invalid swarm name") && err.contains("2-28"), "{err}");
     assert!(!stack_names().contains(&"a".to_string()));
 }
@@ -105,7 +105,7 @@ fn removing_a_swarm_that_holds_data_is_refused_before_anything_goes() {
             .await
             .unwrap();
     });
-    let err = fails(&["stacks", "remove", &sw, "--all"]);
+    let err = fails(exit::IN_USE, &["stacks", "remove", &sw, "--all"]);
     assert!(err.contains(&bucket) && err.contains("archived") && err.contains("aws s3"), "{err}");
     assert!(err.contains("nothing was removed"), "{err}");
     assert_eq!(mine(), before, "no fleet and no base stack may go while the archive holds data");
@@ -117,7 +117,7 @@ fn removing_a_swarm_that_holds_data_is_refused_before_anything_goes() {
         let sqs = emulator().sqs().await;
         sqs.send_message().queue_url(&queue).message_body("{}").send().await.unwrap();
     });
-    let err = fails(&["stacks", "remove", &sw, "--all"]);
+    let err = fails(exit::IN_USE, &["stacks", "remove", &sw, "--all"]);
     assert!(err.contains("queue holds 1 message") && err.contains("drain"), "{err}");
     assert_eq!(mine(), before);
 
@@ -143,11 +143,11 @@ fn durations_and_sizes_out_of_range_name_the_setting_and_its_range() {
         let out = run(&args);
         let err = stderr(&out);
         assert!(!out.status.success(), "tyrell {args:?} succeeded");
-        assert_ne!(out.status.code(), Some(101), "tyrell {args:?} panicked: {err}");
+        assert_eq!(out.status.code(), Some(exit::USAGE), "tyrell {args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(err.contains(want), "tyrell {args:?}: expected {want:?} in {err}");
     }
-    let err = fails(&["bees", "scale", "sw", "v1", "501"]);
+    let err = fails(exit::USAGE, &["bees", "scale", "sw", "v1", "501"]);
     assert!(err.contains("-s/--size") && err.contains("0 to 500"), "{err}");
 }
 
@@ -155,10 +155,10 @@ fn durations_and_sizes_out_of_range_name_the_setting_and_its_range() {
 /// a profile that does not exist said "no region".
 #[test]
 fn region_and_profile_mistakes_are_said_plainly() {
-    let err = fails(&["--region", "eu-west-1,us-east-1", "network"]);
+    let err = fails(exit::USAGE, &["--region", "eu-west-1,us-east-1", "network"]);
     assert!(err.contains("invalid AWS region \"eu-west-1,us-east-1\"") && !err.contains("host label"), "{err}");
     let out = tyrell().env("AWS_REGION", "eu west 1").args(["network"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(exit::USAGE));
     assert!(stderr(&out).contains("invalid AWS region"), "{}", stderr(&out));
 
     let dir = tempfile::tempdir().unwrap();
@@ -171,7 +171,7 @@ fn region_and_profile_mistakes_are_said_plainly() {
         .output()
         .unwrap();
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{err}");
     assert!(err.contains("AWS profile \"nosuch\" is not defined") && err.contains("default, ops"), "{err}");
     assert!(!err.contains("no AWS region"), "{err}");
 }
@@ -232,7 +232,7 @@ fn a_custom_schedule_with_a_cron_list_works() {
     });
     assert_eq!(actions, ["1,31 * * * *", "15,45 * * * *"]);
     // The one-flag form cannot carry a cron list: it says which flags can.
-    let err = fails(&["workers", "create", "-a", &ami(), "--schedule", "1,31 * * * *,45 * * * *,1", &sw]);
+    let err = fails(exit::USAGE, &["workers", "create", "-a", &ami(), "--schedule", "1,31 * * * *,45 * * * *,1", &sw]);
     assert!(err.contains("--scale-up"), "{err}");
 }
 

@@ -194,17 +194,17 @@ fn whole_swarm_lifecycle() {
     assert_eq!(versions["versions"][1]["active"], false);
 
     // Remove: the active version is refused without --force; the other goes.
-    let err = fails(&["bees", "remove", &swarm, &first["bee"]]);
+    let err = fails(exit::IN_USE, &["bees", "remove", &swarm, &first["bee"]]);
     assert!(err.contains("is active"), "{err}");
     assert!(stack(&format!("{swarm}-bee-{}", first["bee"])).is_some());
     ok(&["bees", "remove", &swarm, "v2"]);
     assert!(stack(&format!("{swarm}-bee-v2")).is_none());
 
     // The base stack cannot go while versions exist; --all removes them first.
-    let err = fails(&["stacks", "remove", &swarm]);
+    let err = fails(exit::IN_USE, &["stacks", "remove", &swarm]);
     assert!(err.contains("--all"), "{err}");
     assert!(stack(&swarm).is_some());
-    let err = fails(&["network", "remove", &net]);
+    let err = fails(exit::IN_USE, &["network", "remove", &net]);
     assert!(err.contains(&swarm), "network remove must name the swarm using it: {err}");
     let removed = json(&["stacks", "remove", &swarm, "--all"]);
     assert_eq!(removed["removed"].as_array().unwrap().len(), 6, "{removed}");
@@ -242,7 +242,7 @@ fn metrics_box_admits_indexers_and_is_rendered_into_their_user_data() {
         launch_template(&stack(idx["stack_name"].as_str().unwrap()).unwrap().outputs["LaunchTemplateId"]);
     assert!(user_data.contains(&ip), "indexer user data lacks the metrics host {ip}");
     // ...and the box cannot go while the swarm uses it.
-    let err = fails(&["metrics", "remove", &name]);
+    let err = fails(exit::IN_USE, &["metrics", "remove", &name]);
     assert!(err.contains(&swarm), "{err}");
     ok(&["stacks", "remove", &swarm, "--all"]);
     ok(&["metrics", "remove", &name]);

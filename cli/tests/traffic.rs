@@ -10,7 +10,7 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{ami, block_on, emulator, fails, json, ok, run, swarm};
+use support::{ami, block_on, emulator, exit, fails, json, ok, run, swarm};
 
 /// Creates a version of a role with a given id and size.
 fn create(noun: &str, swarm: &str, version: &str, size: &str) {
@@ -169,7 +169,10 @@ fn unhealthy_green_is_refused_and_blue_keeps_everything() {
         asg.set_instance_health().instance_id(&sick).health_status("Unhealthy").send().await.unwrap();
     });
     let started = Instant::now();
-    let err = fails(&["--timeout", "3", "traffic", "elb", &sw, "--router", "v2", "--canary", "50", "--bake", "1"]);
+    let err = fails(
+        exit::UNHEALTHY,
+        &["--timeout", "3", "traffic", "elb", &sw, "--router", "v2", "--canary", "50", "--bake", "1"],
+    );
     assert!(started.elapsed() < Duration::from_secs(30), "the gate is bounded by --timeout");
     assert!(err.contains("router v2 is not healthy after 3s, so traffic was not moved"), "{err}");
     assert!(err.contains(&format!("{sick}: InService/Unhealthy in its Auto Scaling group")), "{err}");
@@ -199,7 +202,7 @@ fn health_dropping_during_a_bake_returns_traffic_to_blue() {
     });
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(exit::UNHEALTHY), "{err}");
     assert!(err.contains("became unhealthy during the 20% step") && err.contains("traffic is back on v1"), "{err}");
     only(&listener, &sw, "router", "v1");
 }
@@ -213,7 +216,7 @@ fn a_first_release_with_a_canary_is_refused_up_front() {
     let (sw, _) = swarm("tf");
     let listener = output(&sw, "AlbListenerArn");
     create("routers", &sw, "v1", "1");
-    let err = fails(&["traffic", "elb", &sw, "--router", "v1", "--canary", "20", "--bake", "30"]);
+    let err = fails(exit::USAGE, &["traffic", "elb", &sw, "--router", "v1", "--canary", "20", "--bake", "30"]);
     assert!(err.contains("first release") && err.contains("--canary"), "{err}");
     assert!(!err.contains("panicked") && !err.contains("step 1/"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
@@ -243,7 +246,7 @@ fn ctrl_c_mid_canary_says_how_to_finish_and_rollback_undoes_it() {
     assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(out.status.code(), Some(exit::INTERRUPTED), "{err}");
     assert!(
         err.contains("stopped at 30%")
             && err.contains("re-run the same command to finish it, or --rollback to undo it"),
@@ -289,7 +292,7 @@ fn one_switch_at_a_time_and_a_killed_switch_converges() {
     );
 
     // ...refuses a second one, saying who holds it and since when.
-    let err = fails(&["traffic", "elb", &sw, "--rollback"]);
+    let err = fails(exit::LOCKED, &["traffic", "elb", &sw, "--rollback"]);
     assert!(err.contains("another router switch in swarm") && err.contains(&format!("(pid {})", first.id())), "{err}");
     assert!(err.contains(lock["since"].as_str().unwrap()) && err.contains("--force-unlock"), "{err}");
 
@@ -315,12 +318,12 @@ fn one_switch_at_a_time_and_a_killed_switch_converges() {
             .await
             .unwrap();
     });
-    let err = fails(&["traffic", "elb", &sw, "--router", "v1"]);
+    let err = fails(exit::LOCKED, &["traffic", "elb", &sw, "--router", "v1"]);
     assert!(err.contains("held by ann@laptop (pid 4242) since 2026-11-23T09:00:00Z, switching v2 -> v1"), "{err}");
     // Nor can versions be pruned or removed under a switch.
-    let err = fails(&["routers", "prune", &sw, "--keep", "0"]);
+    let err = fails(exit::LOCKED, &["routers", "prune", &sw, "--keep", "0"]);
     assert!(err.contains("a router switch in swarm") && err.contains("ann@laptop"), "{err}");
-    let err = fails(&["routers", "remove", &sw, "v1"]);
+    let err = fails(exit::LOCKED, &["routers", "remove", &sw, "v1"]);
     assert!(err.contains("a router switch in swarm"), "{err}");
     only(&listener, &sw, "router", "v2");
     let err = stderr_of(&["traffic", "elb", &sw, "--router", "v1", "--force-unlock"]);
@@ -336,15 +339,15 @@ fn unknown_or_foreign_versions_are_refused_before_anything_changes() {
     create("routers", &a, "v1", "1");
     create("routers", &b, "v9", "1");
     ok(&["traffic", "elb", &a, "--router", "v1"]);
-    let err = fails(&["traffic", "elb", &a, "--router", "v9"]);
+    let err = fails(exit::NOT_FOUND, &["traffic", "elb", &a, "--router", "v9"]);
     assert!(err.contains(&format!("swarm {a} has no router version v9 (it belongs to swarm {b})")), "{err}");
-    let err = fails(&["traffic", "elb", &a, "--router", "nope"]);
+    let err = fails(exit::NOT_FOUND, &["traffic", "elb", &a, "--router", "nope"]);
     assert!(err.contains(&format!("swarm {a} has no router version nope")), "{err}");
-    let err = fails(&["traffic", "elb", "no-such-swarm", "--router", "v1"]);
+    let err = fails(exit::NOT_FOUND, &["traffic", "elb", "no-such-swarm", "--router", "v1"]);
     assert!(err.contains("there is no base stack named no-such-swarm"), "{err}");
-    let err = fails(&["traffic", "brokers", &a, "--version", "v1", "--canary", "10"]);
+    let err = fails(exit::USAGE, &["traffic", "brokers", &a, "--version", "v1", "--canary", "10"]);
     assert!(err.contains("only the ALB"), "{err}");
-    let err = fails(&["traffic", "elb", &a, "--router", "v1", "--canary", "50,10"]);
+    let err = fails(exit::USAGE, &["traffic", "elb", &a, "--router", "v1", "--canary", "50,10"]);
     assert!(err.contains("steps must go up"), "{err}");
     only(&listener, &a, "router", "v1");
     assert_eq!(lock_value(&a, "router"), None);

@@ -4,6 +4,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::output::{key_values, table, Printed};
+use crate::engine::error::Error;
 use crate::engine::fleet::{CreateVersion, ScheduleChoice, VersionInfo};
 use crate::engine::library::Manifest;
 use crate::engine::Engine;
@@ -110,15 +111,20 @@ fn schedule_choice(
     }
     let Some(s) = schedule else { return Ok(ScheduleChoice::Default) };
     if s.split(',').count() > 3 {
-        anyhow::bail!(
+        crate::refuse!(
+            Invalid,
             "invalid --schedule {s:?}: it holds more than three comma-separated parts, so a cron list cannot be told from the separators; give --scale-up CRON --scale-down CRON --scale-up-size N instead"
         )
     }
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let [up, down, size] = parts.as_slice() else {
-        anyhow::bail!("invalid --schedule {s:?}: expected \"UP_CRON,DOWN_CRON,SIZE\", e.g. \"0 * * * *,30 * * * *,2\"")
+        crate::refuse!(
+            Invalid,
+            "invalid --schedule {s:?}: expected \"UP_CRON,DOWN_CRON,SIZE\", e.g. \"0 * * * *,30 * * * *,2\""
+        )
     };
-    let size: i32 = size.parse().map_err(|_| anyhow::anyhow!("invalid --schedule size {size:?}: expected a number"))?;
+    let size: i32 =
+        size.parse().map_err(|_| Error::Invalid(format!("invalid --schedule size {size:?}: expected a number")))?;
     Ok(ScheduleChoice::Custom { up: up.to_string(), down: down.to_string(), size })
 }
 
@@ -152,7 +158,8 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
     let m = e.manifest(role)?;
     if !a.rest.is_empty() {
         let word = a.stack.as_deref().unwrap_or_default();
-        anyhow::bail!(
+        crate::refuse!(
+            Invalid,
             "unknown {} command {word:?}: use one of {VERBS} (tyrell {} --help), or `tyrell {} SWARM` to list a swarm's versions",
             m.noun,
             m.noun,
@@ -213,7 +220,8 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
             // listing needs the extra look at the base stacks to say so.
             if let Some(w) = stack.as_ref().filter(|_| vs.is_empty()) {
                 if e.bases().await?.iter().all(|b| &b.name != w) {
-                    anyhow::bail!(
+                    crate::refuse!(
+                        NotFound,
                         "there is no swarm (base stack) named {w:?}; {} commands are {VERBS} (tyrell {} --help)",
                         m.noun,
                         m.noun

@@ -148,7 +148,9 @@ pub enum Invocation {
 
 /// Builds the full command line: the static nouns, plus one noun per role manifest.
 pub fn command(lib: &Library) -> clap::Command {
-    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // `--help` (not `-h`) adds the exit codes, generated from the classes themselves.
+    let mut cmd = <Cli as clap::CommandFactory>::command()
+        .after_long_help(format!("{AFTER_HELP}\n\n{}", crate::engine::error::exit_codes_help().trim_end()));
     for m in lib.roles() {
         let sub = clap::Command::new(m.noun.clone())
             .about(format!("{} (lists versions without a subcommand)", m.about))

@@ -85,7 +85,7 @@ pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
             return Ok(Printed::new(json!({ "role": m.role, "swarm": a.stack, "broke_lock": broke }), text));
         }
         if a.size.is_some() || !a.canary.is_empty() || a.retire {
-            anyhow::bail!("-s, --canary and --retire go with a switch: add --version VERSION or --rollback");
+            crate::refuse!(Invalid, "-s, --canary and --retire go with a switch: add --version VERSION or --rollback");
         }
         let s = e.traffic(&m, &a.stack).await?;
         let rows: Vec<Vec<String>> = s

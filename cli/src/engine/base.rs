@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::error::Error;
 use super::render::secret_param;
 use super::{admin_cidrs_param, generate_secret, tags, validate, Engine, TAG_ROLE, TAG_STACK};
 use crate::aws::cfn::{self, StackInfo, StackSpec};
@@ -75,26 +76,30 @@ impl Engine {
         }
         let admin = admin_cidrs_param(&req.allow_cidrs)?;
         if let Some(arn) = &req.certificate_arn {
-            anyhow::ensure!(
-                arn.starts_with("arn:") && arn.contains(":acm:"),
-                "invalid --certificate-arn {arn:?}: expected an ACM certificate ARN (arn:aws:acm:...)"
-            );
+            if !(arn.starts_with("arn:") && arn.contains(":acm:")) {
+                crate::refuse!(
+                    Invalid,
+                    "invalid --certificate-arn {arn:?}: expected an ACM certificate ARN (arn:aws:acm:...)"
+                );
+            }
         }
         self.ensure_free(&req.name).await?;
         let vpc = ec2::vpc(&self.aws.ec2, &req.vpc_id)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("VPC {} does not exist in {}", req.vpc_id, self.aws.region))?;
+            .ok_or_else(|| Error::NotFound(format!("VPC {} does not exist in {}", req.vpc_id, self.aws.region)))?;
         let subnets = ec2::subnets(&self.aws.ec2, &vpc.id).await?;
         let public: Vec<_> = subnets.iter().filter(|s| s.public).collect();
         let mut private: Vec<_> = subnets.iter().filter(|s| !s.public).collect();
         let azs: std::collections::BTreeSet<_> = public.iter().map(|s| &s.az).collect();
-        anyhow::ensure!(
-            azs.len() >= 2,
+        if azs.len() < 2 {
+            crate::refuse!(
+            Invalid,
             "VPC {} needs public subnets in at least 2 availability zones for the load balancer (found {} in {}); `tyrell network create` makes such a VPC",
             vpc.id,
             public.len(),
             azs.len()
         );
+        }
         if private.is_empty() {
             self.report.step(&format!("VPC {} has no private subnets: instances go in the public ones", vpc.id));
             private = public.clone();
@@ -148,8 +153,10 @@ impl Engine {
                 let m = boxes
                     .iter()
                     .find(|m| m.name == n)
-                    .ok_or_else(|| anyhow::anyhow!("there is no metrics box named {n}"))?;
-                anyhow::ensure!(m.vpc_id == vpc, "metrics box {n} is in {}, not in {vpc}", m.vpc_id);
+                    .ok_or_else(|| Error::NotFound(format!("there is no metrics box named {n}")))?;
+                if m.vpc_id != vpc {
+                    crate::refuse!(Invalid, "metrics box {n} is in {}, not in {vpc}", m.vpc_id);
+                }
                 Ok(Some(m.security_group.clone()))
             }
             None if in_vpc.len() == 1 => Ok(Some(in_vpc[0].security_group.clone())),
@@ -178,11 +185,9 @@ impl Engine {
     pub async fn base(&self, name: &str) -> anyhow::Result<StackInfo> {
         validate::name("swarm", name)?;
         let s = self.existing(name, ROLE, "base stack").await?;
-        anyhow::ensure!(
-            s.status.ends_with("_COMPLETE") && !s.status.contains("ROLLBACK") && !s.status.starts_with("DELETE"),
-            "base stack {name} is {}, not ready",
-            s.status
-        );
+        if !(s.status.ends_with("_COMPLETE") && !s.status.contains("ROLLBACK") && !s.status.starts_with("DELETE")) {
+            crate::refuse!(Unhealthy, "base stack {name} is {}, not ready", s.status);
+        }
         Ok(s)
     }
 
@@ -223,13 +228,15 @@ impl Engine {
                 "let the workers drain the queues (or redrive the dead-letter queue and let them archive it)".into(),
             );
         }
-        anyhow::ensure!(
-            held.is_empty(),
+        if !held.is_empty() {
+            crate::refuse!(
+            InUse,
             "refusing to remove swarm {}: {}; tyrell never deletes data as a side effect: {}, then run this again (nothing was removed)",
             b.name,
             held.join(", and "),
             how.join("; ")
         );
+        }
         Ok(())
     }
 
@@ -241,7 +248,8 @@ impl Engine {
         let base = self.existing(name, ROLE, "base stack").await?;
         let versions = self.swarm_versions(name).await?;
         if !versions.is_empty() && !all {
-            anyhow::bail!(
+            crate::refuse!(
+                InUse,
                 "swarm {name} still has {} role version(s): {}; remove them first or pass --all",
                 versions.len(),
                 versions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use super::error::Error;
 use super::fleet::new_version;
 use super::{metrics, validate, Engine, TAG_BUILT_BY, TAG_ROLE, TAG_VERSION};
 use crate::aws::{cfn, ec2};
@@ -222,9 +223,9 @@ fn find_template() -> anyhow::Result<PathBuf> {
     let cwd = std::env::current_dir()?;
     let candidates = [Some(cwd.clone()), git(&cwd, &["rev-parse", "--show-toplevel"]).map(PathBuf::from)];
     candidates.into_iter().flatten().map(|d| d.join(TEMPLATE)).find(|p| p.is_file()).ok_or_else(|| {
-        anyhow::anyhow!(
+        anyhow::Error::from(Error::NotFound(format!(
             "cannot find {TEMPLATE}: run tyrell builds create inside the tyrell repository, or pass --template PATH"
-        )
+        )))
     })
 }
 
@@ -234,12 +235,12 @@ impl Engine {
         if role == metrics::ROLE {
             return Ok(role.to_string());
         }
-        self.lib.role(role).map(|m| m.role.clone()).ok_or_else(|| {
+        Ok(self.lib.role(role).map(|m| m.role.clone()).ok_or_else(|| {
             let mut all: Vec<&str> = self.lib.roles().iter().map(|m| m.role.as_str()).collect();
             all.push(metrics::ROLE);
             all.sort();
-            anyhow::anyhow!("unknown role {role:?} (roles: {})", all.join(", "))
-        })
+            Error::Invalid(format!("unknown role {role:?} (roles: {})", all.join(", ")))
+        })?)
     }
 
     /// tyrell's builds in this account and region, newest first, without `in_use`.
@@ -290,9 +291,9 @@ impl Engine {
         let builds = self.own_builds(Some(role)).await?;
         let mut available = builds.iter().filter(|b| b.state == "available");
         let found = match want {
-            None => available.next().ok_or_else(|| anyhow::anyhow!("no {role} builds: run tyrell builds create {role}"))?,
+            None => available.next().ok_or_else(|| Error::NotFound(format!("no {role} builds: run tyrell builds create {role}")))?,
             Some(v) => available.find(|b| b.version == v).ok_or_else(|| {
-                anyhow::anyhow!("no {role} build with version {v}: see tyrell builds --role {role}, or run tyrell builds create {role} --version {v}")
+                Error::NotFound(format!("no {role} build with version {v}: see tyrell builds --role {role}, or run tyrell builds create {role} --version {v}"))
             })?,
         };
         tracing::info!("-a {ami} is {role} build {} ({})", found.version, found.ami);
@@ -305,21 +306,25 @@ impl Engine {
         validate::ami(ami)?;
         let image = ec2::own_image(&self.aws.ec2, ami)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("this account owns no AMI {ami} in {}", self.aws.region))?;
-        anyhow::ensure!(
-            is_build(&image),
-            "AMI {ami} ({}) is not a tyrell build: tyrell removes only images tagged {TAG_BUILT_BY}=tyrell",
-            image.name
-        );
+            .ok_or_else(|| Error::NotFound(format!("this account owns no AMI {ami} in {}", self.aws.region)))?;
+        if !is_build(&image) {
+            crate::refuse!(
+                NotFound,
+                "AMI {ami} ({}) is not a tyrell build: tyrell removes only images tagged {TAG_BUILT_BY}=tyrell",
+                image.name
+            );
+        }
         let mut b = Build::from(&image);
         b.in_use = self.ami_users().await?.remove(ami).unwrap_or_default();
-        anyhow::ensure!(
-            b.in_use.is_empty(),
-            "AMI {ami} ({} {}) is in use by stack(s) {}: remove those first",
-            b.role,
-            b.version,
-            b.in_use.join(", ")
-        );
+        if !b.in_use.is_empty() {
+            crate::refuse!(
+                InUse,
+                "AMI {ami} ({} {}) is in use by stack(s) {}: remove those first",
+                b.role,
+                b.version,
+                b.in_use.join(", ")
+            );
+        }
         self.report.step(&format!("deregistering {ami} ({})", b.name));
         ec2::deregister(&self.aws.ec2, &image).await?;
         Ok(b)
@@ -336,7 +341,7 @@ impl Engine {
         }
         let template = match &req.template {
             Some(t) if t.is_file() => t.clone(),
-            Some(t) => anyhow::bail!("the Packer template {} does not exist", t.display()),
+            Some(t) => crate::refuse!(NotFound, "the Packer template {} does not exist", t.display()),
             None => find_template()?,
         };
         let template = std::path::absolute(&template)?;
@@ -347,7 +352,7 @@ impl Engine {
         let version = match &req.version {
             Some(v) => {
                 if let Some(b) = existing.iter().find(|b| &b.version == v) {
-                    anyhow::bail!("{role} build {v} already exists ({}): pick another --version", b.ami)
+                    crate::refuse!(Exists, "{role} build {v} already exists ({}): pick another --version", b.ami)
                 }
                 v.clone()
             }

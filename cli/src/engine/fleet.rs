@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::error::Error;
 use super::library::{Manifest, Via};
 use super::render::{self, Vars};
 use super::{base, tags, validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK, TAG_VERSION};
@@ -108,12 +109,12 @@ pub fn validate_cron(s: &str) -> Result<(), validate::Invalid> {
 impl Engine {
     /// Resolves a role by name or noun.
     pub fn manifest(&self, role: &str) -> anyhow::Result<Manifest> {
-        self.lib.role(role).cloned().ok_or_else(|| {
-            anyhow::anyhow!(
+        Ok(self.lib.role(role).cloned().ok_or_else(|| {
+            Error::Invalid(format!(
                 "unknown role {role:?} (roles: {})",
                 self.lib.roles().iter().map(|m| m.role.as_str()).collect::<Vec<_>>().join(", ")
-            )
-        })
+            ))
+        })?)
     }
 
     /// Everything `create` needs, validated, with the user data rendered; changes nothing.
@@ -139,19 +140,18 @@ impl Engine {
         let taken: Vec<String> = existing.iter().map(|v| v.version.clone()).collect();
         let version = match &req.version {
             Some(v) => {
-                anyhow::ensure!(!taken.contains(v), "{} version {v} already exists in swarm {}", m.role, req.swarm);
+                if taken.contains(v) {
+                    crate::refuse!(Exists, "{} version {v} already exists in swarm {}", m.role, req.swarm);
+                }
                 v.clone()
             }
             None => new_version(time::OffsetDateTime::now_utc(), &taken),
         };
         let name = stack_name(&req.swarm, &m.role, &version);
         self.ensure_free(&name).await?;
-        anyhow::ensure!(
-            ec2::image_exists(&self.aws.ec2, &ami).await?,
-            "AMI {} does not exist in {}",
-            ami,
-            self.aws.region
-        );
+        if !ec2::image_exists(&self.aws.ec2, &ami).await? {
+            crate::refuse!(NotFound, "AMI {} does not exist in {}", ami, self.aws.region);
+        }
 
         let vars = self.vars_for(&base, &m.role, &version).await?;
         let user_data = render::cloud_init(&self.lib, &m.role, &serde_json::to_value(&vars)?)?;
@@ -359,9 +359,10 @@ impl Engine {
                     .filter_map(|s| s.tag(TAG_STACK).map(str::to_string))
                     .collect();
                 if elsewhere.is_empty() {
-                    anyhow::bail!("swarm {swarm} has no {} version {version}", m.role)
+                    crate::refuse!(NotFound, "swarm {swarm} has no {} version {version}", m.role)
                 }
-                anyhow::bail!(
+                crate::refuse!(
+                    NotFound,
                     "swarm {swarm} has no {} version {version} (it belongs to swarm {})",
                     m.role,
                     elsewhere.join(", ")
@@ -407,7 +408,8 @@ impl Engine {
             self.ensure_unlocked(m, swarm).await?;
         }
         if v.weight > 0 && !force {
-            anyhow::bail!(
+            crate::refuse!(
+                InUse,
                 "{} {version} is active in swarm {swarm} ({}% of traffic): switch to another version first (tyrell traffic ...) or pass --force",
                 m.role,
                 v.weight

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::error::Error;
 use super::render::{self, secret_param, Vars};
 use super::{admin_cidrs_param, base, generate_secret, tags, validate, Engine};
 use crate::aws::cfn::{self, StackInfo, StackSpec};
@@ -64,19 +65,16 @@ impl Engine {
         self.ensure_free(&req.name).await?;
         let vpc = ec2::vpc(&self.aws.ec2, &req.vpc_id)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("VPC {} does not exist in {}", req.vpc_id, self.aws.region))?;
-        anyhow::ensure!(
-            ec2::image_exists(&self.aws.ec2, &ami).await?,
-            "AMI {} does not exist in {}",
-            ami,
-            self.aws.region
-        );
+            .ok_or_else(|| Error::NotFound(format!("VPC {} does not exist in {}", req.vpc_id, self.aws.region)))?;
+        if !ec2::image_exists(&self.aws.ec2, &ami).await? {
+            crate::refuse!(NotFound, "AMI {} does not exist in {}", ami, self.aws.region);
+        }
         let subnets = ec2::subnets(&self.aws.ec2, &vpc.id).await?;
         let subnet = subnets
             .iter()
             .find(|s| s.public)
             .or(subnets.first())
-            .ok_or_else(|| anyhow::anyhow!("VPC {} has no subnets", vpc.id))?;
+            .ok_or_else(|| Error::Invalid(format!("VPC {} has no subnets", vpc.id)))?;
         let password = secret_param(&req.name, GRAFANA_PASSWORD);
         let mut vars = Vars::sample(ROLE);
         vars.region = self.aws.region.clone();
@@ -135,11 +133,9 @@ impl Engine {
             .filter(|b| b.metrics_security_group.as_deref() == Some(m.security_group.as_str()))
             .map(|b| b.name)
             .collect();
-        anyhow::ensure!(
-            users.is_empty(),
-            "metrics box {name} is used by swarm(s) {}: remove them first",
-            users.join(", ")
-        );
+        if !users.is_empty() {
+            crate::refuse!(InUse, "metrics box {name} is used by swarm(s) {}: remove them first", users.join(", "));
+        }
         self.delete_stack(&stack).await?;
         ssm::delete(&self.aws.ssm, std::slice::from_ref(&m.grafana_password_param)).await?;
         Ok(m)

@@ -3,6 +3,7 @@
 
 pub mod base;
 pub mod builds;
+pub mod error;
 pub mod fleet;
 pub mod library;
 pub mod limits;
@@ -48,7 +49,9 @@ pub fn tags(role: &str, stack: &str, version: Option<&str>) -> BTreeMap<String, 
 
 /// Pads admin CIDRs to the fixed four entries the templates take.
 pub fn admin_cidrs_param(cidrs: &[String]) -> anyhow::Result<String> {
-    anyhow::ensure!(cidrs.len() <= 4, "at most 4 --allow-cidr blocks are supported, got {}", cidrs.len());
+    if cidrs.len() > 4 {
+        crate::refuse!(Invalid, "at most 4 --allow-cidr blocks are supported, got {}", cidrs.len());
+    }
     let mut v = cidrs.to_vec();
     v.resize(4, String::new());
     Ok(v.join(","))
@@ -65,7 +68,9 @@ impl Engine {
         self.report.step(&format!("creating stack {}", spec.name));
         let id = cfn::create(&self.aws.cfn, spec).await?;
         let done = cfn::wait(&self.aws.cfn, &id, &spec.name, Op::Create, &self.wait, self.report.as_mut()).await?;
-        done.ok_or_else(|| anyhow::anyhow!("stack {} vanished after it was created", spec.name))
+        done.ok_or_else(|| {
+            crate::aws::AwsError::Api(format!("stack {} vanished after it was created", spec.name)).into()
+        })
     }
 
     /// Deletes a stack and waits until it is gone.
@@ -91,8 +96,10 @@ impl Engine {
     /// A stack that must exist, be tyrell's, have the given role and be settled.
     pub async fn existing(&self, name: &str, role: &str, what: &str) -> anyhow::Result<StackInfo> {
         let s = cfn::get(&self.aws.cfn, name).await?;
-        let Some(s) = s else { anyhow::bail!("there is no {what} named {name}") };
-        anyhow::ensure!(s.tag(TAG_ROLE) == Some(role), "stack {name} is not a tyrell {what}");
+        let Some(s) = s else { crate::refuse!(NotFound, "there is no {what} named {name}") };
+        if s.tag(TAG_ROLE) != Some(role) {
+            crate::refuse!(NotFound, "stack {name} is not a tyrell {what}");
+        }
         Ok(s)
     }
 
@@ -100,8 +107,10 @@ impl Engine {
     pub async fn ensure_free(&self, name: &str) -> anyhow::Result<()> {
         if let Some(s) = cfn::get(&self.aws.cfn, name).await? {
             match s.tag(TAG_ROLE) {
-                Some(r) => anyhow::bail!("a tyrell {r} stack named {name} already exists ({})", s.status),
-                None => anyhow::bail!("a CloudFormation stack named {name} already exists and is not tyrell's"),
+                Some(r) => crate::refuse!(Exists, "a tyrell {r} stack named {name} already exists ({})", s.status),
+                None => {
+                    crate::refuse!(Exists, "a CloudFormation stack named {name} already exists and is not tyrell's")
+                }
             }
         }
         Ok(())

@@ -47,11 +47,9 @@ impl Engine {
     pub async fn create_network(&mut self, req: &CreateNetwork) -> anyhow::Result<Network> {
         validate::name("network", &req.name)?;
         validate::vpc_cidr(&req.cidr)?;
-        anyhow::ensure!(
-            (2..=3).contains(&req.azs),
-            "invalid --azs {}: a network spans 2 or 3 availability zones",
-            req.azs
-        );
+        if !(2..=3).contains(&req.azs) {
+            crate::refuse!(Invalid, "invalid --azs {}: a network spans 2 or 3 availability zones", req.azs);
+        }
         self.ensure_free(&req.name).await?;
         let spec = StackSpec {
             name: req.name.clone(),
@@ -87,11 +85,13 @@ impl Engine {
             .filter(|s| s.tag(TAG_ROLE) != Some(ROLE) && s.parameters.get("VpcId") == Some(&net.vpc_id))
             .map(|s| format!("{} ({})", s.name, s.tag(TAG_ROLE).unwrap_or("?")))
             .collect();
-        anyhow::ensure!(
-            users.is_empty(),
-            "network {name} is still used by {}: remove them first (tyrell stacks remove NAME --all, tyrell metrics remove NAME)",
-            users.join(", ")
-        );
+        if !users.is_empty() {
+            crate::refuse!(
+                InUse,
+                "network {name} is still used by {}: remove them first (tyrell stacks remove NAME --all, tyrell metrics remove NAME)",
+                users.join(", ")
+            );
+        }
         self.delete_stack(&stack).await?;
         Ok(net)
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::Error;
 use super::fleet::{stack_name, VersionInfo};
 use super::library::{Manifest, Via};
 use super::{validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK};
@@ -359,15 +360,15 @@ impl Engine {
     /// The role `tyrell traffic NAME` means: a role name or noun, or a role's
     /// `[traffic] aliases` (`elb` for the routers).
     pub fn traffic_role(&self, name: &str) -> anyhow::Result<Manifest> {
-        self.lib.traffic_role(name).cloned().ok_or_else(|| {
+        Ok(self.lib.traffic_role(name).cloned().ok_or_else(|| {
             let names: Vec<&str> = self
                 .lib
                 .roles()
                 .iter()
                 .flat_map(|m| m.traffic.aliases.iter().map(String::as_str).chain([m.noun.as_str()]))
                 .collect();
-            anyhow::anyhow!("unknown traffic target {name:?}: use one of {}", names.join(", "))
-        })
+            Error::Invalid(format!("unknown traffic target {name:?}: use one of {}", names.join(", ")))
+        })?)
     }
 
     /// The listener in front of a role, from the base stack (`None`: no inbound traffic).
@@ -454,7 +455,8 @@ impl Engine {
     pub async fn ensure_unlocked(&self, m: &Manifest, swarm: &str) -> anyhow::Result<()> {
         match self.read_lock(swarm, &m.role).await? {
             None => Ok(()),
-            Some(l) => anyhow::bail!(
+            Some(l) => crate::refuse!(
+                Locked,
                 "a {} switch in swarm {swarm} is in progress, {l}; try again after it (or break a dead one with tyrell traffic {} {swarm} --force-unlock)",
                 m.role,
                 m.noun
@@ -503,12 +505,13 @@ impl Engine {
             validate::size(n)?;
         }
         if !req.canary.is_empty() && m.traffic.via != Via::Alb {
-            anyhow::bail!(
+            crate::refuse!(
+                Invalid,
                 "--canary needs weighted forwarding, which only the ALB does: a {} switch is one step",
                 m.role
             );
         }
-        canary_steps(&req.canary, 0).map_err(anyhow::Error::msg)?;
+        canary_steps(&req.canary, 0).map_err(Error::Invalid)?;
         let listener = self.listener(m, swarm).await?;
         if listener.is_none() {
             self.base(swarm).await?;
@@ -537,7 +540,8 @@ impl Engine {
                 ));
                 Some(l)
             }
-            Some(l) => anyhow::bail!(
+            Some(l) => crate::refuse!(
+                Locked,
                 "another {} switch in swarm {swarm} is in progress, {l}; if that process is gone, re-run with --force-unlock",
                 m.role
             ),
@@ -561,7 +565,7 @@ impl Engine {
         let description = format!("tyrell traffic lock: {} in swarm {swarm}", m.role);
         if !ssm::put_string(&self.aws.ssm, &name, &serde_json::to_string(&me)?, &description, false).await? {
             let other = self.read_lock(swarm, &m.role).await?.map(|l| l.to_string()).unwrap_or_default();
-            anyhow::bail!("another {} switch in swarm {swarm} took the lock first, {other}", m.role);
+            crate::refuse!(Locked, "another {} switch in swarm {swarm} took the lock first, {other}", m.role);
         }
         let result = self.switch_holding(m, req, listener.as_deref(), prior.as_ref(), &mut me, &description).await;
         self.report.in_flight(None);
@@ -598,7 +602,7 @@ impl Engine {
             _ => None,
         };
         let (from, to) = choose(&req.target, intent, &weights, previous.as_deref())
-            .map_err(|e| anyhow::anyhow!("cannot roll back {} in swarm {swarm}: {e}", m.role))?;
+            .map_err(|e| Error::NotFound(format!("cannot roll back {} in swarm {swarm}: {e}", m.role)))?;
         me.from = from.clone();
         me.to = to.clone();
         let name = lock_param(swarm, &m.role);
@@ -617,9 +621,12 @@ impl Engine {
     ) -> anyhow::Result<Switched> {
         let swarm = req.swarm.as_str();
         let find = |v: &str| versions.iter().find(|x| x.version == v).cloned();
-        let mut new = find(&to).ok_or_else(|| anyhow::anyhow!("swarm {swarm} has no {} version {to}", m.role))?;
+        let mut new =
+            find(&to).ok_or_else(|| Error::NotFound(format!("swarm {swarm} has no {} version {to}", m.role)))?;
         let old = match &from {
-            Some(f) => Some(find(f).ok_or_else(|| anyhow::anyhow!("swarm {swarm} has no {} version {f}", m.role))?),
+            Some(f) => {
+                Some(find(f).ok_or_else(|| Error::NotFound(format!("swarm {swarm} has no {} version {f}", m.role)))?)
+            }
             None => None,
         };
         let tg = |v: &VersionInfo| -> anyhow::Result<String> {
@@ -640,13 +647,14 @@ impl Engine {
         // --canary is refused here (the lock is released by the caller).
         let plan = match (listener, &new_tg) {
             (Some(_), Some(_)) => shift_plan(&req.canary, new.weight, old_tg.is_some())
-                .map_err(|e| anyhow::anyhow!("cannot switch {} in swarm {swarm} to {to}: {e}", m.role))?,
+                .map_err(|e| Error::Invalid(format!("cannot switch {} in swarm {swarm} to {to}: {e}", m.role)))?,
             _ => vec![100],
         };
         let was = new.desired;
         let capacity = req.size.unwrap_or(old.as_ref().map(|o| o.desired).unwrap_or(was));
         if listener.is_some() && capacity < 1 {
-            anyhow::bail!(
+            crate::refuse!(
+                Invalid,
                 "{} {to} would get no instances: a version behind a load balancer needs at least one (-s N)",
                 m.role
             );
@@ -698,7 +706,8 @@ impl Engine {
                             if let Some(back) = old_tg.as_deref() {
                                 elb::forward(&self.aws.elb, listener, &[(back.to_string(), 1)]).await?;
                             }
-                            anyhow::bail!(
+                            crate::refuse!(
+                                Unhealthy,
                                 "{} {to} became unhealthy during the {pct}% step ({}); traffic is back on {}",
                                 m.role,
                                 problems.join("; "),
@@ -755,7 +764,8 @@ impl Engine {
             }
             match gate_step(&o, start.elapsed(), timeout) {
                 GateStep::Open => return Ok(()),
-                GateStep::Failed(problems) => anyhow::bail!(
+                GateStep::Failed(problems) => crate::refuse!(
+                    Unhealthy,
                     "{} {} is not healthy after {}s, so traffic was not moved: {}",
                     v.role,
                     v.version,

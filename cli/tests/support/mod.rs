@@ -56,10 +56,29 @@ pub fn json(args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("stdout of tyrell {} is not one JSON document ({e}):\n{out}", a.join(" ")))
 }
 
-/// Runs tyrell, expects failure (exit code 1), returns stderr.
-pub fn fails(args: &[&str]) -> String {
+/// tyrell's exit codes, one per class of failure (`tyrell --help`, EXIT CODES).
+pub mod exit {
+    /// Any other failure.
+    pub const OTHER: i32 = 1;
+    /// Usage or bad input (clap's own usage errors too).
+    pub const USAGE: i32 = 2;
+    pub const NOT_FOUND: i32 = 3;
+    pub const EXISTS: i32 = 4;
+    /// In use, or would lose data.
+    pub const IN_USE: i32 = 5;
+    pub const LOCKED: i32 = 6;
+    /// The health gate or a bake refused, or a stack is not ready.
+    pub const UNHEALTHY: i32 = 7;
+    /// An AWS call failed, AWS was unreachable, a stack operation failed or timed out.
+    pub const AWS: i32 = 8;
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// Runs tyrell, expects failure with exit code `code` (see [`exit`]) and nothing on
+/// stdout; returns stderr.
+pub fn fails(code: i32, args: &[&str]) -> String {
     let out = run(args);
-    assert_eq!(out.status.code(), Some(1), "expected exit code 1:\n{}", show(args, &out));
+    assert_eq!(out.status.code(), Some(code), "expected exit code {code}:\n{}", show(args, &out));
     assert!(out.stdout.is_empty(), "a failure printed a result on stdout:\n{}", show(args, &out));
     String::from_utf8(out.stderr).unwrap()
 }
