@@ -220,15 +220,17 @@ pub fn emulator_addr(url: &str) -> anyhow::Result<SocketAddr> {
     hostport.parse().with_context(|| format!("cannot read the emulator's address from {url}"))
 }
 
-/// What the resolver answers for a name: the endpoints for AWS names, the address in an
-/// EC2 private DNS name, nothing else.
-pub fn resolve(name: &str) -> Option<Ipv4Addr> {
+/// The load balancers' DNS names (lowercase) and their proxies' addresses.
+pub type LbNames = std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, Ipv4Addr>>>;
+
+/// What the resolver answers for a name: a load balancer's proxy for its DNS name (from
+/// `lbs`), the endpoints for AWS names, the address in an EC2 private DNS name, nothing else.
+pub fn resolve(name: &str, lbs: &LbNames) -> Option<Ipv4Addr> {
     let n = name.trim_end_matches('.').to_ascii_lowercase();
-    // Load balancers' names (`NAME-ID.elb.REGION.amazonaws.com`) are not API endpoints:
-    // until the cloud has LB proxies they do not resolve, so a program says so instead of
-    // reaching the API.
+    // Load balancers' names (`NAME-ID.REGION.elb.amazonaws.com`) are not API endpoints:
+    // only a load balancer the emulator has resolves, to its proxy.
     if n.split('.').any(|l| l == "elb") {
-        return None;
+        return lbs.read().ok()?.get(&n).copied();
     }
     if n == "amazonaws.com" || n.ends_with(".amazonaws.com") {
         return Some(ENDPOINTS);
@@ -289,7 +291,7 @@ pub fn answer(q: &[u8], resolve: &dyn Fn(&str) -> Option<Ipv4Addr>) -> Option<Ve
 }
 
 /// Serves DNS on [`net::DNS`]:53 inside the cloud namespace.
-pub async fn serve_dns(cloud: &str) -> anyhow::Result<()> {
+pub async fn serve_dns(cloud: &str, lbs: LbNames) -> anyhow::Result<()> {
     let s = net::in_netns(cloud, || {
         let s = std::net::UdpSocket::bind((net::DNS, 53))?;
         s.set_nonblocking(true)?;
@@ -299,7 +301,7 @@ pub async fn serve_dns(cloud: &str) -> anyhow::Result<()> {
     let mut buf = [0u8; 1500];
     loop {
         let (n, from) = s.recv_from(&mut buf).await?;
-        if let Some(r) = answer(&buf[..n], &resolve) {
+        if let Some(r) = answer(&buf[..n], &|name| resolve(name, &lbs)) {
             let _ = s.send_to(&r, from).await;
         }
     }
@@ -323,6 +325,10 @@ mod tests {
 
     #[test]
     fn resolves_endpoints_and_private_names() {
+        let lbs = LbNames::default();
+        lbs.write().unwrap().insert("s-alb-1.us-east-1.elb.amazonaws.com".into(), Ipv4Addr::new(169, 254, 172, 1));
+        let resolve = |n: &str| super::resolve(n, &lbs);
+        assert_eq!(resolve("S-ALB-1.us-east-1.elb.amazonaws.com."), Some(Ipv4Addr::new(169, 254, 172, 1)));
         assert_eq!(resolve("ssm.eu-west-1.amazonaws.com."), Some(ENDPOINTS));
         assert_eq!(resolve("ip-10-0-1-5.ec2.internal"), Some(Ipv4Addr::new(10, 0, 1, 5)));
         assert_eq!(resolve("example.com"), None);

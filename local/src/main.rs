@@ -12,6 +12,7 @@ mod boxes;
 mod cmd;
 mod endpoints;
 mod imds;
+mod lb;
 mod net;
 mod nspawn;
 mod paths;
@@ -298,12 +299,15 @@ fn status(cloud: &str, json: bool) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
+    let lbs = state::lbs(cloud);
     if json {
         let doc = serde_json::json!({
             "cloud": cloud,
             "runner": runner.as_ref().map(|r| r.pid),
             "endpoint": runner.as_ref().map(|r| r.endpoint.clone()),
             "boxes": lines,
+            "load_balancers": lbs["load_balancers"],
+            "targets": lbs["targets"],
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -314,6 +318,36 @@ fn status(cloud: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!("{:<20} {:<8} {:<14} {:<15} {:<9} SERVICE", "INSTANCE", "ROLE", "VERSION", "IP", "STATE");
         for l in &lines {
             println!("{:<20} {:<8} {:<14} {:<15} {:<9} {}", l.instance, l.role, l.version, l.ip, l.state, l.service);
+        }
+        let empty = vec![];
+        let list = |k: &str| lbs[k].as_array().unwrap_or(&empty).clone();
+        if !list("load_balancers").is_empty() {
+            println!("\n{:<40} {:<12} {:<22} {:<22} DNS NAME", "LOAD BALANCER", "TYPE", "LISTENER", "ON THIS HOST");
+            for lb in list("load_balancers") {
+                for l in lb["listeners"].as_array().unwrap_or(&empty) {
+                    println!(
+                        "{:<40} {:<12} {:<22} {:<22} {}",
+                        lb["name"].as_str().unwrap_or_default(),
+                        lb["kind"].as_str().unwrap_or_default(),
+                        l["address"].as_str().unwrap_or_default(),
+                        l["local"].as_str().unwrap_or_default(),
+                        lb["dns"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        if !list("targets").is_empty() {
+            println!("\n{:<40} {:<20} {:<6} {:<10} REASON", "TARGET GROUP", "TARGET", "PORT", "HEALTH");
+            for t in list("targets") {
+                println!(
+                    "{:<40} {:<20} {:<6} {:<10} {}",
+                    t["target_group"].as_str().unwrap_or_default(),
+                    t["instance"].as_str().unwrap_or_default(),
+                    t["port"],
+                    t["state"].as_str().unwrap_or_default(),
+                    t["reason"].as_str().unwrap_or_default()
+                );
+            }
         }
         for l in lines.iter().filter(|l| l.error.is_some()) {
             println!("\n{}: {}", l.instance, l.error.as_deref().unwrap_or_default());

@@ -85,6 +85,20 @@ pub fn ensure_cloud(cloud: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Adds a service address (a load balancer's) to the cloud namespace's `lo` (idempotent).
+pub fn add_address(cloud: &str, a: Ipv4Addr) -> anyhow::Result<()> {
+    let addrs = ip(&["-n", cloud, "-o", "-4", "addr", "show", "dev", "lo"])?;
+    if !addrs.contains(&format!("inet {a}/32")) {
+        ip(&["-n", cloud, "addr", "add", &format!("{a}/32"), "dev", "lo"])?;
+    }
+    Ok(())
+}
+
+/// Removes a service address from the cloud namespace's `lo`.
+pub fn remove_address(cloud: &str, a: Ipv4Addr) -> anyhow::Result<()> {
+    ip(&["-n", cloud, "addr", "del", &format!("{a}/32"), "dev", "lo"]).map(|_| ())
+}
+
 /// The namespace name of a box.
 pub fn box_netns(cloud: &str, instance: &str) -> String {
     format!("{cloud}-{instance}")

@@ -287,10 +287,12 @@ fn serve(opts: &Options, rt: &tokio::runtime::Runtime, stop: &AtomicBool) -> any
             }
         });
     }
+    let names = crate::endpoints::LbNames::default();
+    let mut lbs = crate::lb::Lbs::start(cloud, names.clone())?;
     {
         let cloud = cloud.to_string();
         rt.spawn(async move {
-            if let Err(e) = crate::endpoints::serve_dns(&cloud).await {
+            if let Err(e) = crate::endpoints::serve_dns(&cloud, names).await {
                 tracing::error!("the resolver stopped: {e:#}");
             }
         });
@@ -303,27 +305,39 @@ fn serve(opts: &Options, rt: &tokio::runtime::Runtime, stop: &AtomicBool) -> any
             crate::cmd::tail(&std::fs::read_to_string(tls_dir.join("stunnel.log")).unwrap_or_default(), 10)
         );
     }
-    let result = follow(opts, rt, stop, &ec2, &asg, &service);
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&conf);
+    let result = follow(opts, rt, stop, &Clients { ec2, asg, elb }, &service, &mut lbs);
     let _ = tls.kill();
     let _ = tls.wait();
     result
+}
+
+/// The emulator's clients a runner uses.
+struct Clients {
+    ec2: aws_sdk_ec2::Client,
+    asg: aws_sdk_autoscaling::Client,
+    elb: aws_sdk_elasticloadbalancingv2::Client,
 }
 
 fn follow(
     opts: &Options,
     rt: &tokio::runtime::Runtime,
     stop: &AtomicBool,
-    ec2: &aws_sdk_ec2::Client,
-    asg: &aws_sdk_autoscaling::Client,
+    c: &Clients,
     service: &Imds,
+    lbs: &mut crate::lb::Lbs,
 ) -> anyhow::Result<()> {
+    let (ec2, asg) = (&c.ec2, &c.asg);
     let cloud = opts.cloud.as_str();
     std::fs::write(state::dir(cloud).join("ready"), b"")?;
     tracing::info!("cloud {cloud} ready: following the emulator at {}", aws::endpoint()?);
     let mut warned: BTreeSet<String> = BTreeSet::new();
     while !stop.load(Ordering::SeqCst) {
         match rt.block_on(instances(ec2)) {
-            Ok(list) => reconcile(opts, rt, ec2, asg, service, &list, &mut warned),
+            Ok(list) => {
+                reconcile(opts, rt, ec2, asg, service, &list, &mut warned);
+                follow_lbs(cloud, rt, c, lbs, &list);
+            }
             Err(e) => tracing::warn!("{e:#}"),
         }
         check_boots(opts);
@@ -334,6 +348,40 @@ fn follow(
     }
     tracing::info!("stopping cloud {cloud}");
     Ok(())
+}
+
+/// Brings the load balancers' proxies up to date and tells the Auto Scaling groups what
+/// the health checks found.
+fn follow_lbs(cloud: &str, rt: &tokio::runtime::Runtime, c: &Clients, lbs: &mut crate::lb::Lbs, list: &[Instance]) {
+    let view = match rt.block_on(crate::lb::read(&c.elb)) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("{e:#}");
+            return;
+        }
+    };
+    let ips = list.iter().filter(|i| i.wants_box()).filter_map(|i| Some((i.id.clone(), i.ip?))).collect();
+    for (id, health) in lbs.sync(view, ips) {
+        let r = rt.block_on(
+            c.asg
+                .set_instance_health()
+                .instance_id(&id)
+                .health_status(health)
+                .should_respect_grace_period(false)
+                .send(),
+        );
+        match r {
+            Ok(_) => tracing::info!("instance {id}: Auto Scaling health {health} (load balancer health checks)"),
+            Err(e) => tracing::debug!(
+                "instance {id}: SetInstanceHealth: {}",
+                aws_sdk_autoscaling::error::DisplayErrorContext(e)
+            ),
+        }
+        lbs.reported(&id, health);
+    }
+    if let Err(e) = state::save_lbs(cloud, &lbs.status()) {
+        tracing::warn!("{e:#}");
+    }
 }
 
 fn check_boots(opts: &Options) {

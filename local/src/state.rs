@@ -101,6 +101,19 @@ pub fn forget_box(cloud: &str, instance: &str) {
     let _ = std::fs::remove_dir_all(d.join("seeds").join(instance));
 }
 
+/// Saves the load balancers' proxies and targets' health (`lbs.json`) for `status`.
+pub fn save_lbs(cloud: &str, s: &crate::lb::Status) -> anyhow::Result<()> {
+    write_atomic(&dir(cloud).join("lbs.json"), &serde_json::to_vec_pretty(s)?)
+}
+
+/// The load balancers' proxies and targets' health as the runner last saved them.
+pub fn lbs(cloud: &str) -> serde_json::Value {
+    std::fs::read(dir(cloud).join("lbs.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({"load_balancers": [], "targets": []}))
+}
+
 /// The runner of a cloud.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Runner {

@@ -542,3 +542,229 @@ fn up_prints_the_environment_and_down_stops_everything() {
     let st = Command::new(EXE).args(["status", "--cloud", &cloud]).output().unwrap();
     assert_eq!(st.status.code(), Some(3), "status without a runner exits 3");
 }
+
+/// One HTTP/1.1 request over a fresh connection; (status, body).
+fn http_get(addr: &str, path: &str, host: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|b| b.1.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn load_balancers_route_by_weight_and_health_checks_reach_auto_scaling() {
+    use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
+    use aws_sdk_elasticloadbalancingv2::types::{
+        Action, ActionTypeEnum, ForwardActionConfig, LoadBalancerTypeEnum, ProtocolEnum, TargetGroupTuple,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let region = "sa-east-1";
+    let b = baked();
+    let ami = ok({
+        let mut c = local(region);
+        c.args(["register", &b.name]);
+        c
+    })
+    .trim()
+    .to_string();
+    let e = testkit::Emulator::shared();
+    let conf = rt.block_on(
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&e.url)
+            .region(aws_config::Region::new(region))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+            .load(),
+    );
+    let (ec2, asg, elb) = (
+        aws_sdk_ec2::Client::new(&conf),
+        aws_sdk_autoscaling::Client::new(&conf),
+        aws_sdk_elasticloadbalancingv2::Client::new(&conf),
+    );
+    // A web server on 8080 answering /who with the instance id and /health with 200.
+    let web = "#cloud-config\nruncmd:\n  - [sh, -c, 'mkdir -p /srv && cloud-init query v1.instance_id > /srv/who && echo ok > /srv/health']\n  - [systemd-run, --unit, web, python3, -m, http.server, '8080', --directory, /srv]\n";
+    let name = testkit::unique("tlb");
+    let (alb_dns, nlb_dns, groups, ids) = rt.block_on(async {
+        let vpc = ec2.create_vpc().cidr_block("10.45.0.0/16").send().await.unwrap();
+        let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+        let sn = ec2.create_subnet().vpc_id(&vpc).cidr_block("10.45.1.0/24").send().await.unwrap();
+        let sn = sn.subnet().unwrap().subnet_id().unwrap().to_string();
+        ec2.create_launch_template()
+            .launch_template_name(&name)
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id(&ami)
+                    .instance_type(InstanceType::T3Micro)
+                    .user_data(base64::engine::general_purpose::STANDARD.encode(web))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let mut groups = Vec::new();
+        let mut ids = Vec::new();
+        for v in ["a", "b"] {
+            let tg = elb
+                .create_target_group()
+                .name(format!("{name}-{v}"))
+                .protocol(ProtocolEnum::Http)
+                .port(8080)
+                .vpc_id(&vpc)
+                .health_check_path("/health")
+                .health_check_interval_seconds(5)
+                .health_check_timeout_seconds(2)
+                .healthy_threshold_count(2)
+                .unhealthy_threshold_count(2)
+                .send()
+                .await
+                .unwrap();
+            let tg = tg.target_groups()[0].target_group_arn().unwrap().to_string();
+            let group = format!("{name}-{v}");
+            asg.create_auto_scaling_group()
+                .auto_scaling_group_name(&group)
+                .launch_template(
+                    LaunchTemplateSpecification::builder().launch_template_name(&name).version("$Latest").build(),
+                )
+                .min_size(0)
+                .max_size(1)
+                .desired_capacity(1)
+                .vpc_zone_identifier(&sn)
+                .target_group_arns(&tg)
+                .health_check_type("ELB")
+                .send()
+                .await
+                .unwrap();
+            let out = asg.describe_auto_scaling_groups().auto_scaling_group_names(&group).send().await.unwrap();
+            ids.push(out.auto_scaling_groups()[0].instances()[0].instance_id().unwrap().to_string());
+            groups.push(tg);
+        }
+        let mut dns = Vec::new();
+        for (kind, port) in [(LoadBalancerTypeEnum::Application, 80), (LoadBalancerTypeEnum::Network, 9000)] {
+            let lb = elb
+                .create_load_balancer()
+                .name(format!("{name}-{}", if port == 80 { "alb" } else { "nlb" }))
+                .r#type(kind.clone())
+                .subnets(&sn)
+                .send()
+                .await
+                .unwrap();
+            let lb = &lb.load_balancers()[0];
+            let action = if kind == LoadBalancerTypeEnum::Application {
+                Action::builder()
+                    .r#type(ActionTypeEnum::Forward)
+                    .forward_config(
+                        ForwardActionConfig::builder()
+                            .target_groups(TargetGroupTuple::builder().target_group_arn(&groups[0]).weight(80).build())
+                            .target_groups(TargetGroupTuple::builder().target_group_arn(&groups[1]).weight(20).build())
+                            .build(),
+                    )
+                    .build()
+            } else {
+                Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(&groups[0]).build()
+            };
+            elb.create_listener()
+                .load_balancer_arn(lb.load_balancer_arn().unwrap())
+                .protocol(if port == 80 { ProtocolEnum::Http } else { ProtocolEnum::Tcp })
+                .port(port)
+                .default_actions(action)
+                .send()
+                .await
+                .unwrap();
+            dns.push(lb.dns_name().unwrap().to_string());
+        }
+        (dns[0].clone(), dns[1].clone(), groups, ids)
+    });
+    let health = |id: &str| -> String {
+        let out = rt.block_on(asg.describe_auto_scaling_instances().instance_ids(id).send()).unwrap();
+        out.auto_scaling_instances()[0].health_status().unwrap_or_default().to_string()
+    };
+    let cloud = unique_cloud("tlbw");
+    let r = Runner::start(&cloud, region);
+    // Until their checks pass, the emulator hears the targets are unhealthy.
+    let start = Instant::now();
+    while ids.iter().any(|id| health(id) != "Unhealthy") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in &ids {
+        assert_eq!(health(id), "Unhealthy", "{id} is reported unhealthy while its checks have not passed");
+    }
+    for id in &ids {
+        r.wait_booted(id, Duration::from_secs(90));
+    }
+    let wait_health = |id: &str, want: &str, within: Duration| {
+        let start = Instant::now();
+        while health(id) != want {
+            assert!(
+                start.elapsed() < within,
+                "{id}: Auto Scaling health {} after {within:?}, wanted {want}; status: {}",
+                health(id),
+                r.status()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    for id in &ids {
+        wait_health(id, "Healthy", Duration::from_secs(60));
+    }
+    let s = r.status();
+    let local_of = |dns: &str| -> String {
+        let lb = s["load_balancers"].as_array().unwrap().iter().find(|l| l["dns"] == dns.to_ascii_lowercase());
+        lb.unwrap_or_else(|| panic!("{dns} not in status: {s}"))["listeners"][0]["local"].as_str().unwrap().to_string()
+    };
+    let (alb, nlb) = (local_of(&alb_dns), local_of(&nlb_dns));
+    let targets = s["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "{s}");
+    assert!(targets.iter().all(|t| t["state"] == "healthy"), "{s}");
+
+    // 1,000 requests through the ALB split 80/20 (within ±5 points).
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..1000 {
+        let (code, body) = http_get(&alb, "/who", &alb_dns);
+        assert_eq!(code, 200, "{body}");
+        *counts.entry(body.trim().to_string()).or_default() += 1;
+    }
+    let a = f64::from(counts.get(&ids[0]).copied().unwrap_or(0)) / 10.0;
+    let b_pct = f64::from(counts.get(&ids[1]).copied().unwrap_or(0)) / 10.0;
+    eprintln!("ALB split over 1,000 requests: {a}% / {b_pct}% (weights 80/20)");
+    assert!((a - 80.0).abs() <= 5.0 && (b_pct - 20.0).abs() <= 5.0, "{counts:?}");
+    // The NLB relays TCP to its one target group.
+    assert_eq!(http_get(&nlb, "/who", "x").1.trim(), ids[0]);
+    // Inside a box, the ALB's DNS name resolves to its proxy.
+    let inside = r.exec(&ids[0], &["curl", "-sf", &format!("http://{alb_dns}/health")]);
+    assert_eq!(inside.trim(), "ok");
+
+    // A target whose web server stops fails its checks: the proxy says why and the Auto
+    // Scaling group hears it.
+    r.exec(&ids[1], &["systemctl", "stop", "web"]);
+    wait_health(&ids[1], "Unhealthy", Duration::from_secs(30));
+    let s = r.status();
+    let t = s["targets"].as_array().unwrap().iter().find(|t| t["instance"] == ids[1].as_str()).cloned().unwrap();
+    assert_eq!(t["state"], "unhealthy", "{s}");
+    assert_eq!(t["reason"], "Target.FailedHealthChecks", "{s}");
+    assert_eq!(health(&ids[0]), "Healthy");
+    // A listener that forwards only to the healthy group keeps answering.
+    rt.block_on(async {
+        let lbs = elb.describe_load_balancers().names(format!("{name}-alb")).send().await.unwrap();
+        let ls = elb
+            .describe_listeners()
+            .load_balancer_arn(lbs.load_balancers()[0].load_balancer_arn().unwrap())
+            .send()
+            .await
+            .unwrap();
+        elb.modify_listener()
+            .listener_arn(ls.listeners()[0].listener_arn().unwrap())
+            .default_actions(Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(&groups[0]).build())
+            .send()
+            .await
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..50 {
+        let (code, body) = http_get(&alb, "/who", &alb_dns);
+        assert_eq!((code, body.trim()), (200, ids[0].as_str()));
+    }
+}
