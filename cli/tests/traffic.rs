@@ -419,3 +419,30 @@ fn workers_get_a_termination_hook_to_drain_and_pingers_do_not() {
     let stack = json(&["workers", &sw]);
     assert_eq!(stack["versions"][0]["status"], "CREATE_COMPLETE", "{stack}");
 }
+
+#[test]
+fn shift_strategies_linear_and_all_at_once() {
+    let (sw, _) = swarm("ts");
+    let listener = output(&sw, "AlbListenerArn");
+    create("routers", &sw, "v1", "1");
+    create("routers", &sw, "v2", "1");
+    let first = json(&["traffic", "elb", &sw, "--router", "v1", "--shift", "all-at-once"]);
+    assert_eq!(first["switch"]["steps"], serde_json::json!([100]), "{first}");
+    // Linear: equal steps, each reported, ending with all traffic on v2.
+    let out = run(&["traffic", "elb", &sw, "--router", "v2", "--shift", "linear:40", "--bake", "0", "-o", "json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["switch"]["steps"], serde_json::json!([40, 80, 100]), "{done}");
+    assert!(err.contains("step 1/3: router v2 40%, v1 60%") && err.contains("step 2/3: router v2 80%, v1 20%"), "{err}");
+    only(&listener, &sw, "router", "v2");
+    // Bad strategies are usage errors; weighted ones need the ALB.
+    let err = fails(exit::USAGE, &["traffic", "elb", &sw, "--router", "v1", "--shift", "linear:70"]);
+    assert!(err.contains("1 to 50"), "{err}");
+    let err = fails(exit::USAGE, &["traffic", "elb", &sw, "--router", "v1", "--shift", "fast"]);
+    assert!(err.contains("all-at-once, steps:"), "{err}");
+    fails(exit::USAGE, &["traffic", "elb", &sw, "--router", "v1", "--shift", "linear:50", "--canary", "10"]);
+    let err = fails(exit::USAGE, &["traffic", "brokers", &sw, "--version", "b1", "--shift", "linear:50"]);
+    assert!(err.contains("only the ALB"), "{err}");
+    only(&listener, &sw, "router", "v2");
+}

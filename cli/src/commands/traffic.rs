@@ -8,7 +8,7 @@ use serde_json::json;
 use super::output::{table, Printed};
 use super::{duration_in, MAX_WAIT};
 use crate::engine::library::Via;
-use crate::engine::traffic::{SwitchRequest, Target};
+use crate::engine::traffic::{Shift, SwitchRequest, Target};
 use crate::engine::Engine;
 
 const AFTER_HELP: &str = "\
@@ -16,6 +16,7 @@ Examples:
   tyrell traffic elb swarm1                              # each router version: weight, healthy/total
   tyrell traffic elb swarm1 --router v261123101500       # gate, then 100% to it
   tyrell traffic elb swarm1 --router v261123101500 --canary 10,50 --bake 300
+  tyrell traffic elb swarm1 --router v261123101500 --shift linear:25   # 25, 50, 75, 100%
   tyrell traffic elb swarm1 --rollback                   # back to the version before
   tyrell traffic elb swarm1 --router v261123101500 --retire   # and scale the old one to 0
   tyrell traffic brokers swarm1 --version v261123101500  # behind the NLB: one step
@@ -25,7 +26,8 @@ Examples:
 A switch first brings the new version to the live version's capacity (or -s N) and waits,
 up to --timeout, until every desired instance is InService and Healthy in its Auto Scaling
 group and healthy in its target group; if not, nothing moves and the failing instances are
-named. Canary steps hold for --bake while watching health, and go back to the old version
+named. Traffic then moves by --shift: all at once (the default), in the --canary steps, or
+in equal linear steps (ALB only). Weighted steps hold for --bake while watching health, and go back to the old version
 if it drops. The old version keeps running (ALB/NLB roles) for --rollback unless --retire;
 roles without inbound traffic always scale the old version to 0 (kept for --rollback).
 
@@ -49,9 +51,14 @@ pub struct TrafficArgs {
     /// Instances for the new version (default: as many as the live version has)
     #[arg(short = 's', long = "size", value_name = "N")]
     size: Option<i32>,
-    /// Shift in weighted steps (percent to the new version), e.g. 10,50 (ALB only)
-    #[arg(long, value_delimiter = ',', value_name = "PCT,PCT", value_parser = clap::value_parser!(u8).range(1..=99))]
+    /// Shift in weighted steps (percent to the new version), e.g. 10,50 (ALB only); the
+    /// same as --shift steps:10,50
+    #[arg(long, value_delimiter = ',', value_name = "PCT,PCT", value_parser = clap::value_parser!(u8).range(1..=99), conflicts_with = "shift")]
     canary: Vec<u8>,
+    /// How traffic moves once the gate passes: all-at-once, steps:PCT,PCT... or linear:PCT
+    /// (weighted steps: ALB only)
+    #[arg(long, value_name = "STRATEGY", value_parser = clap::builder::ValueParser::new(parse_shift), default_value = "all-at-once")]
+    shift: Shift,
     /// How long to hold each canary step while watching health, e.g. 300, 5m (0: no hold)
     #[arg(long, value_parser = parse_bake, default_value = "60", value_name = "DURATION")]
     bake: Duration,
@@ -61,6 +68,11 @@ pub struct TrafficArgs {
     /// Break the role's switch lock, whoever holds it (then switch, if a version is given)
     #[arg(long)]
     force_unlock: bool,
+}
+
+/// `--shift`: a [`Shift`] strategy.
+fn parse_shift(s: &str) -> Result<Shift, String> {
+    s.parse()
 }
 
 /// `--bake`: 0 (no hold) to [`MAX_WAIT`].
@@ -84,8 +96,11 @@ pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
             };
             return Ok(Printed::new(json!({ "role": m.role, "swarm": a.stack, "broke_lock": broke }), text));
         }
-        if a.size.is_some() || !a.canary.is_empty() || a.retire {
-            crate::refuse!(Invalid, "-s, --canary and --retire go with a switch: add --version VERSION or --rollback");
+        if a.size.is_some() || !a.canary.is_empty() || a.shift != Shift::AllAtOnce || a.retire {
+            crate::refuse!(
+                Invalid,
+                "-s, --canary, --shift and --retire go with a switch: add --version VERSION or --rollback"
+            );
         }
         let s = e.traffic(&m, &a.stack).await?;
         let rows: Vec<Vec<String>> = s
@@ -128,7 +143,7 @@ pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
         swarm: a.stack,
         target,
         size: a.size,
-        canary: a.canary,
+        shift: if a.canary.is_empty() { a.shift } else { Shift::Steps(a.canary) },
         bake: a.bake,
         retire: a.retire,
         force_unlock: a.force_unlock,

@@ -1,0 +1,141 @@
+//! CloudFormation stacks as plain data: read one or list tyrell's, create, delete.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_cloudformation::types::{Capability, OnFailure, Parameter, Tag};
+use aws_sdk_cloudformation::Client;
+
+use crate::aws::{describe, AwsError};
+
+/// A stack as tyrell sees it.
+#[derive(Debug, Clone, Default)]
+pub struct StackInfo {
+    pub name: String,
+    pub id: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub created: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, String>,
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl StackInfo {
+    pub fn tag(&self, k: &str) -> Option<&str> {
+        self.tags.get(k).map(String::as_str)
+    }
+    pub fn output(&self, k: &str) -> Option<&str> {
+        self.outputs.get(k).map(String::as_str)
+    }
+}
+
+fn to_info(s: &aws_sdk_cloudformation::types::Stack) -> StackInfo {
+    StackInfo {
+        name: s.stack_name().unwrap_or_default().to_string(),
+        id: s.stack_id().unwrap_or_default().to_string(),
+        status: s.stack_status().map(|x| x.as_str().to_string()).unwrap_or_default(),
+        reason: s.stack_status_reason().map(str::to_string),
+        created: s.creation_time().map(|t| t.to_string()),
+        tags: s
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
+            .collect(),
+        outputs: s
+            .outputs()
+            .iter()
+            .map(|o| (o.output_key().unwrap_or_default().into(), o.output_value().unwrap_or_default().into()))
+            .collect(),
+        parameters: s
+            .parameters()
+            .iter()
+            .map(|p| (p.parameter_key().unwrap_or_default().into(), p.parameter_value().unwrap_or_default().into()))
+            .collect(),
+    }
+}
+
+/// One stack, or `None` when it does not exist (or is fully deleted).
+pub async fn get(cfn: &Client, name: &str) -> Result<Option<StackInfo>, AwsError> {
+    match cfn.describe_stacks().stack_name(name).send().await {
+        Ok(out) => Ok(out.stacks().first().map(to_info).filter(|s| s.status != "DELETE_COMPLETE")),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(describe(&format!("cannot read stack {name}"), e)),
+    }
+}
+
+fn is_missing<R>(
+    e: &aws_smithy_runtime_api::client::result::SdkError<
+        impl std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata,
+        R,
+    >,
+) -> bool {
+    match e {
+        aws_smithy_runtime_api::client::result::SdkError::ServiceError(se) => {
+            se.err().code() == Some("ValidationError")
+                && se.err().message().is_some_and(|m| m.contains("does not exist"))
+        }
+        _ => false,
+    }
+}
+
+/// Every live stack carrying tag `tyrell:role` (any value when `role` is `None`).
+pub async fn list_tyrell(cfn: &Client, role: Option<&str>) -> Result<Vec<StackInfo>, AwsError> {
+    let mut out = Vec::new();
+    let mut pages = cfn.describe_stacks().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| describe("cannot list CloudFormation stacks", e))?;
+        for s in page.stacks() {
+            let info = to_info(s);
+            if info.status == "DELETE_COMPLETE" {
+                continue;
+            }
+            match (info.tag(crate::names::TAG_ROLE), role) {
+                (Some(r), Some(want)) if r == want => out.push(info),
+                (Some(_), None) => out.push(info),
+                _ => {}
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// What to create: a rendered template, its parameters and tags.
+#[derive(Debug, Clone, Default)]
+pub struct StackSpec {
+    pub name: String,
+    pub template: String,
+    pub parameters: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+fn params(p: &BTreeMap<String, String>) -> Vec<Parameter> {
+    p.iter().map(|(k, v)| Parameter::builder().parameter_key(k).parameter_value(v).build()).collect()
+}
+
+/// Starts creating a stack. A failed creation deletes what it made (`OnFailure=DELETE`),
+/// so a bad deploy never leaves half a stack behind; the waiter reports why it failed.
+pub async fn create(cfn: &Client, spec: &StackSpec) -> Result<String, AwsError> {
+    let out = cfn
+        .create_stack()
+        .stack_name(&spec.name)
+        .template_body(&spec.template)
+        .set_parameters(Some(params(&spec.parameters)))
+        .set_tags(Some(spec.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
+        .capabilities(Capability::CapabilityIam)
+        .capabilities(Capability::CapabilityNamedIam)
+        .on_failure(OnFailure::Delete)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("CloudFormation refused to create stack {}", spec.name), e))?;
+    Ok(out.stack_id().unwrap_or(&spec.name).to_string())
+}
+
+pub async fn delete(cfn: &Client, name: &str) -> Result<(), AwsError> {
+    cfn.delete_stack()
+        .stack_name(name)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("CloudFormation refused to delete stack {name}"), e))?;
+    Ok(())
+}
