@@ -177,6 +177,8 @@ pub struct TargetGroup {
     pub name: String,
     /// The traffic port.
     pub port: u16,
+    /// `HTTP`, `HTTPS`, `TCP`, `TLS`, `UDP`, `TCP_UDP`.
+    pub protocol: String,
     /// Its health check.
     pub check: HealthCheck,
     /// Registered targets: (instance id, port).
@@ -241,6 +243,21 @@ fn action(a: &aws_sdk_elasticloadbalancingv2::types::Action) -> Action {
             }
         }
         other => Action::Unsupported(other.map(|t| t.as_str().to_string()).unwrap_or_default()),
+    }
+}
+
+/// How a listener's traffic is carried: per connection (layer 4) for a network load
+/// balancer, and for any listener that forwards to a TCP/TLS/UDP target group (the
+/// emulator reads every load balancer made by CloudFormation as `application`, and the
+/// base stack gives its NLB listener the protocol HTTP there); per request otherwise.
+pub fn layer(lb: &Lb, l: &Listener, groups: &BTreeMap<String, TargetGroup>) -> Kind {
+    let tcp = |arn: &String| {
+        groups.get(arn).is_some_and(|g| matches!(g.protocol.as_str(), "TCP" | "TLS" | "UDP" | "TCP_UDP"))
+    };
+    match &l.default {
+        _ if lb.kind == Kind::Network => Kind::Network,
+        Action::Forward(f) if f.iter().any(|(arn, _)| tcp(arn)) => Kind::Network,
+        _ => Kind::Application,
     }
 }
 
@@ -328,6 +345,7 @@ pub async fn read(elb: &aws_sdk_elasticloadbalancingv2::Client) -> anyhow::Resul
         for g in page.map_err(sdk("DescribeTargetGroups"))?.target_groups() {
             let arn = g.target_group_arn().unwrap_or_default().to_string();
             let port = g.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(80);
+            let traffic = g.protocol().map(|p| p.as_str().to_ascii_uppercase()).unwrap_or_else(|| "TCP".into());
             let protocol = g
                 .health_check_protocol()
                 .or(g.protocol())
@@ -364,7 +382,14 @@ pub async fn read(elb: &aws_sdk_elasticloadbalancingv2::Client) -> anyhow::Resul
             targets.dedup();
             view.groups.insert(
                 arn.clone(),
-                TargetGroup { arn, name: g.target_group_name().unwrap_or_default().to_string(), port, check, targets },
+                TargetGroup {
+                    arn,
+                    name: g.target_group_name().unwrap_or_default().to_string(),
+                    port,
+                    protocol: traffic,
+                    check,
+                    targets,
+                },
             );
         }
     }
@@ -905,11 +930,12 @@ impl Lbs {
             *v = view.clone();
         }
         // Listeners.
+        let groups = &view.groups;
         let wanted: Vec<(String, u16, Kind, Ipv4Addr)> = view
             .lbs
             .values()
             .filter_map(|lb| Some((lb, *self.addrs.get(&lb.arn)?)))
-            .flat_map(|(lb, a)| lb.listeners.iter().map(move |l| (lb.arn.clone(), l.port, lb.kind, a)))
+            .flat_map(|(lb, a)| lb.listeners.iter().map(move |l| (lb.arn.clone(), l.port, layer(lb, l, groups), a)))
             .collect();
         self.servers.retain(|k, (_, tasks)| {
             let keep = wanted.iter().any(|w| (&w.0, w.1) == (&k.0, k.1));
@@ -1006,7 +1032,8 @@ impl Lbs {
             let mut listeners: Vec<ListenerStatus> =
                 self.servers.iter().filter(|(k, _)| k.0 == lb.arn).map(|(_, (s, _))| s.clone()).collect();
             listeners.sort_by_key(|l| l.port);
-            st.load_balancers.push(LbStatus { name: lb.name.clone(), dns: lb.dns.clone(), kind: lb.kind, listeners });
+            let kind = lb.listeners.first().map(|l| layer(lb, l, &view.groups)).unwrap_or(lb.kind);
+            st.load_balancers.push(LbStatus { name: lb.name.clone(), dns: lb.dns.clone(), kind, listeners });
         }
         for g in view.groups.values() {
             for (id, p) in &g.targets {
