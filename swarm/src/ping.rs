@@ -4,26 +4,73 @@
 //!
 //! Linux gives an unprivileged ICMP "ping socket" (DGRAM) when `net.ipv4.ping_group_range`
 //! allows the process's group, else a RAW socket needs `CAP_NET_RAW` (the bee's systemd
-//! unit grants it as an ambient capability). surge-ping tries DGRAM, then RAW.
+//! unit grants it as an ambient capability). The bee tries DGRAM, then RAW.
+//!
+//! Round-trip times are measured as iputils `ping` measures them: the send time is read
+//! (`CLOCK_REALTIME`) just before `sendto` and carried in the echo's payload, the receive
+//! time is the kernel's timestamp of the reply's arrival (`SO_TIMESTAMPNS`, socket(7)), so
+//! the time the bee takes to get to a reply (scheduling, a busy runtime) is not counted.
+//! A kernel time that cannot be right (negative, or longer than the time measured in user
+//! space with the monotonic clock, e.g. after the wall clock was stepped) is replaced by
+//! the user-space measurement. A reply is matched by a per-probe id in its payload (and,
+//! on a RAW socket, this process's ICMP identifier and a per-process key), so concurrent
+//! probes never collide, and replies to other pingers on the machine are ignored.
+//!
+//! Only echo replies count as answers: an ICMP error (destination unreachable, time
+//! exceeded) is not one; the probe is lost when its timeout passes (as `ping` counts it).
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use record::{PingRecord, Rtt, Status};
-use surge_ping::{Client, Config, PingIdentifier, PingSequence, SurgeError, ICMP};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+/// Bytes of echo payload after the 8-byte ICMP header: 56, as `ping`'s default (84-byte
+/// IPv4 packets). Holds the probe id, the process key and the send time.
+pub const PAYLOAD_BYTES: usize = 56;
+
+/// A probe waiting for its reply.
+struct Pending {
+    tx: oneshot::Sender<Duration>,
+    addr: IpAddr,
+    /// Monotonic time taken before the echo was sent: an upper bound of the round trip.
+    sent: Instant,
+}
+
+type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
+
+/// One address family's socket and the probes waiting on it.
+struct Family {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    v6: bool,
+    pending: PendingMap,
+    recv: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Family {
+    fn drop(&mut self) {
+        self.recv.abort();
+    }
+}
 
 /// The ICMP sockets of one bee.
 pub struct Icmp {
-    v4: Option<Client>,
-    v6: Option<Client>,
+    v4: Option<Family>,
+    v6: Option<Family>,
     v4_error: Option<String>,
     v6_error: Option<String>,
     ident: u16,
+    key: u64,
     seq: AtomicU16,
-    payload: Vec<u8>,
+    next_id: AtomicU64,
 }
 
 /// Why one probe got no answer.
@@ -35,17 +82,264 @@ pub enum ProbeError {
     Send(String),
 }
 
-impl Icmp {
-    /// Opens the IPv4 and IPv6 sockets; fails only when neither can be opened.
-    pub fn new() -> Result<Icmp> {
-        let open = |kind| Client::new(&Config::builder().kind(kind).build());
-        let (v4, v4_error) = match open(ICMP::V4) {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(format!("no IPv4 ICMP socket: {e}"))),
+/// `CLOCK_REALTIME` in nanoseconds since the Unix epoch: the clock of the kernel's
+/// `SO_TIMESTAMPNS` receive timestamps.
+fn realtime_ns() -> i64 {
+    // SAFETY: clock_gettime writes one timespec.
+    let mut ts: libc::timespec = unsafe { zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+}
+
+fn setsockopt<T>(fd: i32, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a valid T for the duration of the call; its size is passed.
+    let rc =
+        unsafe { libc::setsockopt(fd, level, name, value as *const T as *const libc::c_void, size_of::<T>() as u32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens an ICMP socket of one family: a ping socket (DGRAM) when allowed, else RAW.
+/// Returns the socket and whether it is RAW.
+fn open_socket(v6: bool) -> io::Result<(OwnedFd, bool)> {
+    let (domain, proto) = if v6 { (libc::AF_INET6, libc::IPPROTO_ICMPV6) } else { (libc::AF_INET, libc::IPPROTO_ICMP) };
+    let mut first_err = None;
+    for (ty, raw) in [(libc::SOCK_DGRAM, false), (libc::SOCK_RAW, true)] {
+        // SAFETY: socket(2) with constant arguments; the fd is owned below.
+        let fd = unsafe { libc::socket(domain, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) };
+        if fd < 0 {
+            first_err.get_or_insert(io::Error::last_os_error());
+            continue;
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let raw_fd = fd.as_raw_fd();
+        setsockopt(raw_fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &1i32)?;
+        // Room for bursts of replies (thousands of targets); beyond rmem_max as root.
+        let buf: i32 = 8 << 20;
+        if setsockopt(raw_fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &buf).is_err() {
+            let _ = setsockopt(raw_fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &buf);
+        }
+        if raw {
+            // A RAW socket gets every ICMP packet the host receives: let only echo replies
+            // through (ICMP_FILTER, raw(7); ICMP6_FILTER, RFC 3542 §3.2: a set bit blocks).
+            if v6 {
+                let mut filter = [u32::MAX; 8];
+                filter[(129 >> 5) as usize] &= !(1u32 << (129 & 31));
+                let _ = setsockopt(raw_fd, libc::IPPROTO_ICMPV6, 1, &filter);
+            } else {
+                let _ = setsockopt(raw_fd, 255, 1, &!1u32);
+            }
+        }
+        return Ok((fd, raw));
+    }
+    Err(first_err.unwrap_or_else(|| io::Error::other("no ICMP socket")))
+}
+
+/// The Internet checksum (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = chunks.remainder() {
+        sum += u32::from(*b) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A socket address for sendto.
+fn sockaddr(addr: IpAddr) -> (libc::sockaddr_storage, u32) {
+    // SAFETY: an all-zero sockaddr_storage is valid; it is large and aligned enough for
+    // either address type written into it.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        IpAddr::V4(a) => {
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) };
+            size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(a) => {
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr = libc::in6_addr { s6_addr: a.octets() };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as u32)
+}
+
+/// The address in a sockaddr filled by recvmsg, if it is IPv4 or IPv6.
+fn ip_of(ss: &libc::sockaddr_storage) -> Option<IpAddr> {
+    match i32::from(ss.ss_family) {
+        // SAFETY: the family says which structure the storage holds.
+        libc::AF_INET => {
+            let sin = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            Some(IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())))
+        }
+        libc::AF_INET6 => {
+            let sin6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
+/// One datagram: its length, sender, and kernel receive time (ns since the epoch).
+struct Received {
+    len: usize,
+    from: Option<IpAddr>,
+    kernel_ns: Option<i64>,
+}
+
+/// recvmsg(2) of one datagram with its `SCM_TIMESTAMPNS` control message.
+fn recv_one(fd: i32, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: every pointer handed to recvmsg points into a live local of the stated size;
+    // the control messages are walked with the CMSG_* macros within `control`.
+    unsafe {
+        let mut name: libc::sockaddr_storage = zeroed();
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut control = [0u64; 16];
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = size_of::<[u64; 16]>() as _;
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut kernel_ns = None;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                kernel_ns = Some(ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        Ok(Received { len: n as usize, from: ip_of(&name), kernel_ns })
+    }
+}
+
+/// What every reply is checked against.
+#[derive(Clone, Copy)]
+struct Matcher {
+    raw: bool,
+    v6: bool,
+    ident: u16,
+    key: u64,
+}
+
+/// The pending probe's id and the round trip of an echo reply, or None when the
+/// datagram is not a reply to this process.
+fn parse_reply(m: Matcher, packet: &[u8]) -> Option<(u64, i64)> {
+    // A RAW IPv4 socket hands over the IP header too (raw(7)); the others do not.
+    let icmp = if m.raw && !m.v6 {
+        let ihl = usize::from(packet.first()? & 0x0f) * 4;
+        packet.get(ihl..)?
+    } else {
+        packet
+    };
+    let echo_reply = if m.v6 { 129 } else { 0 };
+    if icmp.len() < 8 + 24 || icmp[0] != echo_reply || icmp[1] != 0 {
+        return None;
+    }
+    // On a ping socket the kernel owns the identifier and delivers only this socket's replies.
+    if m.raw && u16::from_be_bytes([icmp[4], icmp[5]]) != m.ident {
+        return None;
+    }
+    let word = |i: usize| -> Option<[u8; 8]> { icmp.get(8 + i..16 + i)?.try_into().ok() };
+    if u64::from_be_bytes(word(8)?) != m.key {
+        return None;
+    }
+    Some((u64::from_be_bytes(word(0)?), i64::from_be_bytes(word(16)?)))
+}
+
+/// Reads replies until the socket is closed, handing each round trip to its probe.
+async fn recv_loop(fd: Arc<AsyncFd<OwnedFd>>, m: Matcher, pending: PendingMap) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let mut guard = match fd.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "ICMP socket failed: no more replies are read");
+                return;
+            }
         };
-        let (v6, v6_error) = match open(ICMP::V6) {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(format!("no IPv6 ICMP socket: {e}"))),
+        loop {
+            let r = match guard.try_io(|fd| recv_one(fd.get_ref().as_raw_fd(), &mut buf)) {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "ICMP receive error");
+                    break;
+                }
+                Err(_would_block) => break,
+            };
+            let now = Instant::now();
+            let Some((id, sent_ns)) = parse_reply(m, &buf[..r.len]) else { continue };
+            let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(p) = map.remove(&id) else { continue };
+            if r.from.is_some_and(|f| f != p.addr) {
+                // Not from the probed address: not its answer.
+                map.insert(id, p);
+                continue;
+            }
+            drop(map);
+            let user = now.saturating_duration_since(p.sent);
+            let rtt = match r.kernel_ns.map(|k| k - sent_ns) {
+                Some(k) if k >= 0 && (k as u128) <= user.as_nanos() => Duration::from_nanos(k as u64),
+                _ => user,
+            };
+            let _ = p.tx.send(rtt);
+        }
+    }
+}
+
+/// Removes a probe from the pending map when its wait ends, however it ends.
+struct Unregister<'a>(&'a PendingMap, u64);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
+}
+
+impl Icmp {
+    /// Opens the IPv4 and IPv6 sockets; fails only when neither can be opened. Must run
+    /// inside the tokio runtime (it starts one reader task per socket).
+    pub fn new() -> Result<Icmp> {
+        // Distinguishes this process's echoes from other pingers' on a RAW socket.
+        let r = uuid::Uuid::new_v4().as_u128();
+        let ident = (std::process::id() as u16) ^ (r as u16);
+        let key = (r >> 64) as u64;
+        let open = |v6: bool| -> Result<Family, String> {
+            let name = if v6 { "IPv6" } else { "IPv4" };
+            let (fd, raw) = open_socket(v6).map_err(|e| format!("no {name} ICMP socket: {e}"))?;
+            // SAFETY: the OwnedFd keeps the descriptor open for as long as the AsyncFd holds it.
+            let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| format!("no {name} ICMP socket: {e}"))?;
+            let fd = Arc::new(fd);
+            let pending = PendingMap::default();
+            let recv = tokio::spawn(recv_loop(fd.clone(), Matcher { raw, v6, ident, key }, pending.clone()));
+            Ok(Family { fd, v6, pending, recv })
+        };
+        let (v4, v4_error) = match open(false) {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
+        };
+        let (v6, v6_error) = match open(true) {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
         };
         if v4.is_none() && v6.is_none() {
             bail!(
@@ -57,11 +351,10 @@ impl Icmp {
         for e in [&v4_error, &v6_error].into_iter().flatten() {
             tracing::warn!(error = %e, "targets of this address family will report errors");
         }
-        // Distinguishes this process's echoes from other pingers' on a RAW socket.
-        let ident = (std::process::id() as u16) ^ (uuid::Uuid::new_v4().as_u128() as u16);
-        Ok(Icmp { v4, v6, v4_error, v6_error, ident, seq: AtomicU16::new(0), payload: vec![0u8; 56] })
+        Ok(Icmp { v4, v6, v4_error, v6_error, ident, key, seq: AtomicU16::new(0), next_id: AtomicU64::new(0) })
     }
 
+    /// Whether this bee has a socket for `addr`'s family.
     pub fn supports(&self, addr: IpAddr) -> bool {
         match addr {
             IpAddr::V4(_) => self.v4.is_some(),
@@ -69,9 +362,9 @@ impl Icmp {
         }
     }
 
-    /// Sends one echo request and waits for its reply.
+    /// Sends one echo request and waits up to `timeout` for its reply; the round-trip time.
     pub async fn probe(&self, addr: IpAddr, timeout: Duration) -> Result<Duration, ProbeError> {
-        let client = match addr {
+        let fam = match addr {
             IpAddr::V4(_) => {
                 self.v4.as_ref().ok_or_else(|| ProbeError::Send(self.v4_error.clone().unwrap_or_default()))?
             }
@@ -79,15 +372,59 @@ impl Icmp {
                 self.v6.as_ref().ok_or_else(|| ProbeError::Send(self.v6_error.clone().unwrap_or_default()))?
             }
         };
-        // One sequence counter for all targets: a reply is matched by (address, ident,
-        // sequence), so concurrent probes to one address never collide.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let mut pinger = client.pinger(addr, PingIdentifier(self.ident)).await;
-        pinger.timeout(timeout);
-        match pinger.ping(PingSequence(seq), &self.payload).await {
-            Ok((_, rtt)) => Ok(rtt),
-            Err(SurgeError::Timeout { .. }) => Err(ProbeError::Timeout),
-            Err(e) => Err(ProbeError::Send(e.to_string())),
+        let (tx, rx) = oneshot::channel();
+        fam.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Pending { tx, addr, sent: Instant::now() });
+        let _unregister = Unregister(&fam.pending, id);
+
+        // ICMP header (type, code, checksum, identifier, sequence), then the payload: probe
+        // id, process key, send time (CLOCK_REALTIME ns), zeros.
+        let mut pkt = [0u8; 8 + PAYLOAD_BYTES];
+        pkt[0] = if fam.v6 { 128 } else { 8 };
+        pkt[4..6].copy_from_slice(&self.ident.to_be_bytes());
+        pkt[6..8].copy_from_slice(&seq.to_be_bytes());
+        pkt[8..16].copy_from_slice(&id.to_be_bytes());
+        pkt[16..24].copy_from_slice(&self.key.to_be_bytes());
+        let (sa, sa_len) = sockaddr(addr);
+        let sent = loop {
+            let mut guard = fam.fd.writable().await.map_err(|e| ProbeError::Send(e.to_string()))?;
+            let r = guard.try_io(|fd| {
+                // The send time is read as late as possible: just before the packet leaves.
+                pkt[24..32].copy_from_slice(&realtime_ns().to_be_bytes());
+                if !fam.v6 {
+                    // The kernel fills in ICMPv6 checksums (RFC 3542 §3.1) and those of
+                    // ping sockets; a RAW IPv4 socket sends what it is given.
+                    pkt[2..4].fill(0);
+                    let c = checksum(&pkt);
+                    pkt[2..4].copy_from_slice(&c.to_be_bytes());
+                }
+                // SAFETY: pkt and sa are live locals of the stated lengths.
+                let n = unsafe {
+                    libc::sendto(
+                        fd.get_ref().as_raw_fd(),
+                        pkt.as_ptr() as *const libc::c_void,
+                        pkt.len(),
+                        0,
+                        &sa as *const _ as *const libc::sockaddr,
+                        sa_len,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            });
+            match r {
+                Ok(r) => break r,
+                Err(_would_block) => continue,
+            }
+        };
+        sent.map_err(|e| ProbeError::Send(e.to_string()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(rtt)) => Ok(rtt),
+            _ => Err(ProbeError::Timeout),
         }
     }
 }
@@ -225,6 +562,34 @@ mod tests {
         assert_eq!((r.status, r.loss), (Status::Error, 1.0));
         r.validate().unwrap();
         assert!(r.error.unwrap().contains("resolve"));
+    }
+
+    #[test]
+    fn replies_are_matched_by_type_identifier_and_key() {
+        // RFC 1071 §3's example: the sum of these words is 0xddf2, so the checksum is its complement.
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        let m = Matcher { raw: true, v6: false, ident: 0x1234, key: 0xfeed };
+        let mut icmp = vec![0u8; 8 + PAYLOAD_BYTES];
+        icmp[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        icmp[8..16].copy_from_slice(&7u64.to_be_bytes());
+        icmp[16..24].copy_from_slice(&0xfeedu64.to_be_bytes());
+        icmp[24..32].copy_from_slice(&42i64.to_be_bytes());
+        // A RAW IPv4 socket delivers the IP header (20 bytes here) first.
+        let mut packet = vec![0x45u8];
+        packet.resize(20, 0);
+        packet.extend_from_slice(&icmp);
+        assert_eq!(parse_reply(m, &packet), Some((7, 42)));
+        assert_eq!(parse_reply(Matcher { ident: 1, ..m }, &packet), None, "another process's echo");
+        assert_eq!(parse_reply(Matcher { key: 1, ..m }, &packet), None, "another key");
+        packet[20] = 8;
+        assert_eq!(parse_reply(m, &packet), None, "a request is not a reply");
+        packet[20] = 0;
+        assert_eq!(parse_reply(m, &packet[..40]), None, "truncated");
+        assert_eq!(parse_reply(m, &[]), None);
+        // Ping sockets and IPv6: no IP header; the kernel owns the identifier.
+        let mut v6 = icmp.clone();
+        v6[0] = 129;
+        assert_eq!(parse_reply(Matcher { raw: false, v6: true, ident: 0, key: 0xfeed }, &v6), Some((7, 42)));
     }
 
     #[tokio::test]
