@@ -16,3 +16,8 @@ pub const TAG_BUILT_BY: &str = "tyrell:built-by";
 pub const TAG_INACTIVE_SINCE: &str = "tyrell:inactive-since";
 /// On subnets of a tyrell network: `public` or `private`.
 pub const TAG_TIER: &str = "tyrell:tier";
+
+/// Output of a role version stack (roles/fleet/template.yaml): its Auto Scaling group's name.
+pub const OUT_ASG: &str = "AutoScalingGroupName";
+/// Output of a role version stack with inbound traffic: its target group's ARN.
+pub const OUT_TARGET_GROUP: &str = "TargetGroupArn";

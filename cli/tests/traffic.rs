@@ -434,7 +434,10 @@ fn shift_strategies_linear_and_all_at_once() {
     assert!(out.status.success(), "{err}");
     let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(done["switch"]["steps"], serde_json::json!([40, 80, 100]), "{done}");
-    assert!(err.contains("step 1/3: router v2 40%, v1 60%") && err.contains("step 2/3: router v2 80%, v1 20%"), "{err}");
+    assert!(
+        err.contains("step 1/3: router v2 40%, v1 60%") && err.contains("step 2/3: router v2 80%, v1 20%"),
+        "{err}"
+    );
     only(&listener, &sw, "router", "v2");
     // Bad strategies are usage errors; weighted ones need the ALB.
     let err = fails(exit::USAGE, &["traffic", "elb", &sw, "--router", "v1", "--shift", "linear:70"]);

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+pub use aws_sdk_autoscaling::types::LifecycleState;
 use aws_sdk_autoscaling::types::Tag;
 use aws_sdk_autoscaling::Client;
 
@@ -16,18 +17,22 @@ pub struct Group {
     pub tags: BTreeMap<String, String>,
 }
 
+/// Auto Scaling's health status of a healthy instance (the API's `HealthStatus` is a
+/// plain string: `Healthy` or `Unhealthy`).
+pub const HEALTHY: &str = "Healthy";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
     pub id: String,
-    /// `InService`, `Pending`, `Terminating`, ...
-    pub lifecycle: String,
+    /// `InService`, `Pending`, `Terminating`, ... (the SDK enum).
+    pub lifecycle: LifecycleState,
     /// `Healthy` / `Unhealthy`.
     pub health: String,
 }
 
 impl Group {
     pub fn in_service(&self) -> usize {
-        self.instances.iter().filter(|i| i.lifecycle == "InService" && i.health == "Healthy").count()
+        self.instances.iter().filter(|i| i.lifecycle == LifecycleState::InService && i.health == HEALTHY).count()
     }
 }
 
@@ -69,7 +74,7 @@ fn to_group(g: &aws_sdk_autoscaling::types::AutoScalingGroup) -> Group {
             .iter()
             .map(|i| Instance {
                 id: i.instance_id().unwrap_or_default().into(),
-                lifecycle: i.lifecycle_state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                lifecycle: i.lifecycle_state().cloned().unwrap_or_else(|| LifecycleState::from("")),
                 health: i.health_status().unwrap_or_default().into(),
             })
             .collect(),

@@ -1,5 +1,6 @@
 //! Elastic Load Balancing v2: where a listener sends its traffic.
 
+pub use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum as TargetState;
 use aws_sdk_elasticloadbalancingv2::Client;
 
 use super::{describe, AwsError};
@@ -54,8 +55,8 @@ pub async fn forward(elb: &Client, listener_arn: &str, targets: &[(String, i32)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetHealth {
     pub id: String,
-    /// `initial`, `healthy`, `unhealthy`, `unused`, `draining`, `unavailable`.
-    pub state: String,
+    /// `initial`, `healthy`, `unhealthy`, `unused`, `draining`, `unavailable` (the SDK enum).
+    pub state: TargetState,
     /// The reason code and description, when not healthy.
     pub reason: Option<String>,
 }
@@ -80,7 +81,7 @@ pub async fn target_health(elb: &Client, target_group_arn: &str) -> Result<Vec<T
             };
             TargetHealth {
                 id: d.target().and_then(|t| t.id()).unwrap_or_default().to_string(),
-                state: h.and_then(|h| h.state()).map(|s| s.as_str().to_string()).unwrap_or_default(),
+                state: h.and_then(|h| h.state()).cloned().unwrap_or_else(|| TargetState::from("")),
                 reason,
             }
         })

@@ -7,6 +7,7 @@ use super::output::{key_values, table, Printed};
 use crate::engine::error::Error;
 use crate::engine::fleet::{CreateVersion, ScheduleChoice, VersionInfo};
 use crate::engine::library::Manifest;
+use crate::engine::values::{AmiRef, SwarmName, Version};
 use crate::engine::Engine;
 
 #[derive(Args, Debug)]
@@ -29,10 +30,10 @@ enum FleetCmd {
     /// Create a new version (stack SWARM-ROLE-VERSION): launch template + Auto Scaling group
     Create {
         /// The swarm (base stack) to deploy into
-        stack: String,
+        stack: SwarmName,
         /// The AMI to run: an id, `latest` (the newest build of the role, see `tyrell builds`) or `latest:VERSION`
         #[arg(short = 'a', long = "ami")]
-        ami: String,
+        ami: AmiRef,
         /// Instance type (default: the role's)
         #[arg(short = 't', long = "type")]
         instance_type: Option<String>,
@@ -41,7 +42,7 @@ enum FleetCmd {
         size: Option<i32>,
         /// Version id (default: generated from the time, e.g. v261123101500)
         #[arg(long)]
-        version: Option<String>,
+        version: Option<Version>,
         /// Scheduled scaling: cron (5 fields, UTC) that scales the version up to --scale-up-size,
         /// replacing the role's default schedule; needs --scale-down
         #[arg(long, value_name = "CRON", conflicts_with_all = ["no_schedule", "schedule"], requires = "scale_down")]
@@ -67,22 +68,22 @@ enum FleetCmd {
     List { stack: Option<String> },
     /// Set a version's number of instances
     Scale {
-        stack: String,
-        version: String,
+        stack: SwarmName,
+        version: Version,
         /// Number of instances, 0-500
         size: i32,
     },
     /// Remove a version (the active one only with --force)
     Remove {
-        stack: String,
-        version: String,
+        stack: SwarmName,
+        version: Version,
         /// Remove it even if it is the active version
         #[arg(long)]
         force: bool,
     },
     /// Remove the oldest inactive versions, keeping the newest N of them and the active one
     Prune {
-        stack: String,
+        stack: SwarmName,
         #[arg(long, default_value_t = 2)]
         keep: usize,
     },

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::output::{key_values, table, Printed};
 use crate::engine::metrics::CreateMetrics;
+use crate::engine::values::AmiRef;
 use crate::engine::Engine;
 
 #[derive(Args, Debug)]
@@ -25,7 +26,7 @@ enum MetricsCmd {
         vpc: String,
         /// The metrics AMI: an id, `latest` (the newest metrics build, see `tyrell builds`) or `latest:VERSION`
         #[arg(short = 'a', long = "ami")]
-        ami: String,
+        ami: AmiRef,
         #[arg(short = 't', long = "type", default_value = "t3.small")]
         instance_type: String,
         /// Admin address range allowed to Grafana (repeatable, up to 4)

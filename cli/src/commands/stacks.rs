@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::output::{key_values, table, Printed};
 use crate::engine::base::{next_steps, Base, CreateBase};
+use crate::engine::values::SwarmName;
 use crate::engine::{Engine, TAG_ROLE};
 
 #[derive(Args, Debug)]
@@ -23,7 +24,7 @@ enum StacksCmd {
     )]
     Create {
         /// Swarm name (the base stack's name, prefix of every version stack)
-        name: String,
+        name: SwarmName,
         /// The VPC to deploy into (see `tyrell network`)
         #[arg(short = 'v', long = "vpc")]
         vpc: String,
@@ -40,10 +41,10 @@ enum StacksCmd {
     /// List base stacks with the versions of each role and which one is active
     List,
     /// What an operator needs next: URL, broker endpoint, queue, bucket, secret names, shell access
-    Describe { name: String },
+    Describe { name: SwarmName },
     /// Remove a base stack (refused while role versions exist, unless --all removes them first)
     Remove {
-        name: String,
+        name: SwarmName,
         /// Remove every role version of the swarm first, then the base stack
         #[arg(long)]
         all: bool,
@@ -79,8 +80,8 @@ pub async fn run(e: &mut Engine, a: StacksArgs) -> anyhow::Result<Printed> {
                     );
                 }
                 let vpc = b.parameters.get("VpcId").cloned().unwrap_or_default();
-                rows.push(vec![b.name.clone(), vpc.clone(), b.status.clone(), cells.join("  ")]);
-                list.push(json!({ "name": b.name, "vpc_id": vpc, "status": b.status, "roles": roles }));
+                rows.push(vec![b.name.clone(), vpc.clone(), b.status.as_str().to_string(), cells.join("  ")]);
+                list.push(json!({ "name": b.name, "vpc_id": vpc, "status": b.status.as_str(), "roles": roles }));
             }
             let text = if rows.is_empty() {
                 "no base stacks (create one with: tyrell stacks create -v VPC_ID NAME)".into()

@@ -9,6 +9,7 @@ use super::output::{table, Printed};
 use super::{duration_in, MAX_WAIT};
 use crate::engine::library::Via;
 use crate::engine::traffic::{Shift, SwitchRequest, Target};
+use crate::engine::values::{SwarmName, Version};
 use crate::engine::Engine;
 
 const AFTER_HELP: &str = "\
@@ -41,10 +42,10 @@ pub struct TrafficArgs {
     /// Which role: elb (the routers behind the ALB), or a role noun: routers, brokers, bees, indexers, workers
     role: String,
     /// The swarm (base stack)
-    stack: String,
+    stack: SwarmName,
     /// Switch to this version
     #[arg(long, visible_alias = "router", value_name = "VERSION", conflicts_with = "rollback")]
-    version: Option<String>,
+    version: Option<Version>,
     /// Switch back to the version that was active before
     #[arg(long)]
     rollback: bool,
@@ -83,7 +84,7 @@ fn parse_bake(s: &str) -> Result<Duration, String> {
 pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
     let m = e.traffic_role(&a.role)?;
     let target = match (a.version, a.rollback) {
-        (Some(v), _) => Some(Target::Version(v)),
+        (Some(v), _) => Some(Target::Version(v.to_string())),
         (None, true) => Some(Target::Rollback),
         (None, false) => None,
     };

@@ -7,16 +7,18 @@ use serde::Serialize;
 
 use super::error::Error;
 use super::render::secret_param;
+use super::values::SwarmName;
 use super::{admin_cidrs_param, generate_secret, tags, validate, Engine, TAG_ROLE, TAG_STACK};
-use crate::aws::cfn::{self, StackInfo, StackSpec};
+use crate::aws::cfn::{self, StackInfo, StackSpec, StackStatus};
 use crate::aws::{ec2, s3, sqs, ssm};
 
 pub const ROLE: &str = "base";
 pub const BROKER_PASSWORD: &str = "broker-password";
 pub const ROUTER_TOKEN: &str = "router-token";
 
+/// `tyrell stacks create`, as asked.
 pub struct CreateBase {
-    pub name: String,
+    pub name: SwarmName,
     pub vpc_id: String,
     pub allow_cidrs: Vec<String>,
     pub certificate_arn: Option<String>,
@@ -25,8 +27,36 @@ pub struct CreateBase {
 }
 
 /// The secrets a swarm's boxes read at boot, by SSM parameter name.
-pub fn secret_params(swarm: &str) -> Vec<String> {
-    [BROKER_PASSWORD, ROUTER_TOKEN].iter().map(|w| secret_param(swarm, w)).collect()
+///
+/// JSON (`stacks create`/`describe`): `[broker_password, router_token]`, the array it
+/// has always been.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Secrets {
+    /// The MQTT broker's password (`/tyrell/<swarm>/broker-password`).
+    pub broker_password: String,
+    /// The router's API token (`/tyrell/<swarm>/router-token`).
+    pub router_token: String,
+}
+
+impl Secrets {
+    /// A swarm's secret parameter names.
+    pub fn of(swarm: &str) -> Secrets {
+        Secrets {
+            broker_password: secret_param(swarm, BROKER_PASSWORD),
+            router_token: secret_param(swarm, ROUTER_TOKEN),
+        }
+    }
+
+    /// Both names, broker password first.
+    pub fn names(&self) -> [String; 2] {
+        [self.broker_password.clone(), self.router_token.clone()]
+    }
+}
+
+impl Serialize for Secrets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
 }
 
 /// A swarm as listed: its base stack and, per role, its versions (oldest first).
@@ -45,7 +75,7 @@ pub struct Base {
     pub queue_url: String,
     pub dead_letter_queue_url: String,
     pub bucket: String,
-    pub secrets: Vec<String>,
+    pub secrets: Secrets,
     pub metrics_security_group: Option<String>,
 }
 
@@ -54,14 +84,14 @@ impl From<&StackInfo> for Base {
         let o = |k: &str| s.output(k).unwrap_or_default().to_string();
         Base {
             name: s.name.clone(),
-            status: s.status.clone(),
+            status: s.status.as_str().to_string(),
             vpc_id: s.parameters.get("VpcId").cloned().unwrap_or_default(),
             url: o("AlbUrl"),
             broker: format!("{}:{}", o("BrokerHost"), o("BrokerPort")),
             queue_url: o("QueueUrl"),
             dead_letter_queue_url: o("DeadLetterQueueUrl"),
             bucket: o("BucketName"),
-            secrets: secret_params(&s.name),
+            secrets: Secrets::of(&s.name),
             metrics_security_group: s.parameters.get("MetricsSecurityGroupId").filter(|x| !x.is_empty()).cloned(),
         }
     }
@@ -69,7 +99,6 @@ impl From<&StackInfo> for Base {
 
 impl Engine {
     pub async fn create_base(&mut self, req: &CreateBase) -> anyhow::Result<Base> {
-        validate::name("swarm", &req.name)?;
         validate::vpc(&req.vpc_id)?;
         for c in &req.allow_cidrs {
             validate::admin_cidr(c)?;
@@ -106,10 +135,10 @@ impl Engine {
         }
         let metrics_sg = self.metrics_for(&vpc.id, req.metrics.as_deref()).await?;
 
-        let secrets = secret_params(&req.name);
+        let secrets = Secrets::of(&req.name);
         let join = |v: &[&ec2::Subnet]| v.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(",");
         let spec = StackSpec {
-            name: req.name.clone(),
+            name: req.name.to_string(),
             template: self.lib.template(ROLE)?.to_string(),
             parameters: BTreeMap::from([
                 ("VpcId".into(), vpc.id.clone()),
@@ -118,8 +147,8 @@ impl Engine {
                 ("PrivateSubnetIds".into(), join(&private)),
                 ("AdminCidrs".into(), admin),
                 ("CertificateArn".into(), req.certificate_arn.clone().unwrap_or_default()),
-                ("BrokerPasswordParam".into(), secrets[0].clone()),
-                ("RouterTokenParam".into(), secrets[1].clone()),
+                ("BrokerPasswordParam".into(), secrets.broker_password.clone()),
+                ("RouterTokenParam".into(), secrets.router_token.clone()),
                 ("MetricsSecurityGroupId".into(), metrics_sg.unwrap_or_default()),
             ]),
             tags: tags(ROLE, &req.name, None),
@@ -127,7 +156,7 @@ impl Engine {
         // Checked before the secrets are written: nothing is made for a stack AWS would refuse.
         super::limits::check_stack(&spec)?;
         let mut created = Vec::new();
-        for p in &secrets {
+        for p in &secrets.names() {
             if !ssm::exists(&self.aws.ssm, p).await? {
                 self.report.step(&format!("generating secret {p} (SSM SecureString)"));
                 ssm::put_secret(&self.aws.ssm, p, &generate_secret(), &format!("tyrell swarm {}", req.name)).await?;
@@ -185,8 +214,9 @@ impl Engine {
     pub async fn base(&self, name: &str) -> anyhow::Result<StackInfo> {
         validate::name("swarm", name)?;
         let s = self.existing(name, ROLE, "base stack").await?;
-        if !(s.status.ends_with("_COMPLETE") && !s.status.contains("ROLLBACK") && !s.status.starts_with("DELETE")) {
-            crate::refuse!(Unhealthy, "base stack {name} is {}, not ready", s.status);
+        if !matches!(s.status, StackStatus::CreateComplete | StackStatus::UpdateComplete | StackStatus::ImportComplete)
+        {
+            crate::refuse!(Unhealthy, "base stack {name} is {}, not ready", s.status.as_str());
         }
         Ok(s)
     }
@@ -261,7 +291,7 @@ impl Engine {
         let mut removed: Vec<String> = versions.iter().map(|s| s.name.clone()).collect();
         self.delete_stacks(&versions).await?;
         self.delete_stack(&base).await?;
-        ssm::delete(&self.aws.ssm, &secret_params(name)).await?;
+        ssm::delete(&self.aws.ssm, &Secrets::of(name).names()).await?;
         removed.push(base.name);
         Ok(removed)
     }
@@ -278,8 +308,8 @@ pub fn next_steps(b: &Base, region: &str) -> Vec<(String, String)> {
         ("queue".into(), b.queue_url.clone()),
         ("dead-letter queue".into(), b.dead_letter_queue_url.clone()),
         ("bucket".into(), b.bucket.clone()),
-        ("broker password".into(), format!("SSM {} (aws ssm get-parameter --with-decryption --name {})", b.secrets[0], b.secrets[0])),
-        ("router token".into(), format!("SSM {}", b.secrets[1])),
+        ("broker password".into(), format!("SSM {0} (aws ssm get-parameter --with-decryption --name {0})", b.secrets.broker_password)),
+        ("router token".into(), format!("SSM {}", b.secrets.router_token)),
         (
             "instances".into(),
             format!("aws ec2 describe-instances --region {region} --filters Name=tag:tyrell:stack,Values={} --query 'Reservations[].Instances[].[InstanceId,Tags[?Key==`tyrell:role`]|[0].Value]'", b.name),

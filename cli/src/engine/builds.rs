@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::error::Error;
 use super::fleet::new_version;
+use super::values::AmiRef;
 use super::{metrics, validate, Engine, TAG_BUILT_BY, TAG_ROLE, TAG_VERSION};
 use crate::aws::{cfn, ec2};
 
@@ -279,15 +280,12 @@ impl Engine {
 
     /// `-a` of `create`: `latest` is the newest available build of the role,
     /// `latest:VERSION` that role's build of that version; anything else is an AMI id.
-    pub async fn resolve_ami(&self, role: &str, ami: &str) -> anyhow::Result<String> {
-        let want = match ami.strip_prefix("latest") {
-            Some("") => None,
-            Some(v) if v.starts_with(':') => Some(&v[1..]),
-            _ => return Ok(ami.to_string()),
+    pub async fn resolve_ami(&self, role: &str, ami: &AmiRef) -> anyhow::Result<String> {
+        let want = match ami {
+            AmiRef::Id(id) => return Ok(id.clone()),
+            AmiRef::Latest => None,
+            AmiRef::LatestVersion(v) => Some(v.as_str()),
         };
-        if let Some(v) = want {
-            validate::version(v)?;
-        }
         let builds = self.own_builds(Some(role)).await?;
         let mut available = builds.iter().filter(|b| b.state == "available");
         let found = match want {

@@ -8,9 +8,11 @@ use serde::Serialize;
 use super::error::Error;
 use super::library::{Manifest, Via};
 use super::render::{self, Vars};
+use super::values::{AmiRef, SwarmName, Version};
 use super::{base, tags, validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK, TAG_VERSION};
 use crate::aws::cfn::{self, StackInfo, StackSpec};
 use crate::aws::{asg, ec2, elb};
+use crate::names::{OUT_ASG, OUT_TARGET_GROUP};
 
 /// One version of one role in one swarm, as listed.
 #[derive(Debug, Clone, Serialize)]
@@ -58,12 +60,16 @@ pub enum ScheduleChoice {
     Custom { up: String, down: String, size: i32 },
 }
 
+/// `tyrell ROLE create`, as asked.
 pub struct CreateVersion {
-    pub swarm: String,
-    pub ami: String,
+    pub swarm: SwarmName,
+    pub ami: AmiRef,
+    /// Default: the role's.
     pub instance_type: Option<String>,
+    /// Instances (default: the role's).
     pub size: Option<i32>,
-    pub version: Option<String>,
+    /// Default: generated from the time ([`new_version`]).
+    pub version: Option<Version>,
     pub schedule: ScheduleChoice,
 }
 
@@ -119,16 +125,12 @@ impl Engine {
 
     /// Everything `create` needs, validated, with the user data rendered; changes nothing.
     pub async fn plan_version(&self, m: &Manifest, req: &CreateVersion) -> anyhow::Result<Plan> {
-        validate::name("swarm", &req.swarm)?;
         let ami = self.resolve_ami(&m.role, &req.ami).await?;
         validate::ami(&ami)?;
         let instance_type = req.instance_type.clone().unwrap_or_else(|| m.instance_type.clone());
         validate::instance_type(&instance_type)?;
         let size = req.size.unwrap_or(m.size);
         validate::size(size)?;
-        if let Some(v) = &req.version {
-            validate::version(v)?;
-        }
         let (up, down, up_size) = parse_cron_choice(m, &req.schedule);
         if !up.is_empty() {
             validate_cron(&up)?;
@@ -140,10 +142,10 @@ impl Engine {
         let taken: Vec<String> = existing.iter().map(|v| v.version.clone()).collect();
         let version = match &req.version {
             Some(v) => {
-                if taken.contains(v) {
+                if taken.iter().any(|t| t == v.as_str()) {
                     crate::refuse!(Exists, "{} version {v} already exists in swarm {}", m.role, req.swarm);
                 }
-                v.clone()
+                v.to_string()
             }
             None => new_version(time::OffsetDateTime::now_utc(), &taken),
         };
@@ -163,7 +165,7 @@ impl Engine {
                 .ok_or_else(|| anyhow::anyhow!("base stack {} has no output {k}", base.name))
         };
         let mut parameters = BTreeMap::from([
-            ("Swarm".into(), req.swarm.clone()),
+            ("Swarm".into(), req.swarm.to_string()),
             ("Role".into(), m.role.clone()),
             ("Version".into(), version.clone()),
             ("AmiId".into(), ami),
@@ -219,8 +221,8 @@ impl Engine {
             bucket: b.bucket.clone(),
             metrics_host: metrics.as_ref().map(|m| m.private_ip.clone()).unwrap_or_default(),
             router_port: render::ROUTER_PORT,
-            broker_password_param: b.secrets[0].clone(),
-            router_token_param: b.secrets[1].clone(),
+            broker_password_param: b.secrets.broker_password.clone(),
+            router_token_param: b.secrets.router_token.clone(),
             grafana_password_param: metrics.map(|m| m.grafana_password_param).unwrap_or_default(),
         })
     }
@@ -230,7 +232,7 @@ impl Engine {
     pub async fn create_version(&mut self, m: &Manifest, plan: &Plan) -> anyhow::Result<VersionInfo> {
         let stack = self.create_stack(&plan.spec).await?;
         if plan.activate {
-            if let Some(g) = stack.output("AutoScalingGroupName") {
+            if let Some(g) = stack.output(OUT_ASG) {
                 self.report
                     .step(&format!("{} {} is the first {} version: marking it active", m.role, plan.version, m.role));
                 asg::set_tag(&self.aws.asg, g, TAG_ACTIVE, "true").await?;
@@ -266,7 +268,7 @@ impl Engine {
         // the weights of roles without a listener: a call per version costs 60 calls
         // for 60 versions.
         let names: Vec<String> =
-            by_swarm.values().flatten().filter_map(|s| s.output("AutoScalingGroupName").map(str::to_string)).collect();
+            by_swarm.values().flatten().filter_map(|s| s.output(OUT_ASG).map(str::to_string)).collect();
         let groups = asg::groups(&self.aws.asg, &names).await?;
         let mut out = Vec::new();
         for (w, stacks) in by_swarm {
@@ -275,14 +277,14 @@ impl Engine {
             let mut infos = Vec::new();
             for s in stacks {
                 let version = s.tag(TAG_VERSION).unwrap_or_default().to_string();
-                let group = s.output("AutoScalingGroupName").and_then(|g| groups.get(g));
+                let group = s.output(OUT_ASG).and_then(|g| groups.get(g));
                 let weight = weights.get(&version).copied().unwrap_or(0);
                 infos.push(VersionInfo {
                     role: m.role.clone(),
                     swarm: w.clone(),
                     version,
                     stack_name: s.name.clone(),
-                    status: s.status.clone(),
+                    status: s.status.as_str().to_string(),
                     ami: s.parameters.get("AmiId").cloned().unwrap_or_default(),
                     instance_type: s.parameters.get("InstanceType").cloned().unwrap_or_default(),
                     desired: group.as_ref().map(|g| g.desired).unwrap_or(0),
@@ -321,7 +323,7 @@ impl Engine {
                 let forwards = elb::listener_weights(&self.aws.elb, listener).await?;
                 let total: i32 = forwards.iter().map(|(_, x)| *x).sum();
                 for s in stacks {
-                    if let (Some(tg), Some(v)) = (s.output("TargetGroupArn"), s.tag(TAG_VERSION)) {
+                    if let (Some(tg), Some(v)) = (s.output(OUT_TARGET_GROUP), s.tag(TAG_VERSION)) {
                         if let Some((_, x)) = forwards.iter().find(|(arn, _)| arn == tg) {
                             w.insert(v.to_string(), if total > 0 { x * 100 / total } else { 0 });
                         }
@@ -330,7 +332,7 @@ impl Engine {
             }
             None => {
                 for s in stacks {
-                    if let (Some(g), Some(v)) = (s.output("AutoScalingGroupName"), s.tag(TAG_VERSION)) {
+                    if let (Some(g), Some(v)) = (s.output(OUT_ASG), s.tag(TAG_VERSION)) {
                         if let Some(g) = groups.get(g) {
                             if g.tags.get(TAG_ACTIVE).map(String::as_str) == Some("true") {
                                 w.insert(v.to_string(), 100);
@@ -385,7 +387,7 @@ impl Engine {
         let v = self.version_info(m, swarm, version).await?;
         let group = v
             .stack
-            .output("AutoScalingGroupName")
+            .output(OUT_ASG)
             .ok_or_else(|| anyhow::anyhow!("stack {} has no Auto Scaling group", v.stack_name))?;
         let current = asg::group(&self.aws.asg, group)
             .await?

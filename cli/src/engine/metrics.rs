@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::error::Error;
 use super::render::{self, secret_param, Vars};
+use super::values::AmiRef;
 use super::{admin_cidrs_param, base, generate_secret, tags, validate, Engine};
 use crate::aws::cfn::{self, StackInfo, StackSpec};
 use crate::aws::{ec2, ssm};
@@ -31,7 +32,7 @@ impl From<&StackInfo> for MetricsBox {
         let o = |k: &str| s.output(k).unwrap_or_default().to_string();
         MetricsBox {
             name: s.name.clone(),
-            status: s.status.clone(),
+            status: s.status.as_str().to_string(),
             vpc_id: s.parameters.get("VpcId").cloned().unwrap_or_default(),
             instance_id: o("InstanceId"),
             private_ip: o("PrivateIp"),
@@ -43,10 +44,11 @@ impl From<&StackInfo> for MetricsBox {
     }
 }
 
+/// `tyrell metrics create`, as asked.
 pub struct CreateMetrics {
     pub name: String,
     pub vpc_id: String,
-    pub ami: String,
+    pub ami: AmiRef,
     pub instance_type: String,
     pub allow_cidrs: Vec<String>,
 }

@@ -12,6 +12,7 @@ pub mod network;
 pub mod render;
 pub mod traffic;
 pub mod validate;
+pub mod values;
 
 use std::collections::BTreeMap;
 
@@ -107,7 +108,9 @@ impl Engine {
     pub async fn ensure_free(&self, name: &str) -> anyhow::Result<()> {
         if let Some(s) = cfn::get(&self.aws.cfn, name).await? {
             match s.tag(TAG_ROLE) {
-                Some(r) => crate::refuse!(Exists, "a tyrell {r} stack named {name} already exists ({})", s.status),
+                Some(r) => {
+                    crate::refuse!(Exists, "a tyrell {r} stack named {name} already exists ({})", s.status.as_str())
+                }
                 None => {
                     crate::refuse!(Exists, "a CloudFormation stack named {name} already exists and is not tyrell's")
                 }

@@ -27,7 +27,7 @@ impl From<&StackInfo> for Network {
     fn from(s: &StackInfo) -> Network {
         Network {
             name: s.name.clone(),
-            status: s.status.clone(),
+            status: s.status.as_str().to_string(),
             vpc_id: s.output("VpcId").unwrap_or_default().into(),
             cidr: s.output("VpcCidr").or(s.parameters.get("Cidr").map(String::as_str)).unwrap_or_default().into(),
             public_subnets: split_list(s.output("PublicSubnetIds")),

@@ -2,17 +2,19 @@
 
 use std::collections::BTreeMap;
 
+pub use aws_sdk_cloudformation::types::StackStatus;
 use aws_sdk_cloudformation::types::{Capability, OnFailure, Parameter, Tag};
 use aws_sdk_cloudformation::Client;
 
 use crate::aws::{describe, AwsError};
 
 /// A stack as tyrell sees it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StackInfo {
     pub name: String,
     pub id: String,
-    pub status: String,
+    /// CloudFormation's status (the SDK enum; `as_str()` is AWS's spelling).
+    pub status: StackStatus,
     pub reason: Option<String>,
     pub created: Option<String>,
     pub tags: BTreeMap<String, String>,
@@ -33,7 +35,7 @@ fn to_info(s: &aws_sdk_cloudformation::types::Stack) -> StackInfo {
     StackInfo {
         name: s.stack_name().unwrap_or_default().to_string(),
         id: s.stack_id().unwrap_or_default().to_string(),
-        status: s.stack_status().map(|x| x.as_str().to_string()).unwrap_or_default(),
+        status: s.stack_status().cloned().unwrap_or_else(|| StackStatus::from("")),
         reason: s.stack_status_reason().map(str::to_string),
         created: s.creation_time().map(|t| t.to_string()),
         tags: s
@@ -57,7 +59,7 @@ fn to_info(s: &aws_sdk_cloudformation::types::Stack) -> StackInfo {
 /// One stack, or `None` when it does not exist (or is fully deleted).
 pub async fn get(cfn: &Client, name: &str) -> Result<Option<StackInfo>, AwsError> {
     match cfn.describe_stacks().stack_name(name).send().await {
-        Ok(out) => Ok(out.stacks().first().map(to_info).filter(|s| s.status != "DELETE_COMPLETE")),
+        Ok(out) => Ok(out.stacks().first().map(to_info).filter(|s| s.status != StackStatus::DeleteComplete)),
         Err(e) if is_missing(&e) => Ok(None),
         Err(e) => Err(describe(&format!("cannot read stack {name}"), e)),
     }
@@ -86,7 +88,7 @@ pub async fn list_tyrell(cfn: &Client, role: Option<&str>) -> Result<Vec<StackIn
         let page = page.map_err(|e| describe("cannot list CloudFormation stacks", e))?;
         for s in page.stacks() {
             let info = to_info(s);
-            if info.status == "DELETE_COMPLETE" {
+            if info.status == StackStatus::DeleteComplete {
                 continue;
             }
             match (info.tag(crate::names::TAG_ROLE), role) {

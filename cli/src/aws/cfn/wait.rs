@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_cloudformation::Client;
 
-use super::stacks::{get, StackInfo};
+use super::stacks::{get, StackInfo, StackStatus};
 use crate::aws::{describe, AwsError};
 
 /// The operation being waited on.
@@ -41,7 +41,8 @@ pub enum Verdict {
 
 /// The verdict on `status` (a CloudFormation stack status, or `None` when the stack no
 /// longer exists) for the operation `op`. Pure: the waiter's whole state machine.
-pub fn judge(op: Op, status: Option<&str>) -> Verdict {
+pub fn judge(op: Op, status: Option<&StackStatus>) -> Verdict {
+    use StackStatus as S;
     use Verdict::*;
     let Some(status) = status else {
         // Gone: what a delete wants; for a create, one that failed and deleted itself
@@ -49,10 +50,10 @@ pub fn judge(op: Op, status: Option<&str>) -> Verdict {
         return if op == Op::Delete { Done } else { Failed };
     };
     match (op, status) {
-        (Op::Create, "CREATE_COMPLETE") | (Op::Delete, "DELETE_COMPLETE") => Done,
-        (Op::Create, "CREATE_IN_PROGRESS" | "REVIEW_IN_PROGRESS") => Wait,
-        (Op::Delete, "DELETE_IN_PROGRESS") => Wait,
-        (_, s) if s.ends_with("_IN_PROGRESS") => Failing,
+        (Op::Create, S::CreateComplete) | (Op::Delete, S::DeleteComplete) => Done,
+        (Op::Create, S::CreateInProgress | S::ReviewInProgress) => Wait,
+        (Op::Delete, S::DeleteInProgress) => Wait,
+        (_, s) if s.as_str().ends_with("_IN_PROGRESS") => Failing,
         // Every other status is terminal and not the one wanted: *_FAILED, ROLLBACK_*,
         // DELETE_COMPLETE of a create, ...
         _ => Failed,
@@ -162,7 +163,7 @@ pub async fn wait(
     loop {
         let info = get(cfn, stack).await?;
         let status = info.as_ref().map(|s| s.status.clone());
-        progress.in_flight(Some(format!("stack {display} is {}", status.as_deref().unwrap_or("gone"))));
+        progress.in_flight(Some(format!("stack {display} is {}", status.as_ref().map_or("gone", |s| s.as_str()))));
         if events_supported {
             match new_events(cfn, stack, &mut seen, first && op != Op::Create).await {
                 Ok(evs) => evs.iter().for_each(|e| progress.event(display, e)),
@@ -171,11 +172,11 @@ pub async fn wait(
             }
         }
         first = false;
-        let shown = status.as_deref().unwrap_or("DELETE_COMPLETE");
+        let shown = status.as_ref().map_or("DELETE_COMPLETE", |s| s.as_str());
         progress.status(display, shown, start.elapsed());
         let changed = shown != last_status;
         last_status = shown.to_string();
-        match judge(op, status.as_deref()) {
+        match judge(op, status.as_ref()) {
             Verdict::Done => {
                 progress.in_flight(None);
                 return Ok(info);
@@ -287,7 +288,9 @@ mod tests {
     #[test]
     fn verdicts_cover_documented_sequences() {
         use Verdict::*;
-        let seq = |op, sts: &[Option<&str>]| sts.iter().map(|s| judge(op, *s)).collect::<Vec<_>>();
+        let seq = |op, sts: &[Option<&str>]| {
+            sts.iter().map(|s| judge(op, s.map(StackStatus::from).as_ref())).collect::<Vec<_>>()
+        };
         assert_eq!(seq(Op::Create, &[Some("CREATE_IN_PROGRESS"), Some("CREATE_COMPLETE")]), vec![Wait, Done]);
         assert_eq!(
             seq(Op::Create, &[Some("CREATE_IN_PROGRESS"), Some("ROLLBACK_IN_PROGRESS"), Some("ROLLBACK_COMPLETE")]),
@@ -396,7 +399,7 @@ mod tests {
             let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, &[&stacks, &events]);
             let mut seen = Seen::default();
             let done = wait(&cfn, "s", "s", Op::Create, &quick(5_000), &mut seen).await.unwrap();
-            assert_eq!(done.unwrap().status, "CREATE_COMPLETE");
+            assert_eq!(done.unwrap().status, StackStatus::CreateComplete);
             assert_eq!(seen.statuses, vec!["CREATE_IN_PROGRESS", "CREATE_IN_PROGRESS", "CREATE_COMPLETE"]);
             // Each event shown once, oldest first, however often it was polled.
             assert_eq!(seen.events, vec!["s CREATE_IN_PROGRESS", "Queue CREATE_IN_PROGRESS", "Queue CREATE_COMPLETE"]);

@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::aws::{asg, elb};
+use crate::aws::asg::{self, LifecycleState};
+use crate::aws::elb::{self, TargetState};
 use crate::engine::fleet::VersionInfo;
 use crate::engine::Engine;
+use crate::names::{OUT_ASG, OUT_TARGET_GROUP};
 
 /// How often health is looked at while waiting for the gate or during a bake, at most.
 const POLL: Duration = Duration::from_secs(5);
@@ -19,7 +21,7 @@ pub enum TargetView {
     /// The instance is not (yet) registered in the version's target group.
     NotRegistered,
     /// Its target health state and, when not healthy, the reason.
-    State { state: String, reason: Option<String> },
+    State { state: TargetState, reason: Option<String> },
 }
 
 /// One instance of a version, as the gate sees it.
@@ -27,7 +29,7 @@ pub enum TargetView {
 pub struct InstanceHealth {
     pub id: String,
     /// Auto Scaling lifecycle state: `Pending`, `InService`, `Terminating`, ...
-    pub lifecycle: String,
+    pub lifecycle: LifecycleState,
     /// Auto Scaling health: `Healthy` / `Unhealthy`.
     pub health: String,
     pub target: TargetView,
@@ -66,8 +68,18 @@ impl Assessment {
 }
 
 /// Instances on their way out: neither counted nor blamed.
-pub(super) fn leaving(lifecycle: &str) -> bool {
-    lifecycle.starts_with("Terminat") || lifecycle.starts_with("Detach") || lifecycle.starts_with("Standby")
+pub(super) fn leaving(lifecycle: &LifecycleState) -> bool {
+    use LifecycleState as L;
+    matches!(
+        lifecycle,
+        L::Terminating
+            | L::TerminatingWait
+            | L::TerminatingProceed
+            | L::Terminated
+            | L::Detaching
+            | L::Detached
+            | L::Standby
+    )
 }
 
 /// Judges one observation: which instances are ready, and what is wrong with the others.
@@ -78,16 +90,16 @@ pub fn assess(o: &Observation) -> Assessment {
     for i in o.instances.iter().filter(|i| !leaving(&i.lifecycle)) {
         present += 1;
         let mut why = Vec::new();
-        if i.lifecycle != "InService" || i.health != "Healthy" {
-            why.push(format!("{}/{} in its Auto Scaling group", i.lifecycle, i.health));
+        if i.lifecycle != LifecycleState::InService || i.health != asg::HEALTHY {
+            why.push(format!("{}/{} in its Auto Scaling group", i.lifecycle.as_str(), i.health));
         }
         match &i.target {
             TargetView::NoTargetGroup => {}
             TargetView::NotRegistered => why.push("not registered in the target group".into()),
-            TargetView::State { state, .. } if state == "healthy" => {}
+            TargetView::State { state: TargetState::Healthy, .. } => {}
             TargetView::State { state, reason } => why.push(match reason {
-                Some(r) => format!("target {state} ({r})"),
-                None => format!("target {state}"),
+                Some(r) => format!("target {} ({r})", state.as_str()),
+                None => format!("target {}", state.as_str()),
             }),
         }
         if why.is_empty() {
@@ -139,13 +151,13 @@ pub fn bake_step(o: &Observation) -> Result<(), Vec<String>> {
 impl Engine {
     /// One look at a version's instances: Auto Scaling state and target health.
     pub async fn observe(&self, v: &VersionInfo) -> anyhow::Result<(Observation, Option<asg::Group>)> {
-        let Some(name) = v.stack.output("AutoScalingGroupName") else {
+        let Some(name) = v.stack.output(OUT_ASG) else {
             return Ok((Observation::default(), None));
         };
         let Some(group) = asg::group(&self.aws.asg, name).await? else {
             anyhow::bail!("{} {} has no Auto Scaling group {name}", v.role, v.version)
         };
-        let targets: Option<BTreeMap<String, elb::TargetHealth>> = match v.stack.output("TargetGroupArn") {
+        let targets: Option<BTreeMap<String, elb::TargetHealth>> = match v.stack.output(OUT_TARGET_GROUP) {
             Some(tg) => {
                 Some(elb::target_health(&self.aws.elb, tg).await?.into_iter().map(|t| (t.id.clone(), t)).collect())
             }
@@ -234,13 +246,13 @@ mod tests {
     fn inst(id: &str, lifecycle: &str, health: &str, target: Option<&str>) -> InstanceHealth {
         InstanceHealth {
             id: id.into(),
-            lifecycle: lifecycle.into(),
+            lifecycle: LifecycleState::from(lifecycle),
             health: health.into(),
             target: match target {
                 None => TargetView::NoTargetGroup,
                 Some("-") => TargetView::NotRegistered,
                 Some(s) => TargetView::State {
-                    state: s.into(),
+                    state: TargetState::from(s),
                     reason: (s != "healthy").then(|| "Target.FailedHealthChecks: Health checks failed".into()),
                 },
             },

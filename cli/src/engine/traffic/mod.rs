@@ -26,6 +26,7 @@ use super::fleet::VersionInfo;
 use super::library::{Manifest, Via};
 use super::Engine;
 use crate::aws::asg;
+use crate::names::OUT_ASG;
 
 pub use crate::names::TAG_INACTIVE_SINCE;
 use health::{assess, leaving};
@@ -106,7 +107,7 @@ impl Engine {
     pub async fn previous(&self, versions: &[VersionInfo]) -> anyhow::Result<Option<String>> {
         let mut best: Option<(String, String)> = None;
         for v in versions.iter().filter(|v| v.weight == 0) {
-            let Some(name) = v.stack.output("AutoScalingGroupName") else { continue };
+            let Some(name) = v.stack.output(OUT_ASG) else { continue };
             if let Some(g) = asg::group(&self.aws.asg, name).await? {
                 if let Some(t) = g.tags.get(TAG_INACTIVE_SINCE) {
                     if best.as_ref().is_none_or(|(b, _)| t > b) {

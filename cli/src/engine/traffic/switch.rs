@@ -9,7 +9,9 @@ use serde::Serialize;
 use crate::engine::error::Error;
 use crate::engine::fleet::{stack_name, VersionInfo};
 use crate::engine::library::{Manifest, Via};
+use crate::engine::values::SwarmName;
 use crate::engine::{validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK};
+use crate::names::{OUT_ASG, OUT_TARGET_GROUP};
 
 use super::lock::*;
 use super::plan::*;
@@ -19,7 +21,7 @@ use crate::aws::{asg, cfn, elb, ssm};
 /// A switch as asked on the command line.
 #[derive(Debug, Clone)]
 pub struct SwitchRequest {
-    pub swarm: String,
+    pub swarm: SwarmName,
     pub target: Target,
     /// Capacity of the new version (default: the live version's).
     pub size: Option<i32>,
@@ -189,7 +191,7 @@ impl Engine {
             None => None,
         };
         let tg = |v: &VersionInfo| -> anyhow::Result<String> {
-            v.stack.output("TargetGroupArn").map(str::to_string).ok_or_else(|| {
+            v.stack.output(OUT_TARGET_GROUP).map(str::to_string).ok_or_else(|| {
                 anyhow::anyhow!(
                     "{} {} has no target group (stack {} has no output TargetGroupArn)",
                     m.role,
@@ -280,7 +282,7 @@ impl Engine {
                 }
             }
             _ => {
-                let group = new.stack.output("AutoScalingGroupName").unwrap_or_default().to_string();
+                let group = new.stack.output(OUT_ASG).unwrap_or_default().to_string();
                 asg::set_tag(&self.aws.asg, &group, TAG_ACTIVE, "true").await?;
                 self.report.step(&format!("{} {to} is now the active version", m.role));
                 steps.push(100);
@@ -291,7 +293,7 @@ impl Engine {
         //    roles without inbound traffic: two versions would do the same work twice).
         let mut retired = false;
         if let Some(old) = &old {
-            let group = old.stack.output("AutoScalingGroupName").unwrap_or_default().to_string();
+            let group = old.stack.output(OUT_ASG).unwrap_or_default().to_string();
             if listener.is_none() {
                 asg::set_tag(&self.aws.asg, &group, TAG_ACTIVE, "false").await?;
             }
