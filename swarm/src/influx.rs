@@ -1,6 +1,6 @@
 //! Delivery of records to InfluxDB 1.x (the metrics box; Debian's influxdb is 1.6):
-//! line protocol over HTTP `POST /write?db=<db>&precision=ms`, one small HTTP/1.1
-//! client on a plain TCP socket (the metrics box is on the private network).
+//! line protocol over HTTP `POST /write?db=<db>&precision=ms` with hyper's HTTP/1.1
+//! client, plain HTTP (the metrics box is on the private network).
 //!
 //! Measurement `ping`, tags `stack region agent target status`, fields `loss`
 //! `rtt_min rtt_avg rtt_max rtt_stddev` (when some probe answered) and `error`.
@@ -22,8 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use record::PingRecord;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::sink::Buffer;
 use crate::Backoff;
@@ -135,13 +139,32 @@ pub fn rejected_points(body: &str, sent: usize) -> usize {
     (unparsable + dropped).clamp(1, sent.max(1)).min(sent)
 }
 
-/// An InfluxDB 1.x server: `http://host:port`.
+/// An InfluxDB 1.x server: `http://host:port`, reached with hyper's HTTP/1.1 client
+/// (connections kept alive and reused between writes).
 #[derive(Debug, Clone)]
 pub struct Influx {
+    /// Host name or address (an IPv6 address without brackets).
     pub host: String,
+    /// TCP port, 1 to 65535.
     pub port: u16,
+    /// The database written to.
     pub db: String,
+    /// How long one request (connect, send, the whole answer) may take.
     pub timeout: Duration,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// An error and its causes on one line (hyper's own message is terse: "client error
+/// (Connect)"; the cause says "Connection refused").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// How a write failed.
@@ -182,39 +205,26 @@ impl Influx {
         if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             bail!("INFLUX_DB must be letters, digits, '_' or '-', not {db:?}");
         }
-        Ok(Influx { host, port, db: db.to_string(), timeout: Duration::from_secs(15) })
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Influx { host, port, db: db.to_string(), timeout: Duration::from_secs(15), client })
     }
 
+    /// POSTs `body` to `path_query`; the status and the trimmed response body. Errors
+    /// (connection, timeout, malformed response) are one line with their causes.
     async fn post(&self, path_query: &str, content_type: &str, body: &[u8]) -> Result<(u16, String), String> {
+        // RFC 3986 §3.2.2: an IPv6 address in a URI is written in brackets.
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let req = hyper::Request::post(format!("http://{host}:{}{path_query}", self.port))
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
         let fut = async {
-            let mut s =
-                tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
-            let head = format!(
-                "POST {path_query} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                self.host,
-                self.port,
-                body.len()
-            );
-            // The server may answer (e.g. 404 database not found) and close before it has
-            // read the whole body: then the write fails, but the answer is there to read.
-            let written = match s.write_all(head.as_bytes()).await {
-                Ok(()) => s.write_all(body).await,
-                Err(e) => Err(e),
-            };
-            let mut resp = Vec::new();
-            let read = s.read_to_end(&mut resp).await;
-            if resp.is_empty() {
-                written.map_err(|e| e.to_string())?;
-                read.map_err(|e| e.to_string())?;
-            }
-            let text = String::from_utf8_lossy(&resp);
-            let status = text
-                .strip_prefix("HTTP/1.")
-                .and_then(|r| r.get(2..5))
-                .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| format!("not an HTTP response: {:?}", crate::sqs::truncate(&text, 80)))?;
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
-            Ok((status, body))
+            let resp = self.client.request(req).await.map_err(|e| causes(&e))?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.map_err(|e| causes(&e))?.to_bytes();
+            Ok((status, String::from_utf8_lossy(&bytes).trim().to_string()))
         };
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| format!("timed out after {:?}", self.timeout))?
     }

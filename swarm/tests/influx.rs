@@ -101,3 +101,28 @@ fn a_partial_write_counts_only_the_refused_points() {
     let rows = influx.rows("partial", "SELECT count(loss) FROM ping");
     assert_eq!(rows[0]["count"], 5, "{rows:?}");
 }
+
+#[test]
+fn answers_and_failures_are_classified() {
+    use swarm::influx::WriteError;
+    let influx = Influxd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A missing database, with a body large enough (5,000 points, ~1 MB) that influxd
+    // answers before it has read it all: still "no database", not a network failure.
+    let missing = Influx::from_url(&influx.url(), "not_created").unwrap();
+    let big: Vec<String> = (0..5000).map(|i| line(&rec(i % 60, &"s".repeat(150), "e"), LATER).unwrap()).collect();
+    match rt.block_on(missing.write(&big.join("\n"))) {
+        Err(WriteError::NoDatabase) => {}
+        other => panic!("expected NoDatabase, got {other:?}"),
+    }
+    // Created, the same client writes (its connection to influxd is reused or renewed).
+    rt.block_on(missing.create_database()).unwrap();
+    rt.block_on(missing.write(&big[..10].join("\n"))).unwrap();
+    // Nobody listening: a transient error that says why.
+    let port = testkit::free_port();
+    let nobody = Influx::from_url(&format!("http://127.0.0.1:{port}"), "t").unwrap();
+    match rt.block_on(nobody.write(&big[0])) {
+        Err(WriteError::Transient(e)) => assert!(e.contains("Connection refused"), "{e}"),
+        other => panic!("expected a transient error, got {other:?}"),
+    }
+}
