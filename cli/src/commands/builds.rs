@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 
-use super::output::{key_values, table, Printed};
+use super::output::{key_values, table, Outcome, Printed};
 use super::Global;
-use crate::engine::builds::{Build, BuildRequest};
+use crate::engine::builds::{Build, BuildPlan, BuildRequest};
 use crate::engine::Engine;
 
 const AFTER_HELP: &str = "\
@@ -77,23 +77,100 @@ enum BuildsCmd {
     Remove { ami: String },
 }
 
-fn rows(bs: &[Build]) -> Vec<Vec<String>> {
-    bs.iter()
-        .map(|b| {
-            vec![
-                b.ami.clone(),
-                b.role.clone(),
-                b.version.clone(),
-                b.created.clone(),
-                b.name.clone(),
-                if b.in_use.is_empty() { String::new() } else { b.in_use.join(", ") },
-            ]
-        })
-        .collect()
+/// `builds create`: the build, rendered as its AMI id.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct Built(pub Build);
+
+impl Outcome for Built {
+    fn render(&self) -> String {
+        self.0.ami.clone()
+    }
+}
+
+/// `builds create --local`: the image tyrell-local baked, rendered as its id.
+#[derive(Serialize)]
+pub struct BuiltLocally {
+    pub ami: String,
+    pub role: String,
+    /// Always `true`.
+    pub local: bool,
+}
+
+impl Outcome for BuiltLocally {
+    fn render(&self) -> String {
+        self.ami.clone()
+    }
+}
+
+/// `builds create --dry-run`: the Packer run, as `key: value` lines.
+#[derive(Serialize)]
+pub struct Planned {
+    #[serde(flatten)]
+    pub plan: BuildPlan,
+    /// Always `true`.
+    pub dry_run: bool,
+}
+
+impl Outcome for Planned {
+    fn render(&self) -> String {
+        let mut pairs = vec![("template".to_string(), self.plan.template.clone())];
+        pairs.extend(self.plan.variables.iter().map(|(k, v)| (format!("variable {k}"), v.clone())));
+        pairs.push(("command".into(), self.plan.command_line()));
+        key_values(&pairs)
+    }
+}
+
+/// `builds` / `builds list`, newest first.
+#[derive(Serialize)]
+pub struct List {
+    pub builds: Vec<Build>,
+    #[serde(skip)]
+    pub role: Option<String>,
+}
+
+impl Outcome for List {
+    fn render(&self) -> String {
+        if self.builds.is_empty() {
+            return match &self.role {
+                Some(r) => format!("no {r} builds (build one with: tyrell builds create {r})"),
+                None => "no builds (build one with: tyrell builds create ROLE)".into(),
+            };
+        }
+        let rows: Vec<Vec<String>> = self
+            .builds
+            .iter()
+            .map(|b| {
+                vec![
+                    b.ami.clone(),
+                    b.role.clone(),
+                    b.version.clone(),
+                    b.created.clone(),
+                    b.name.clone(),
+                    if b.in_use.is_empty() { String::new() } else { b.in_use.join(", ") },
+                ]
+            })
+            .collect();
+        table(&["AMI", "ROLE", "VERSION", "CREATED", "NAME", "IN USE BY"], &rows)
+    }
+}
+
+/// `builds remove`: the AMI id, its role and version.
+#[derive(Serialize)]
+pub struct Removed {
+    pub removed: String,
+    pub role: String,
+    pub version: String,
+}
+
+impl Outcome for Removed {
+    fn render(&self) -> String {
+        format!("removed {} ({} {})", self.removed, self.role, self.version)
+    }
 }
 
 pub async fn run(e: &mut Engine, global: &Global, a: BuildsArgs) -> anyhow::Result<Printed> {
-    Ok(match a.cmd.unwrap_or(BuildsCmd::List { role: a.role }) {
+    match a.cmd.unwrap_or(BuildsCmd::List { role: a.role }) {
         BuildsCmd::Create {
             role,
             version,
@@ -116,7 +193,7 @@ pub async fn run(e: &mut Engine, global: &Global, a: BuildsArgs) -> anyhow::Resu
                 }
                 let ami = super::local::output(&args, &format!("the local bake of {role}"))?;
                 e.report.step(&format!("baked a local {role} image: {ami}"));
-                return Ok(Printed::new(json!({ "ami": ami, "role": role, "local": true }), ami));
+                return Printed::of(&BuiltLocally { ami, role, local: true });
             }
             let req = BuildRequest {
                 role,
@@ -130,35 +207,16 @@ pub async fn run(e: &mut Engine, global: &Global, a: BuildsArgs) -> anyhow::Resu
             };
             let plan = e.plan_build(&req).await?;
             if dry_run {
-                let mut pairs = vec![("template".to_string(), plan.template.clone())];
-                pairs.extend(plan.variables.iter().map(|(k, v)| (format!("variable {k}"), v.clone())));
-                pairs.push(("command".into(), plan.command_line()));
-                let mut j = serde_json::to_value(&plan)?;
-                j["dry_run"] = json!(true);
-                return Ok(Printed::new(j, key_values(&pairs)));
+                return Printed::of(&Planned { plan, dry_run: true });
             }
             let b = e.run_build(&plan).await?;
             e.report.step(&format!("built {} {}: {} ({})", b.role, b.version, b.ami, b.name));
-            Printed::new(serde_json::to_value(&b)?, b.ami.clone())
+            Printed::of(&Built(b))
         }
-        BuildsCmd::List { role } => {
-            let bs = e.builds(role.as_deref()).await?;
-            let text = if bs.is_empty() {
-                match &role {
-                    Some(r) => format!("no {r} builds (build one with: tyrell builds create {r})"),
-                    None => "no builds (build one with: tyrell builds create ROLE)".into(),
-                }
-            } else {
-                table(&["AMI", "ROLE", "VERSION", "CREATED", "NAME", "IN USE BY"], &rows(&bs))
-            };
-            Printed::new(json!({ "builds": bs }), text)
-        }
+        BuildsCmd::List { role } => Printed::of(&List { builds: e.builds(role.as_deref()).await?, role }),
         BuildsCmd::Remove { ami } => {
             let b = e.remove_build(&ami).await?;
-            Printed::new(
-                json!({ "removed": b.ami, "role": b.role, "version": b.version }),
-                format!("removed {} ({} {})", b.ami, b.role, b.version),
-            )
+            Printed::of(&Removed { removed: b.ami, role: b.role, version: b.version })
         }
-    })
+    }
 }

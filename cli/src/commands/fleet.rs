@@ -1,11 +1,11 @@
 //! The verbs every role noun (`bees`, `routers`, ...) shares: one implementation for all.
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 
-use super::output::{key_values, table, Printed};
+use super::output::{key_values, table, Outcome, Printed};
 use crate::engine::error::Error;
-use crate::engine::fleet::{CreateVersion, ScheduleChoice, VersionInfo};
+use crate::engine::fleet::{CreateVersion, Plan, ScheduleChoice, VersionInfo};
 use crate::engine::library::Manifest;
 use crate::engine::values::{AmiRef, SwarmName, Version};
 use crate::engine::Engine;
@@ -129,30 +129,121 @@ fn schedule_choice(
     Ok(ScheduleChoice::Custom { up: up.to_string(), down: down.to_string(), size })
 }
 
-fn rows(vs: &[VersionInfo]) -> Vec<Vec<String>> {
-    vs.iter()
-        .map(|v| {
-            vec![
-                v.swarm.clone(),
-                v.version.clone(),
-                v.ami.clone(),
-                v.instance_type.clone(),
-                format!("{} / {}", v.desired, v.in_service),
-                v.created.clone(),
-                if v.active {
-                    format!("yes ({}%)", v.weight)
-                } else if v.weight > 0 {
-                    format!("{}%", v.weight)
-                } else {
-                    String::new()
-                },
-            ]
-        })
-        .collect()
+/// `ROLE create`: the new version, rendered as its id.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct Created(pub VersionInfo);
+
+impl Outcome for Created {
+    fn render(&self) -> String {
+        self.0.version.clone()
+    }
 }
 
-fn version_json(v: &VersionInfo) -> serde_json::Value {
-    serde_json::to_value(v).expect("serialise a version")
+/// `ROLE create --dry-run`: the plan (parameters, tags, user data), nothing created.
+#[derive(Serialize)]
+pub struct Planned {
+    #[serde(flatten)]
+    pub plan: Plan,
+    /// Always `true`.
+    pub dry_run: bool,
+}
+
+impl Outcome for Planned {
+    fn render(&self) -> String {
+        let p = &self.plan;
+        let mut pairs: Vec<(String, String)> =
+            vec![("stack".into(), p.stack_name.clone()), ("version".into(), p.version.clone())];
+        pairs.extend(p.parameters.iter().map(|(k, v)| (format!("parameter {k}"), v.clone())));
+        pairs.extend(p.tags.iter().map(|(k, v)| (format!("tag {k}"), v.clone())));
+        format!("{}\nuser data:\n{}", key_values(&pairs), p.user_data)
+    }
+}
+
+/// `ROLE` / `ROLE list [SWARM]`: the role's versions, by swarm, oldest first.
+#[derive(Serialize)]
+pub struct List {
+    pub role: String,
+    pub versions: Vec<VersionInfo>,
+    #[serde(skip)]
+    pub noun: String,
+}
+
+impl Outcome for List {
+    fn render(&self) -> String {
+        if self.versions.is_empty() {
+            return format!("no {} versions (create one with: tyrell {} create -a AMI_ID SWARM)", self.role, self.noun);
+        }
+        let rows: Vec<Vec<String>> = self
+            .versions
+            .iter()
+            .map(|v| {
+                vec![
+                    v.swarm.clone(),
+                    v.version.clone(),
+                    v.ami.clone(),
+                    v.instance_type.clone(),
+                    format!("{} / {}", v.desired, v.in_service),
+                    v.created.clone(),
+                    if v.active {
+                        format!("yes ({}%)", v.weight)
+                    } else if v.weight > 0 {
+                        format!("{}%", v.weight)
+                    } else {
+                        String::new()
+                    },
+                ]
+            })
+            .collect();
+        table(&["SWARM", "VERSION", "AMI", "TYPE", "DESIRED / IN SERVICE", "CREATED", "ACTIVE"], &rows)
+    }
+}
+
+/// `ROLE scale`: the version at its new size.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct Scaled(pub VersionInfo);
+
+impl Outcome for Scaled {
+    fn render(&self) -> String {
+        format!("{} {} now wants {} instance(s)", self.0.role, self.0.version, self.0.desired)
+    }
+}
+
+/// `ROLE remove`: the removed version's stack and id.
+#[derive(Serialize)]
+pub struct Removed {
+    /// The stack name.
+    pub removed: String,
+    pub version: String,
+    #[serde(skip)]
+    pub role: String,
+}
+
+impl Outcome for Removed {
+    fn render(&self) -> String {
+        format!("removed {} {} (stack {})", self.role, self.version, self.removed)
+    }
+}
+
+/// `ROLE prune`: the versions removed, oldest first.
+#[derive(Serialize)]
+pub struct Pruned {
+    pub removed: Vec<String>,
+    #[serde(skip)]
+    pub role: String,
+    #[serde(skip)]
+    pub keep: usize,
+}
+
+impl Outcome for Pruned {
+    fn render(&self) -> String {
+        if self.removed.is_empty() {
+            format!("nothing to prune: at most {} inactive {} version(s)", self.keep, self.role)
+        } else {
+            format!("removed {} {}", self.role, self.removed.join(", "))
+        }
+    }
 }
 
 pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Printed> {
@@ -168,7 +259,7 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
         );
     }
     let cmd = a.cmd.unwrap_or(FleetCmd::List { stack: a.stack });
-    Ok(match cmd {
+    match cmd {
         FleetCmd::Create {
             stack,
             ami,
@@ -196,24 +287,14 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
             };
             let plan = e.plan_version(&m, &req).await?;
             if dry_run {
-                let mut pairs: Vec<(String, String)> =
-                    vec![("stack".into(), plan.stack_name.clone()), ("version".into(), plan.version.clone())];
-                pairs.extend(plan.parameters.iter().map(|(k, v)| (format!("parameter {k}"), v.clone())));
-                pairs.extend(plan.tags.iter().map(|(k, v)| (format!("tag {k}"), v.clone())));
-                let text = format!("{}\nuser data:\n{}", key_values(&pairs), plan.user_data);
-                let mut j = serde_json::to_value(&plan)?;
-                j["dry_run"] = json!(true);
-                j["stack_name"] = json!(plan.stack_name);
-                return Ok(Printed::new(j, text));
+                return Printed::of(&Planned { plan, dry_run: true });
             }
             let v = e.create_version(&m, &plan).await?;
             e.report.step(&format!(
                 "created {} version {} (stack {}, {} instance(s))",
                 m.role, v.version, v.stack_name, v.desired
             ));
-            let mut j = version_json(&v);
-            j["stack_name"] = json!(v.stack_name);
-            Printed::new(j, v.version.clone())
+            Printed::of(&Created(v))
         }
         FleetCmd::List { stack } => {
             let vs = e.versions(&m, stack.as_deref()).await?;
@@ -229,33 +310,18 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
                     );
                 }
             }
-            let text = if vs.is_empty() {
-                format!("no {} versions (create one with: tyrell {} create -a AMI_ID SWARM)", m.role, m.noun)
-            } else {
-                table(&["SWARM", "VERSION", "AMI", "TYPE", "DESIRED / IN SERVICE", "CREATED", "ACTIVE"], &rows(&vs))
-            };
-            Printed::new(json!({ "role": m.role, "versions": vs.iter().map(version_json).collect::<Vec<_>>() }), text)
+            Printed::of(&List { role: m.role, versions: vs, noun: m.noun })
         }
         FleetCmd::Scale { stack, version, size } => {
-            let v = e.scale_version(&m, &stack, &version, size).await?;
-            Printed::new(version_json(&v), format!("{} {} now wants {} instance(s)", m.role, v.version, v.desired))
+            Printed::of(&Scaled(e.scale_version(&m, &stack, &version, size).await?))
         }
         FleetCmd::Remove { stack, version, force } => {
             let v = e.remove_version(&m, &stack, &version, force).await?;
-            Printed::new(
-                json!({ "removed": v.stack_name, "version": v.version }),
-                format!("removed {} {} (stack {})", m.role, v.version, v.stack_name),
-            )
+            Printed::of(&Removed { removed: v.stack_name, version: v.version, role: m.role })
         }
         FleetCmd::Prune { stack, keep } => {
             let gone = e.prune(&m, &stack, keep).await?;
-            let names: Vec<&str> = gone.iter().map(|v| v.version.as_str()).collect();
-            let text = if names.is_empty() {
-                format!("nothing to prune: at most {keep} inactive {} version(s)", m.role)
-            } else {
-                format!("removed {} {}", m.role, names.join(", "))
-            };
-            Printed::new(json!({ "removed": names }), text)
+            Printed::of(&Pruned { removed: gone.into_iter().map(|v| v.version).collect(), role: m.role, keep })
         }
-    })
+    }
 }

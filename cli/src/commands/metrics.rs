@@ -1,10 +1,10 @@
 //! `tyrell metrics`: the metrics box.
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 
-use super::output::{key_values, table, Printed};
-use crate::engine::metrics::CreateMetrics;
+use super::output::{key_values, table, Outcome, Printed};
+use crate::engine::metrics::{CreateMetrics, MetricsBox};
 use crate::engine::values::AmiRef;
 use crate::engine::Engine;
 
@@ -39,47 +39,73 @@ enum MetricsCmd {
     Remove { name: String },
 }
 
+/// `metrics create`: the box, as `key: value` lines.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct Created(pub MetricsBox);
+
+impl Outcome for Created {
+    fn render(&self) -> String {
+        let m = &self.0;
+        key_values(&[
+            ("name".into(), m.name.clone()),
+            ("instance".into(), m.instance_id.clone()),
+            ("private ip".into(), m.private_ip.clone()),
+            ("grafana".into(), m.grafana_url.clone()),
+            ("grafana password".into(), format!("SSM {}", m.grafana_password_param)),
+            ("influxdb".into(), m.influx_url.clone()),
+        ])
+    }
+}
+
+/// `metrics` / `metrics list`.
+#[derive(Serialize)]
+pub struct List {
+    pub metrics: Vec<MetricsBox>,
+}
+
+impl Outcome for List {
+    fn render(&self) -> String {
+        if self.metrics.is_empty() {
+            return "no metrics boxes".into();
+        }
+        let rows: Vec<Vec<String>> = self
+            .metrics
+            .iter()
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    m.vpc_id.clone(),
+                    m.instance_id.clone(),
+                    m.private_ip.clone(),
+                    m.grafana_url.clone(),
+                    m.status.clone(),
+                ]
+            })
+            .collect();
+        table(&["NAME", "VPC", "INSTANCE", "PRIVATE IP", "GRAFANA", "STATUS"], &rows)
+    }
+}
+
+/// `metrics remove`: the box's name.
+#[derive(Serialize)]
+pub struct Removed {
+    pub removed: String,
+}
+
+impl Outcome for Removed {
+    fn render(&self) -> String {
+        format!("removed metrics box {}", self.removed)
+    }
+}
+
 pub async fn run(e: &mut Engine, a: MetricsArgs) -> anyhow::Result<Printed> {
-    Ok(match a.cmd.unwrap_or(MetricsCmd::List) {
+    match a.cmd.unwrap_or(MetricsCmd::List) {
         MetricsCmd::Create { name, vpc, ami, instance_type, allow_cidr } => {
-            let m = e
-                .create_metrics(&CreateMetrics { name, vpc_id: vpc, ami, instance_type, allow_cidrs: allow_cidr })
-                .await?;
-            let text = key_values(&[
-                ("name".into(), m.name.clone()),
-                ("instance".into(), m.instance_id.clone()),
-                ("private ip".into(), m.private_ip.clone()),
-                ("grafana".into(), m.grafana_url.clone()),
-                ("grafana password".into(), format!("SSM {}", m.grafana_password_param)),
-                ("influxdb".into(), m.influx_url.clone()),
-            ]);
-            Printed::new(serde_json::to_value(&m)?, text)
+            let req = CreateMetrics { name, vpc_id: vpc, ami, instance_type, allow_cidrs: allow_cidr };
+            Printed::of(&Created(e.create_metrics(&req).await?))
         }
-        MetricsCmd::List => {
-            let ms = e.metrics_boxes().await?;
-            let rows: Vec<Vec<String>> = ms
-                .iter()
-                .map(|m| {
-                    vec![
-                        m.name.clone(),
-                        m.vpc_id.clone(),
-                        m.instance_id.clone(),
-                        m.private_ip.clone(),
-                        m.grafana_url.clone(),
-                        m.status.clone(),
-                    ]
-                })
-                .collect();
-            let text = if rows.is_empty() {
-                "no metrics boxes".into()
-            } else {
-                table(&["NAME", "VPC", "INSTANCE", "PRIVATE IP", "GRAFANA", "STATUS"], &rows)
-            };
-            Printed::new(json!({ "metrics": ms }), text)
-        }
-        MetricsCmd::Remove { name } => {
-            let m = e.remove_metrics(&name).await?;
-            Printed::new(json!({ "removed": m.name }), format!("removed metrics box {}", m.name))
-        }
-    })
+        MetricsCmd::List => Printed::of(&List { metrics: e.metrics_boxes().await? }),
+        MetricsCmd::Remove { name } => Printed::of(&Removed { removed: e.remove_metrics(&name).await?.name }),
+    }
 }

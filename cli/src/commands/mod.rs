@@ -42,7 +42,8 @@ A swarm, start to finish:
 
 AWS credentials, region and endpoint come from the standard AWS chain (AWS_PROFILE,
 AWS_REGION, AWS_ENDPOINT_URL, SSO, instance roles); the global options override them.
-Results go to stdout (--output json for scripts); progress goes to stderr.";
+Results go to stdout (--output json for scripts: shapes in docs/JSON.md); progress goes to
+stderr.";
 
 #[derive(Parser, Debug)]
 #[command(name = "tyrell", version, about = "Deploy and operate a ping swarm on AWS with blue-green releases", after_help = AFTER_HELP)]

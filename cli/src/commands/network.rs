@@ -1,9 +1,9 @@
 //! `tyrell network`
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 
-use super::output::{key_values, table, Printed};
+use super::output::{key_values, table, Outcome, Printed};
 use crate::engine::network::{CreateNetwork, Network};
 use crate::engine::Engine;
 
@@ -40,57 +40,108 @@ enum NetworkCmd {
     Remove { name: String },
 }
 
-fn rows(nets: &[Network]) -> Vec<Vec<String>> {
-    nets.iter()
-        .map(|n| {
-            vec![
-                n.name.clone(),
-                n.vpc_id.clone(),
-                n.cidr.clone(),
-                n.public_subnets.join(","),
-                n.private_subnets.join(","),
-                n.status.clone(),
-            ]
-        })
-        .collect()
-}
-
 const HEADERS: &[&str] = &["NAME", "VPC", "CIDR", "PUBLIC SUBNETS", "PRIVATE SUBNETS", "STATUS"];
 
+/// `network create`: the network; renders its VPC id (what `stacks create -v` takes).
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct Created(pub Network);
+
+impl Outcome for Created {
+    fn render(&self) -> String {
+        self.0.vpc_id.clone()
+    }
+}
+
+/// `network` / `network list`.
+#[derive(Serialize)]
+pub struct List {
+    pub networks: Vec<Network>,
+}
+
+impl Outcome for List {
+    fn render(&self) -> String {
+        if self.networks.is_empty() {
+            return "no networks (create one with: tyrell network create NAME)".into();
+        }
+        let rows: Vec<Vec<String>> = self
+            .networks
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.vpc_id.clone(),
+                    n.cidr.clone(),
+                    n.public_subnets.join(","),
+                    n.private_subnets.join(","),
+                    n.status.clone(),
+                ]
+            })
+            .collect();
+        table(HEADERS, &rows)
+    }
+}
+
+/// `network describe`: the network, as `key: value` lines with the next step.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct Described(pub Network);
+
+impl Outcome for Described {
+    fn render(&self) -> String {
+        let n = &self.0;
+        key_values(&[
+            ("name".into(), n.name.clone()),
+            ("status".into(), n.status.clone()),
+            ("vpc".into(), n.vpc_id.clone()),
+            ("cidr".into(), n.cidr.clone()),
+            ("public subnets".into(), n.public_subnets.join(", ")),
+            ("private subnets".into(), n.private_subnets.join(", ")),
+            ("next".into(), format!("tyrell stacks create -v {} SWARM", n.vpc_id)),
+        ])
+    }
+}
+
+/// `network remove`: the network's name and its VPC.
+#[derive(Serialize)]
+pub struct Removed {
+    pub removed: String,
+    pub vpc_id: String,
+}
+
+impl Outcome for Removed {
+    fn render(&self) -> String {
+        format!("removed network {} ({})", self.removed, self.vpc_id)
+    }
+}
+
 pub async fn run(e: &mut Engine, a: NetworkArgs) -> anyhow::Result<Printed> {
-    Ok(match a.cmd.unwrap_or(NetworkCmd::List) {
+    match a.cmd.unwrap_or(NetworkCmd::List) {
         NetworkCmd::Create { name, cidr, azs, no_nat } => {
-            let n = e.create_network(&CreateNetwork { name, cidr, azs, nat: !no_nat }).await?;
-            Printed::new(serde_json::to_value(&n)?, n.vpc_id.clone())
+            Printed::of(&Created(e.create_network(&CreateNetwork { name, cidr, azs, nat: !no_nat }).await?))
         }
-        NetworkCmd::List => {
-            let nets = e.networks().await?;
-            let text = if nets.is_empty() {
-                "no networks (create one with: tyrell network create NAME)".into()
-            } else {
-                table(HEADERS, &rows(&nets))
-            };
-            Printed::new(json!({ "networks": nets }), text)
-        }
-        NetworkCmd::Describe { name } => {
-            let n = e.network(&name).await?;
-            let text = key_values(&[
-                ("name".into(), n.name.clone()),
-                ("status".into(), n.status.clone()),
-                ("vpc".into(), n.vpc_id.clone()),
-                ("cidr".into(), n.cidr.clone()),
-                ("public subnets".into(), n.public_subnets.join(", ")),
-                ("private subnets".into(), n.private_subnets.join(", ")),
-                ("next".into(), format!("tyrell stacks create -v {} SWARM", n.vpc_id)),
-            ]);
-            Printed::new(serde_json::to_value(&n)?, text)
-        }
+        NetworkCmd::List => Printed::of(&List { networks: e.networks().await? }),
+        NetworkCmd::Describe { name } => Printed::of(&Described(e.network(&name).await?)),
         NetworkCmd::Remove { name } => {
             let n = e.remove_network(&name).await?;
-            Printed::new(
-                json!({ "removed": n.name, "vpc_id": n.vpc_id }),
-                format!("removed network {} ({})", n.name, n.vpc_id),
-            )
+            Printed::of(&Removed { removed: n.name, vpc_id: n.vpc_id })
         }
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/JSON.md, `tyrell network remove NAME` (the emulator cannot delete a network,
+    /// so tests/json.rs cannot produce this one).
+    #[test]
+    fn removed_serialises_to_its_documented_shape() {
+        let r = Removed { removed: "net1".into(), vpc_id: "vpc-0abc1234".into() };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({ "removed": "net1", "vpc_id": "vpc-0abc1234" })
+        );
+        assert_eq!(r.render(), "removed network net1 (vpc-0abc1234)");
+    }
 }

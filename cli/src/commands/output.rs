@@ -12,15 +12,23 @@ pub enum Format {
     Json,
 }
 
-/// A command's result: one JSON document, and its human rendering.
+/// One command's typed result: it serialises (serde) to the command's JSON contract, the
+/// shapes in docs/JSON.md, and renders itself for `--output table`. Each command has one.
+pub trait Outcome: serde::Serialize {
+    /// The human rendering (a table, `key: value` lines or one line); empty prints nothing.
+    fn render(&self) -> String;
+}
+
+/// A command's result, ready to print: one JSON document, and its human rendering.
 pub struct Printed {
     pub json: serde_json::Value,
     pub text: String,
 }
 
 impl Printed {
-    pub fn new(json: serde_json::Value, text: impl Into<String>) -> Printed {
-        Printed { json, text: text.into() }
+    /// Prints a typed result ([`Outcome`]).
+    pub fn of(o: &impl Outcome) -> anyhow::Result<Printed> {
+        Ok(Printed { json: serde_json::to_value(o)?, text: o.render() })
     }
 
     pub fn print(&self, format: Format) {

@@ -1,10 +1,10 @@
 //! `tyrell roles`: what tyrell can deploy, and the cloud-init it renders. Needs no AWS.
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 
-use super::output::{table, Printed};
-use crate::engine::library::Library;
+use super::output::{table, Outcome, Printed};
+use crate::engine::library::{Library, Via};
 use crate::engine::render::{self, Vars};
 
 #[derive(Args, Debug)]
@@ -39,25 +39,85 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+/// One role of `roles list`.
+#[derive(Serialize)]
+pub struct RoleRow {
+    pub role: String,
+    pub noun: String,
+    /// How it takes traffic: `alb`, `nlb` or `none`.
+    pub traffic: Via,
+    /// The default instance type.
+    pub instance_type: String,
+    #[serde(skip)]
+    pub about: String,
+}
+
+/// `roles` / `roles list`.
+#[derive(Serialize)]
+pub struct List {
+    pub roles: Vec<RoleRow>,
+}
+
+impl Outcome for List {
+    fn render(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .roles
+            .iter()
+            .map(|m| {
+                vec![
+                    m.role.clone(),
+                    m.noun.clone(),
+                    format!("{:?}", m.traffic).to_lowercase(),
+                    m.instance_type.clone(),
+                    m.about.clone(),
+                ]
+            })
+            .collect();
+        table(&["ROLE", "NOUN", "TRAFFIC", "DEFAULT TYPE", "ABOUT"], &rows)
+    }
+}
+
+/// `roles render ROLE`: the rendered cloud-init, printed as it is.
+#[derive(Serialize)]
+pub struct UserData {
+    pub role: String,
+    pub user_data: String,
+}
+
+impl Outcome for UserData {
+    fn render(&self) -> String {
+        self.user_data.clone()
+    }
+}
+
+/// `roles render ROLE --template`: the CloudFormation template with the user data in it.
+#[derive(Serialize)]
+pub struct Template {
+    pub role: String,
+    pub template: String,
+}
+
+impl Outcome for Template {
+    fn render(&self) -> String {
+        self.template.clone()
+    }
+}
+
 pub fn run(lib: &Library, a: RolesArgs) -> anyhow::Result<Printed> {
-    Ok(match a.cmd.unwrap_or(RolesCmd::List) {
-        RolesCmd::List => {
-            let rows: Vec<Vec<String>> = lib
+    match a.cmd.unwrap_or(RolesCmd::List) {
+        RolesCmd::List => Printed::of(&List {
+            roles: lib
                 .roles()
                 .iter()
-                .map(|m| {
-                    vec![
-                        m.role.clone(),
-                        m.noun.clone(),
-                        format!("{:?}", m.traffic.via).to_lowercase(),
-                        m.instance_type.clone(),
-                        m.about.clone(),
-                    ]
+                .map(|m| RoleRow {
+                    role: m.role.clone(),
+                    noun: m.noun.clone(),
+                    traffic: m.traffic.via,
+                    instance_type: m.instance_type.clone(),
+                    about: m.about.clone(),
                 })
-                .collect();
-            let json = json!({ "roles": lib.roles().iter().map(|m| json!({"role": m.role, "noun": m.noun, "traffic": m.traffic.via, "instance_type": m.instance_type})).collect::<Vec<_>>() });
-            Printed::new(json, table(&["ROLE", "NOUN", "TRAFFIC", "DEFAULT TYPE", "ABOUT"], &rows))
-        }
+                .collect(),
+        }),
         RolesCmd::Render { role, set, template } => {
             let (dir, tpl) = match lib.role(&role) {
                 Some(m) => (m.role.clone(), m.template.clone()),
@@ -67,9 +127,9 @@ pub fn run(lib: &Library, a: RolesArgs) -> anyhow::Result<Printed> {
             let text = render::cloud_init(lib, &dir, &vars)?;
             if template {
                 let cfn = render::template_with_user_data(lib, &tpl, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-                return Ok(Printed::new(json!({ "role": dir, "template": cfn }), cfn));
+                return Printed::of(&Template { role: dir, template: cfn });
             }
-            Printed::new(json!({ "role": dir, "user_data": text }), text)
+            Printed::of(&UserData { role: dir, user_data: text })
         }
-    })
+    }
 }

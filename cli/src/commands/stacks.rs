@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 
-use super::output::{key_values, table, Printed};
+use super::output::{key_values, table, Outcome, Printed};
 use crate::engine::base::{next_steps, Base, CreateBase};
 use crate::engine::values::SwarmName;
 use crate::engine::{Engine, TAG_ROLE};
@@ -51,69 +51,147 @@ enum StacksCmd {
     },
 }
 
+/// `stacks create`: the base stack, rendered as what an operator needs next.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct Created {
+    pub base: Base,
+    #[serde(skip)]
+    pub region: String,
+}
+
+impl Outcome for Created {
+    fn render(&self) -> String {
+        key_values(&next_steps(&self.base, &self.region))
+    }
+}
+
+/// One role's versions in `stacks list`: ids oldest first, and the active one.
+#[derive(Serialize)]
+pub struct RoleVersions {
+    pub versions: Vec<String>,
+    pub active: Option<String>,
+}
+
+/// One swarm in `stacks list`.
+#[derive(Serialize)]
+pub struct SwarmRow {
+    pub name: String,
+    pub vpc_id: String,
+    pub status: String,
+    /// By role name.
+    pub roles: BTreeMap<String, RoleVersions>,
+}
+
+/// `stacks` / `stacks list`.
+#[derive(Serialize)]
+pub struct List {
+    pub stacks: Vec<SwarmRow>,
+}
+
+impl Outcome for List {
+    fn render(&self) -> String {
+        if self.stacks.is_empty() {
+            return "no base stacks (create one with: tyrell stacks create -v VPC_ID NAME)".into();
+        }
+        let rows: Vec<Vec<String>> = self
+            .stacks
+            .iter()
+            .map(|w| {
+                let cells: Vec<String> = w
+                    .roles
+                    .iter()
+                    .map(|(role, r)| {
+                        let active = r.active.as_ref().map(|a| format!(" ({a})")).unwrap_or_default();
+                        format!("{role}:{}{active}", r.versions.len())
+                    })
+                    .collect();
+                vec![w.name.clone(), w.vpc_id.clone(), w.status.clone(), cells.join("  ")]
+            })
+            .collect();
+        table(&["NAME", "VPC", "STATUS", "VERSIONS (ACTIVE)"], &rows)
+    }
+}
+
+/// `stacks describe`: the base stack and its role version stacks.
+#[derive(Serialize)]
+pub struct Described {
+    #[serde(flatten)]
+    pub base: Base,
+    /// Stack names of the swarm's role versions.
+    pub versions: Vec<String>,
+    /// (stack, role) of each version, for the text.
+    #[serde(skip)]
+    pub roles: Vec<(String, String)>,
+    #[serde(skip)]
+    pub region: String,
+}
+
+impl Outcome for Described {
+    fn render(&self) -> String {
+        let mut pairs = next_steps(&self.base, &self.region);
+        pairs.push((
+            "versions".into(),
+            if self.roles.is_empty() {
+                "none yet (e.g. tyrell bees create -a AMI_ID NAME)".into()
+            } else {
+                self.roles.iter().map(|(name, role)| format!("{name} [{role}]")).collect::<Vec<_>>().join(", ")
+            },
+        ));
+        key_values(&pairs)
+    }
+}
+
+/// `stacks remove`: every stack removed, role versions first, the base stack last.
+#[derive(Serialize)]
+pub struct Removed {
+    pub removed: Vec<String>,
+}
+
+impl Outcome for Removed {
+    fn render(&self) -> String {
+        format!("removed {}", self.removed.join(", "))
+    }
+}
+
 pub async fn run(e: &mut Engine, a: StacksArgs) -> anyhow::Result<Printed> {
-    Ok(match a.cmd.unwrap_or(StacksCmd::List) {
+    match a.cmd.unwrap_or(StacksCmd::List) {
         StacksCmd::Create { name, vpc, allow_cidr, certificate_arn, metrics } => {
-            let b = e
-                .create_base(&CreateBase { name, vpc_id: vpc, allow_cidrs: allow_cidr, certificate_arn, metrics })
-                .await?;
-            Printed::new(serde_json::to_value(&b)?, key_values(&next_steps(&b, &e.aws.region)))
+            let req = CreateBase { name, vpc_id: vpc, allow_cidrs: allow_cidr, certificate_arn, metrics };
+            let base = e.create_base(&req).await?;
+            Printed::of(&Created { base, region: e.aws.region.clone() })
         }
         StacksCmd::List => {
-            let swarms = e.swarms().await?;
-            let mut list = Vec::new();
-            let mut rows = Vec::new();
-            for w in &swarms {
-                let b = &w.base;
-                let mut roles = BTreeMap::new();
-                let mut cells = Vec::new();
-                for (role, vs) in &w.roles {
-                    let active = vs.iter().find(|v| v.active).map(|v| v.version.clone());
-                    cells.push(format!(
-                        "{role}:{}{}",
-                        vs.len(),
-                        active.as_ref().map(|a| format!(" ({a})")).unwrap_or_default()
-                    ));
-                    roles.insert(
-                        role.clone(),
-                        json!({ "versions": vs.iter().map(|v| &v.version).collect::<Vec<_>>(), "active": active }),
-                    );
-                }
-                let vpc = b.parameters.get("VpcId").cloned().unwrap_or_default();
-                rows.push(vec![b.name.clone(), vpc.clone(), b.status.as_str().to_string(), cells.join("  ")]);
-                list.push(json!({ "name": b.name, "vpc_id": vpc, "status": b.status.as_str(), "roles": roles }));
-            }
-            let text = if rows.is_empty() {
-                "no base stacks (create one with: tyrell stacks create -v VPC_ID NAME)".into()
-            } else {
-                table(&["NAME", "VPC", "STATUS", "VERSIONS (ACTIVE)"], &rows)
-            };
-            Printed::new(json!({ "stacks": list }), text)
+            let stacks = e
+                .swarms()
+                .await?
+                .into_iter()
+                .map(|w| SwarmRow {
+                    vpc_id: w.base.parameters.get("VpcId").cloned().unwrap_or_default(),
+                    status: w.base.status.as_str().to_string(),
+                    name: w.base.name,
+                    roles: w
+                        .roles
+                        .into_iter()
+                        .map(|(role, vs)| {
+                            let active = vs.iter().find(|v| v.active).map(|v| v.version.clone());
+                            (role, RoleVersions { versions: vs.into_iter().map(|v| v.version).collect(), active })
+                        })
+                        .collect(),
+                })
+                .collect();
+            Printed::of(&List { stacks })
         }
         StacksCmd::Describe { name } => {
-            let s = e.base(&name).await?;
-            let b = Base::from(&s);
-            let mut pairs = next_steps(&b, &e.aws.region);
+            let base = Base::from(&e.base(&name).await?);
             let versions = e.swarm_versions(&name).await?;
-            pairs.push((
-                "versions".into(),
-                if versions.is_empty() {
-                    "none yet (e.g. tyrell bees create -a AMI_ID NAME)".into()
-                } else {
-                    versions
-                        .iter()
-                        .map(|v| format!("{} [{}]", v.name, v.tag(TAG_ROLE).unwrap_or("?")))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
-            ));
-            let mut j = serde_json::to_value(&b)?;
-            j["versions"] = json!(versions.iter().map(|v| &v.name).collect::<Vec<_>>());
-            Printed::new(j, key_values(&pairs))
+            Printed::of(&Described {
+                base,
+                versions: versions.iter().map(|v| v.name.clone()).collect(),
+                roles: versions.iter().map(|v| (v.name.clone(), v.tag(TAG_ROLE).unwrap_or("?").to_string())).collect(),
+                region: e.aws.region.clone(),
+            })
         }
-        StacksCmd::Remove { name, all } => {
-            let removed = e.remove_base(&name, all).await?;
-            Printed::new(json!({ "removed": removed }), format!("removed {}", removed.join(", ")))
-        }
-    })
+        StacksCmd::Remove { name, all } => Printed::of(&Removed { removed: e.remove_base(&name, all).await? }),
+    }
 }

@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::json;
+use serde::Serialize;
 
-use super::output::{table, Printed};
+use super::output::{table, Outcome, Printed};
 use super::{duration_in, MAX_WAIT};
 use crate::engine::library::Via;
-use crate::engine::traffic::{Shift, SwitchRequest, Target};
+use crate::engine::traffic::switch::Switched;
+use crate::engine::traffic::{Held, Shift, SwitchRequest, Target, TrafficState};
 use crate::engine::values::{SwarmName, Version};
 use crate::engine::Engine;
 
@@ -81,29 +82,19 @@ fn parse_bake(s: &str) -> Result<Duration, String> {
     duration_in("--bake", s, Duration::ZERO, MAX_WAIT)
 }
 
-pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
-    let m = e.traffic_role(&a.role)?;
-    let target = match (a.version, a.rollback) {
-        (Some(v), _) => Some(Target::Version(v.to_string())),
-        (None, true) => Some(Target::Rollback),
-        (None, false) => None,
-    };
-    let Some(target) = target else {
-        if a.force_unlock {
-            let broke = e.unlock(&m, &a.stack).await?;
-            let text = match &broke {
-                Some(l) => format!("broke the {} traffic lock of swarm {}: {l}", m.role, a.stack),
-                None => format!("the {} traffic of swarm {} was not locked", m.role, a.stack),
-            };
-            return Ok(Printed::new(json!({ "role": m.role, "swarm": a.stack, "broke_lock": broke }), text));
-        }
-        if a.size.is_some() || !a.canary.is_empty() || a.shift != Shift::AllAtOnce || a.retire {
-            crate::refuse!(
-                Invalid,
-                "-s, --canary, --shift and --retire go with a switch: add --version VERSION or --rollback"
-            );
-        }
-        let s = e.traffic(&m, &a.stack).await?;
+/// `traffic ROLE SWARM`: each version's weight and health, the active one, the lock.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct Shown {
+    pub state: TrafficState,
+    /// The role's CLI noun, for the hint when there are no versions.
+    #[serde(skip)]
+    pub noun: String,
+}
+
+impl Outcome for Shown {
+    fn render(&self) -> String {
+        let s = &self.state;
         let rows: Vec<Vec<String>> = s
             .versions
             .iter()
@@ -125,12 +116,12 @@ pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
         let mut text = if rows.is_empty() {
             format!(
                 "swarm {} has no {} versions (create one with: tyrell {} create -a AMI_ID {})",
-                s.swarm, m.role, m.noun, s.swarm
+                s.swarm, s.role, self.noun, s.swarm
             )
         } else {
             format!(
                 "{} traffic in swarm {} ({how}):\n{}",
-                m.role,
+                s.role,
                 s.swarm,
                 table(&["VERSION", "WEIGHT", "HEALTHY/TOTAL", "DESIRED", "ACTIVE"], &rows)
             )
@@ -138,7 +129,72 @@ pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
         if let Some(l) = &s.lock {
             text.push_str(&format!("\nlocked: {l}\n"));
         }
-        return Ok(Printed::new(serde_json::to_value(&s)?, text));
+        text
+    }
+}
+
+/// `traffic ROLE SWARM --force-unlock` alone: the lock it broke, if any.
+#[derive(Serialize)]
+pub struct Unlocked {
+    pub role: String,
+    pub swarm: SwarmName,
+    pub broke_lock: Option<Held>,
+}
+
+impl Outcome for Unlocked {
+    fn render(&self) -> String {
+        match &self.broke_lock {
+            Some(l) => format!("broke the {} traffic lock of swarm {}: {l}", self.role, self.swarm),
+            None => format!("the {} traffic of swarm {} was not locked", self.role, self.swarm),
+        }
+    }
+}
+
+/// A switch (`--version V` or `--rollback`): the now active version and what was done.
+#[derive(Serialize)]
+pub struct Switch {
+    pub active: String,
+    pub switch: Switched,
+}
+
+impl Outcome for Switch {
+    fn render(&self) -> String {
+        let done = &self.switch;
+        let mut text = format!(
+            "{} in swarm {}: {} is active (was {})",
+            done.role,
+            done.swarm,
+            done.to,
+            done.from.as_deref().unwrap_or("none")
+        );
+        if done.retired {
+            if let Some(f) = &done.from {
+                text.push_str(&format!("; {f} scaled to 0"));
+            }
+        }
+        text
+    }
+}
+
+pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
+    let m = e.traffic_role(&a.role)?;
+    let target = match (a.version, a.rollback) {
+        (Some(v), _) => Some(Target::Version(v.to_string())),
+        (None, true) => Some(Target::Rollback),
+        (None, false) => None,
+    };
+    let Some(target) = target else {
+        if a.force_unlock {
+            let broke_lock = e.unlock(&m, &a.stack).await?;
+            return Printed::of(&Unlocked { role: m.role, swarm: a.stack, broke_lock });
+        }
+        if a.size.is_some() || !a.canary.is_empty() || a.shift != Shift::AllAtOnce || a.retire {
+            crate::refuse!(
+                Invalid,
+                "-s, --canary, --shift and --retire go with a switch: add --version VERSION or --rollback"
+            );
+        }
+        return Printed::of(&Shown { state: e.traffic(&m, &a.stack).await?, noun: m.noun });
     };
     let req = SwitchRequest {
         swarm: a.stack,
@@ -150,17 +206,5 @@ pub async fn run(e: &mut Engine, a: TrafficArgs) -> anyhow::Result<Printed> {
         force_unlock: a.force_unlock,
     };
     let done = e.switch(&m, &req).await?;
-    let mut text = format!(
-        "{} in swarm {}: {} is active (was {})",
-        done.role,
-        done.swarm,
-        done.to,
-        done.from.as_deref().unwrap_or("none")
-    );
-    if done.retired {
-        if let Some(f) = &done.from {
-            text.push_str(&format!("; {f} scaled to 0"));
-        }
-    }
-    Ok(Printed::new(json!({ "active": done.to, "switch": done }), text))
+    Printed::of(&Switch { active: done.to.clone(), switch: done })
 }
