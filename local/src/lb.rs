@@ -23,11 +23,11 @@
 //! failures, with ELB's reason codes (`Target.Timeout`, `Target.ResponseCodeMismatch`,
 //! `Target.FailedHealthChecks`). Source: "Health checks for your target groups", Elastic
 //! Load Balancing User Guide. The emulator reports every registered target `healthy` at
-//! once, so the runner reports real health to it the way an Auto Scaling group with
-//! `HealthCheckType: ELB` learns it: `SetInstanceHealth` — `Unhealthy` until a target's
-//! checks pass (and whenever they fail), `Healthy` once they do. `tyrell traffic`'s gate
-//! reads that. A new instance is marked `Unhealthy` at the runner's first poll after it
-//! appears, so for one poll interval (default 1 s) the emulator still calls it healthy.
+//! once, so the local cloud's AWS endpoint ([`crate::front`]) answers
+//! `DescribeTargetHealth` with what the checks found, and the runner tells the Auto
+//! Scaling group what one with `HealthCheckType: ELB` would learn: `SetInstanceHealth`
+//! `Unhealthy` when a target's checks fail, `Healthy` again when they pass (`initial`
+//! changes nothing, as during the group's grace period). `tyrell traffic`'s gate reads both.
 //!
 //! Sockets for targets are opened on a thread that entered the cloud namespace (the
 //! proxies' own runtime), so the host never routes to a box.
@@ -479,9 +479,9 @@ pub struct Health {
     /// What the last check saw.
     pub description: String,
     #[serde(skip)]
-    passes: u32,
+    pub(crate) passes: u32,
     #[serde(skip)]
-    failures: u32,
+    pub(crate) failures: u32,
 }
 
 impl Default for Health {
@@ -977,26 +977,44 @@ impl Lbs {
                 self.checkers.insert(k, t);
             }
         }
-        // What to tell the Auto Scaling groups: an instance is healthy when every target
-        // group it is in says so.
-        let mut now: BTreeMap<String, bool> = BTreeMap::new();
+        // What to tell the Auto Scaling groups (HealthCheckType ELB): an instance is
+        // unhealthy when a target group's checks fail it, healthy again when every one
+        // passes; `initial` changes nothing (the group's grace period).
+        let mut now: BTreeMap<String, Option<bool>> = BTreeMap::new();
         if let Ok(h) = self.shared.health.lock() {
             for g in view.groups.values() {
                 for (id, p) in &g.targets {
-                    let ok = h.get(&(g.arn.clone(), id.clone(), *p)).is_some_and(|h| h.state == "healthy");
-                    let e = now.entry(id.clone()).or_insert(true);
-                    *e &= ok;
+                    let state = h.get(&(g.arn.clone(), id.clone(), *p)).map(|h| h.state.as_str()).unwrap_or("initial");
+                    let e = now.entry(id.clone()).or_insert(Some(true));
+                    *e = match (*e, state) {
+                        (_, "unhealthy") | (Some(false), _) => Some(false),
+                        (_, "initial") | (None, _) => None,
+                        _ => Some(true),
+                    };
                 }
             }
         }
         let mut out = Vec::new();
         for (id, ok) in now {
-            let s = if ok { "Healthy" } else { "Unhealthy" };
-            if self.reported.get(&id).map(String::as_str) != Some(s) {
+            let s = match ok {
+                Some(true) => "Healthy",
+                Some(false) => "Unhealthy",
+                None => continue,
+            };
+            // The emulator starts every instance Healthy.
+            if self.reported.get(&id).map(String::as_str).unwrap_or("Healthy") != s {
                 out.push((id, s));
             }
         }
         out
+    }
+
+    /// What the health checks know of a target: (target group ARN, instance, port).
+    pub fn health_of(&self) -> crate::front::HealthOf {
+        let shared = self.shared.clone();
+        Arc::new(move |tg: &str, id: &str, port: u16| {
+            shared.health.lock().ok()?.get(&(tg.to_string(), id.to_string(), port)).cloned()
+        })
     }
 
     /// Records that an instance's Auto Scaling health was set.

@@ -11,6 +11,7 @@ mod bake;
 mod boxes;
 mod cmd;
 mod endpoints;
+mod front;
 mod imds;
 mod lb;
 mod net;
@@ -305,6 +306,7 @@ fn status(cloud: &str, json: bool) -> anyhow::Result<ExitCode> {
             "cloud": cloud,
             "runner": runner.as_ref().map(|r| r.pid),
             "endpoint": runner.as_ref().map(|r| r.endpoint.clone()),
+            "aws_endpoint": runner.as_ref().and_then(|_| state::aws_endpoint(cloud)),
             "boxes": lines,
             "load_balancers": lbs["load_balancers"],
             "targets": lbs["targets"],

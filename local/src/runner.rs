@@ -305,6 +305,16 @@ fn serve(opts: &Options, rt: &tokio::runtime::Runtime, stop: &AtomicBool) -> any
             crate::cmd::tail(&std::fs::read_to_string(tls_dir.join("stunnel.log")).unwrap_or_default(), 10)
         );
     }
+    // The AWS endpoint for tyrell: the emulator, with the load balancers' real health.
+    let front = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot listen on host loopback")?;
+    front.set_nonblocking(true)?;
+    let front_url = format!("http://{}", front.local_addr()?);
+    {
+        let _guard = rt.enter();
+        let front = tokio::net::TcpListener::from_std(front)?;
+        rt.spawn(crate::front::serve(front, emulator, lbs.health_of()));
+    }
+    state::save_aws_endpoint(cloud, &front_url)?;
     let elb = aws_sdk_elasticloadbalancingv2::Client::new(&conf);
     let result = follow(opts, rt, stop, &Clients { ec2, asg, elb }, &service, &mut lbs);
     let _ = tls.kill();

@@ -114,6 +114,19 @@ pub fn lbs(cloud: &str) -> serde_json::Value {
         .unwrap_or_else(|| serde_json::json!({"load_balancers": [], "targets": []}))
 }
 
+/// The AWS endpoint the runner serves for tyrell (`http://127.0.0.1:PORT`), see `front`.
+pub fn aws_endpoint(cloud: &str) -> Option<String> {
+    std::fs::read_to_string(dir(cloud).join("aws-endpoint"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Records the AWS endpoint the runner serves.
+pub fn save_aws_endpoint(cloud: &str, url: &str) -> anyhow::Result<()> {
+    write_atomic(&dir(cloud).join("aws-endpoint"), url.as_bytes())
+}
+
 /// The runner of a cloud.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Runner {

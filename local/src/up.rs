@@ -64,7 +64,7 @@ fn detached(mut c: Command, log: &std::path::Path) -> anyhow::Result<u32> {
 pub fn up(cloud: &str, port: Option<u16>, endpoint: Option<String>, within: Duration) -> anyhow::Result<String> {
     net::check_cloud_name(cloud)?;
     if let Some(r) = state::runner(cloud) {
-        return Ok(env_lines(&r.endpoint, cloud));
+        return Ok(env_lines(&state::aws_endpoint(cloud).unwrap_or(r.endpoint), cloud));
     }
     let d = state::dir(cloud);
     std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -116,7 +116,7 @@ pub fn up(cloud: &str, port: Option<u16>, endpoint: Option<String>, within: Dura
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(env_lines(&endpoint, cloud))
+    Ok(env_lines(&state::aws_endpoint(cloud).unwrap_or(endpoint), cloud))
 }
 
 /// Stops the runner (and its boxes), removes everything the cloud made, and stops the

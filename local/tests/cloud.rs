@@ -7,46 +7,17 @@
 //! region of the shared emulator, so its runner sees only its own instances.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
+
+mod support;
 use std::time::{Duration, Instant};
+use support::{images_dir, ok, require_tools};
 
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use base64::Engine as _;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tyrell-local");
-
-fn require_tools() {
-    for (tool, pkg) in
-        [("mmdebstrap", "mmdebstrap"), ("systemd-nspawn", "systemd-container"), ("nsenter", "util-linux")]
-    {
-        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"].iter().any(|d| Path::new(d).join(tool).exists());
-        assert!(found, "{tool} is not installed: run scripts/local-setup (apt-get install {pkg})");
-    }
-    // SAFETY: getuid has no side effects.
-    assert_eq!(unsafe { libc::getuid() }, 0, "the local cloud tests need root (namespaces, systemd-nspawn)");
-}
-
-/// Where these tests' images go: one directory per test process under
-/// /var/tmp/tyrell-local-tests, whose older entries (from earlier runs, whose process
-/// could not remove them: a static is never dropped) are removed first, unless a process
-/// that made them is still running.
-fn images_dir() -> &'static Path {
-    static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let root = Path::new("/var/tmp/tyrell-local-tests");
-        std::fs::create_dir_all(root).unwrap();
-        for e in std::fs::read_dir(root).unwrap().flatten() {
-            let pid = e.file_name().to_string_lossy().parse::<u32>().ok();
-            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        let d = root.join(std::process::id().to_string());
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
-}
 
 fn local(region: &str) -> Command {
     let e = testkit::Emulator::shared();
@@ -56,18 +27,6 @@ fn local(region: &str) -> Command {
     }
     c.env("AWS_REGION", region).env("TYRELL_LOCAL_IMAGES", images_dir()).env_remove("TYRELL_LOCAL_CLOUD");
     c
-}
-
-fn ok(mut c: Command) -> String {
-    let o: Output = c.output().expect("run tyrell-local");
-    assert!(
-        o.status.success(),
-        "{c:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The bee image, baked once per test process (with the debug binaries).
@@ -543,6 +502,18 @@ fn up_prints_the_environment_and_down_stops_everything() {
     assert_eq!(st.status.code(), Some(3), "status without a runner exits 3");
 }
 
+/// Polls `f` every 200 ms until it gives a value; fails after `within`.
+fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < within, "nothing within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// One HTTP/1.1 request over a fresh connection; (status, body).
 fn http_get(addr: &str, path: &str, host: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -684,13 +655,30 @@ fn load_balancers_route_by_weight_and_health_checks_reach_auto_scaling() {
     };
     let cloud = unique_cloud("tlbw");
     let r = Runner::start(&cloud, region);
-    // Until their checks pass, the emulator hears the targets are unhealthy.
-    let start = Instant::now();
-    while ids.iter().any(|id| health(id) != "Unhealthy") && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Through the cloud's AWS endpoint, target health is what the checks found: `initial`
+    // until they pass (the emulator alone says `healthy` at once).
+    let front = wait_for(Duration::from_secs(20), || r.status()["aws_endpoint"].as_str().map(str::to_string));
+    let elb_front = {
+        let conf = rt.block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .endpoint_url(&front)
+                .region(aws_config::Region::new(region))
+                .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+                .load(),
+        );
+        aws_sdk_elasticloadbalancingv2::Client::new(&conf)
+    };
+    let target_state = |tg: &str| -> (String, String) {
+        let out = rt.block_on(elb_front.describe_target_health().target_group_arn(tg).send()).unwrap();
+        let h = out.target_health_descriptions()[0].target_health().unwrap();
+        (
+            h.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            h.reason().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        )
+    };
+    assert_eq!(target_state(&groups[0]).0, "initial", "a target not yet checked reads initial");
     for id in &ids {
-        assert_eq!(health(id), "Unhealthy", "{id} is reported unhealthy while its checks have not passed");
+        assert_eq!(health(id), "Healthy", "initial changes nothing in the Auto Scaling group");
     }
     for id in &ids {
         r.wait_booted(id, Duration::from_secs(90));
@@ -707,10 +695,14 @@ fn load_balancers_route_by_weight_and_health_checks_reach_auto_scaling() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    for id in &ids {
-        wait_health(id, "Healthy", Duration::from_secs(60));
+    for tg in &groups {
+        wait_for(Duration::from_secs(60), || (target_state(tg).0 == "healthy").then_some(()));
     }
-    let s = r.status();
+    // `status` shows what the runner saved at its last poll.
+    let s = wait_for(Duration::from_secs(5), || {
+        let s = r.status();
+        s["targets"].as_array()?.iter().all(|t| t["state"] == "healthy").then_some(s)
+    });
     let local_of = |dns: &str| -> String {
         let lb = s["load_balancers"].as_array().unwrap().iter().find(|l| l["dns"] == dns.to_ascii_lowercase());
         lb.unwrap_or_else(|| panic!("{dns} not in status: {s}"))["listeners"][0]["local"].as_str().unwrap().to_string()
@@ -741,6 +733,7 @@ fn load_balancers_route_by_weight_and_health_checks_reach_auto_scaling() {
     // Scaling group hears it.
     r.exec(&ids[1], &["systemctl", "stop", "web"]);
     wait_health(&ids[1], "Unhealthy", Duration::from_secs(30));
+    assert_eq!(target_state(&groups[1]), ("unhealthy".into(), "Target.FailedHealthChecks".into()));
     let s = r.status();
     let t = s["targets"].as_array().unwrap().iter().find(|t| t["instance"] == ids[1].as_str()).cloned().unwrap();
     assert_eq!(t["state"], "unhealthy", "{s}");

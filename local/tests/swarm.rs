@@ -1,0 +1,324 @@
+//! A whole swarm deployed by tyrell on the local cloud, every box booted from an image
+//! baked from this workspace, proven through AWS state and the programs' own outputs:
+//! every box boots and its role's service is active; the router answers through the ALB
+//! proxy; a ping measured in a bee box reaches S3 (through broker, indexer, SQS, worker)
+//! and InfluxDB on the metrics box; a router canary under a steady request load through
+//! the ALB fails no request; scale-in removes a box; a router box whose health check fails
+//! makes the gate refuse a switch.
+//!
+//! Runs as root with the packages of scripts/local-setup. One run bakes six images from
+//! the debug binaries (seconds each once the base filesystems are cached; the first run on
+//! a machine makes them, a few minutes).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod support;
+use support::{images_dir, require_tools};
+
+const REGION: &str = "eu-west-1";
+const SWARM: &str = "swarm1";
+const ROLES: [&str; 6] = ["broker", "router", "bee", "indexer", "worker", "metrics"];
+
+/// A local cloud started with `tyrell local up`; `tyrell local down` when dropped.
+struct Cloud {
+    name: String,
+    env: Vec<(String, String)>,
+}
+
+fn tyrell_bin() -> PathBuf {
+    testkit::bin("tyrell")
+}
+
+impl Cloud {
+    fn up() -> Cloud {
+        require_tools();
+        let name = testkit::unique("tsw");
+        let mut c = Command::new(tyrell_bin());
+        c.args(["local", "up", "--cloud", &name]);
+        c.env("AWS_REGION", REGION).env("TYRELL_LOCAL_IMAGES", images_dir());
+        for k in ["AWS_ENDPOINT_URL", "AWS_PROFILE", "TYRELL_LOCAL_CLOUD"] {
+            c.env_remove(k);
+        }
+        let out = c.output().expect("run tyrell local up");
+        assert!(out.status.success(), "tyrell local up failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let env: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.into(), v.into())))
+            .collect();
+        assert!(env.iter().any(|(k, _)| k == "AWS_ENDPOINT_URL"), "up printed no environment: {env:?}");
+        Cloud { name, env }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(tyrell_bin());
+        c.args(args).env("TYRELL_LOCAL_IMAGES", images_dir()).env_remove("AWS_PROFILE");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run tyrell")
+    }
+
+    /// Runs tyrell; fails with its output unless it succeeds; its stdout, trimmed.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "tyrell {args:?} failed ({}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    fn status(&self) -> Value {
+        let o = self.run(&["local", "status", "--json"]);
+        serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+    }
+
+    fn exec(&self, instance: &str, argv: &[&str]) -> String {
+        let mut args = vec!["local", "exec", instance, "--"];
+        args.extend_from_slice(argv);
+        self.ok(&args)
+    }
+
+    fn boxes(&self, role: &str) -> Vec<Value> {
+        let s = self.status();
+        s["boxes"].as_array().cloned().unwrap_or_default().into_iter().filter(|b| b["role"] == role).collect()
+    }
+
+    /// The host address of the ALB's (or NLB's) listener proxy.
+    fn lb_local(&self, name_part: &str) -> String {
+        let s = self.status();
+        let lb = s["load_balancers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["name"].as_str().unwrap_or("").contains(name_part)).cloned());
+        lb.unwrap_or_else(|| panic!("no load balancer {name_part} in {s}"))["listeners"][0]["local"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn sdk(&self) -> aws_config::SdkConfig {
+        let get = |k: &str| self.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .endpoint_url(get("AWS_ENDPOINT_URL"))
+                .region(aws_config::Region::new(REGION))
+                .credentials_provider(aws_sdk_ssm::config::Credentials::new("testing", "testing", None, None, "t"))
+                .load(),
+        )
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.run(&["local", "down", "--cloud", &self.name]);
+    }
+}
+
+/// Polls `f` until it gives a value; fails after `within` saying what was awaited and `ctx()`.
+fn wait<T>(what: &str, within: Duration, ctx: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            eprintln!("{what}: {:.1}s", start.elapsed().as_secs_f64());
+            return v;
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}\n{}", ctx());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body), or the I/O error.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: alb\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, buf.split_once("\r\n\r\n").map(|b| b.1.to_string()).unwrap_or_default()))
+}
+
+#[test]
+fn a_whole_swarm_boots_measures_archives_and_releases() {
+    let started = Instant::now();
+    let cloud = Cloud::up();
+    let bins = testkit::bin("bee").parent().unwrap().display().to_string();
+    let dump = || format!("status: {}", serde_json::to_string_pretty(&cloud.status()).unwrap_or_default());
+
+    // Images: the real local bake of every role, registered like Packer builds.
+    for role in ROLES {
+        let t = Instant::now();
+        let ami = cloud.ok(&["builds", "create", role, "--local", "--binaries-dir", &bins]);
+        assert!(ami.starts_with("ami-"), "{role}: {ami}");
+        eprintln!("bake {role}: {:.1}s", t.elapsed().as_secs_f64());
+    }
+    // The swarm, as an operator deploys it.
+    let vpc = cloud.ok(&["network", "create", "swarm-net"]);
+    cloud.ok(&["metrics", "create", "-v", &vpc, "-a", "latest", "metrics1"]);
+    cloud.ok(&["stacks", "create", "-v", &vpc, SWARM]);
+    let broker = cloud.ok(&["brokers", "create", "-a", "latest", SWARM]);
+    let r1 = cloud.ok(&["routers", "create", "-a", "latest", "-s", "2", SWARM]);
+    let bees = cloud.ok(&["bees", "create", "-a", "latest", "-s", "2", SWARM]);
+    cloud.ok(&["indexers", "create", "-a", "latest", SWARM]);
+    cloud.ok(&["workers", "create", "-a", "latest", "-s", "1", SWARM]);
+    // The gates wait for the real health checks of the booted boxes.
+    cloud.ok(&["traffic", "brokers", SWARM, "--version", &broker, "--timeout", "5m"]);
+    cloud.ok(&["traffic", "elb", SWARM, "--router", &r1, "--timeout", "5m"]);
+
+    // Every box booted and its role's service is active.
+    wait("every box booted with its service active", Duration::from_secs(240), dump, || {
+        let s = cloud.status();
+        let b = s["boxes"].as_array()?;
+        (b.len() == 8 && b.iter().all(|b| b["state"] == "booted" && b["service"] == "active")).then_some(())
+    });
+    let bee_ids: Vec<String> = cloud.boxes("bee").iter().map(|b| b["instance"].as_str().unwrap().to_string()).collect();
+    assert_eq!(bee_ids.len(), 2);
+    let broker_ip = cloud.boxes("broker")[0]["ip"].as_str().unwrap().to_string();
+    let metrics = cloud.boxes("metrics")[0].clone();
+    let metrics_id = metrics["instance"].as_str().unwrap().to_string();
+
+    // The router answers through the ALB proxy; the watch list goes in with the token from SSM.
+    let alb = cloud.lb_local("Alb");
+    let token = {
+        let ssm = aws_sdk_ssm::Client::new(&cloud.sdk());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let p = rt
+            .block_on(ssm.get_parameter().name(format!("/tyrell/{SWARM}/router-token")).with_decryption(true).send())
+            .expect("the router token in SSM");
+        p.parameter().and_then(|p| p.value()).unwrap().to_string()
+    };
+    let targets = format!("169.254.1.1 {broker_ip}");
+    let (code, body) =
+        http(&alb, "PUT", "/watch", &[("Authorization", &format!("Bearer {token}"))], &targets).expect("PUT /watch");
+    assert_eq!(code, 200, "{body}");
+
+    // Bees in their boxes ping; the records reach the routers through the broker's NLB.
+    let latest: Value = wait("a ping from each bee box through the ALB", Duration::from_secs(90), dump, || {
+        let (_, b) = http(&alb, "GET", "/pings/latest", &[], "").ok()?;
+        let v: Value = serde_json::from_str(&b).ok()?;
+        let agents: Vec<&str> = v["pings"].as_array()?.iter().filter_map(|p| p["agent"].as_str()).collect();
+        bee_ids.iter().all(|id| agents.iter().any(|a| a.contains(id.as_str()))).then_some(v)
+    });
+    eprintln!("latest pings through the ALB: {latest}");
+
+    // A record measured in a bee box is archived in S3 by the worker box…
+    let s3 = aws_sdk_s3::Client::new(&cloud.sdk());
+    let desc: Value = serde_json::from_str(&cloud.ok(&["stacks", "describe", SWARM, "-o", "json"])).unwrap();
+    let bucket = desc["bucket"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let archived = wait("an archived record from a bee box in S3", Duration::from_secs(150), dump, || {
+        let list = rt.block_on(s3.list_objects_v2().bucket(&bucket).send()).ok()?;
+        for o in list.contents() {
+            let obj = rt.block_on(s3.get_object().bucket(&bucket).key(o.key()?).send()).ok()?;
+            let bytes = rt.block_on(obj.body.collect()).ok()?.into_bytes();
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).ok()?;
+            if let Some(l) = text.lines().find(|l| bee_ids.iter().any(|id| l.contains(id.as_str()))) {
+                return Some(l.to_string());
+            }
+        }
+        None
+    });
+    eprintln!("archived record: {archived}");
+    // …and written to InfluxDB on the metrics box by the indexer box.
+    let q = "SELECT count(loss) FROM ping GROUP BY agent";
+    let influx = wait("points from both bee boxes in InfluxDB", Duration::from_secs(90), dump, || {
+        let o = cloud.run(&[
+            "local",
+            "exec",
+            &metrics_id,
+            "--",
+            "curl",
+            "-sfG",
+            "http://127.0.0.1:8086/query",
+            "--data-urlencode",
+            "db=tyrell",
+            "--data-urlencode",
+            &format!("q={q}"),
+        ]);
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        bee_ids.iter().all(|id| t.contains(id.as_str())).then_some(t)
+    });
+    eprintln!("InfluxDB: {influx}");
+
+    // A router canary release under a steady request load through the ALB fails nothing.
+    let r2 = cloud.ok(&["routers", "create", "-a", "latest", "-s", "2", SWARM]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, sent, failed, alb) = (stop.clone(), sent.clone(), failed.clone(), alb.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                sent.fetch_add(1, Ordering::SeqCst);
+                match http(&alb, "GET", "/pings/latest", &[], "") {
+                    Ok((200, _)) => {}
+                    other => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        errors.push(format!("{other:?}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            errors
+        })
+    };
+    let t = Instant::now();
+    cloud.ok(&["traffic", "elb", SWARM, "--router", &r2, "--canary", "50", "--bake", "10", "--timeout", "5m"]);
+    let switch_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let errors = load.join().unwrap();
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    eprintln!("router canary switch: {switch_s:.1}s; {sent} requests through the ALB, {failed} failed");
+    assert!(sent > 100, "the load was too small to mean anything: {sent}");
+    assert_eq!(failed, 0, "requests failed during the canary: {errors:?}");
+
+    // Scale-in: one bee box goes.
+    cloud.ok(&["bees", "scale", SWARM, &bees, "1"]);
+    wait("a bee box gone after scale-in", Duration::from_secs(60), dump, || {
+        (cloud.boxes("bee").len() == 1).then_some(())
+    });
+
+    // A router box whose health check fails makes the gate refuse the switch.
+    let r3 = cloud.ok(&["routers", "create", "-a", "latest", "-s", "1", SWARM]);
+    let r3_box = wait("the new router box booted", Duration::from_secs(120), dump, || {
+        cloud
+            .boxes("router")
+            .into_iter()
+            .find(|b| b["version"] == r3.as_str() && b["state"] == "booted" && b["service"] == "active")
+    });
+    let r3_id = r3_box["instance"].as_str().unwrap().to_string();
+    cloud.exec(&r3_id, &["systemctl", "stop", "tyrell-router.service"]);
+    let o = cloud.run(&["traffic", "elb", SWARM, "--router", &r3, "--timeout", "45s"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the gate let a router with a failing health check take traffic:\n{err}");
+    assert!(err.contains(&r3_id), "the refusal names the unhealthy box:\n{err}");
+    let live = cloud.ok(&["traffic", "elb", SWARM, "-o", "json"]);
+    assert!(live.contains(&r2) && !live.contains(&format!("\"{r3}\": 100")), "{live}");
+    // The swarm still answers through the ALB.
+    assert_eq!(http(&alb, "GET", "/pings/latest", &[], "").map(|r| r.0).ok(), Some(200));
+    eprintln!("whole test: {:.1}s", started.elapsed().as_secs_f64());
+}
