@@ -48,8 +48,9 @@ pub const COMMON_PACKAGES: &[&str] = &[
     "jq",
 ];
 
-/// The Debian packages a role's Packer script installs: preinstalled in that role's base
-/// so a bake does not download them again (the script's `apt-get install` still runs).
+/// The Debian packages a role's Packer script installs: downloaded (not installed) into
+/// the shared base's apt cache, so a bake does not fetch them again and every role shares
+/// one base (the script's `apt-get install` still runs, from the cache).
 pub fn role_packages(role: &str) -> &'static [&'static str] {
     match role {
         "broker" => &["mosquitto", "mosquitto-clients"],
@@ -138,14 +139,19 @@ pub fn new_version(now: time::OffsetDateTime) -> String {
     )
 }
 
-/// The key of a base filesystem: the suite and the role's extra packages.
-pub fn base_key(role: &str) -> String {
-    let extra = role_packages(role);
-    if extra.is_empty() {
-        format!("{SUITE}-common")
-    } else {
-        format!("{SUITE}-{}", extra.join("+"))
-    }
+/// Every role whose Packer script installs packages of its own.
+const ROLES_WITH_PACKAGES: [&str; 2] = ["broker", "metrics"];
+
+/// The key of a base filesystem: one base for every role (`_role` is kept for callers).
+pub fn base_key(_role: &str) -> String {
+    format!("{SUITE}-shared")
+}
+
+/// The roles' own packages, downloaded into the base's apt cache.
+fn downloaded() -> Vec<&'static str> {
+    let mut all: Vec<&str> = ROLES_WITH_PACKAGES.iter().flat_map(|r| role_packages(r).iter().copied()).collect();
+    all.sort();
+    all
 }
 
 /// What is done to a base after mmdebstrap installed its packages, as Debian's cloud
@@ -156,10 +162,10 @@ pub const BASE_CUSTOMIZE: &str =
 
 /// The identity of a role's base: its package list, one per line, and the customization
 /// (a change to either makes a new base).
-pub fn base_packages(role: &str) -> String {
-    let mut all: Vec<&str> = COMMON_PACKAGES.iter().chain(role_packages(role)).copied().collect();
+pub fn base_packages(_role: &str) -> String {
+    let mut all: Vec<&str> = COMMON_PACKAGES.to_vec();
     all.sort();
-    format!("{}\n# customize: {BASE_CUSTOMIZE}\n", all.join("\n"))
+    format!("{}\n# downloaded: {}\n# customize: {BASE_CUSTOMIZE}\n", all.join("\n"), downloaded().join(" "))
 }
 
 /// An exclusive lock on a file, held until dropped (two bakes never build one base twice).
@@ -220,9 +226,15 @@ pub fn ensure_base(role: &str, timeout: Duration) -> anyhow::Result<(String, Pat
         [
             "--variant=minbase".to_string(),
             format!("--include={include}"),
-            // Keep apt's lists: the provisioning's `apt-get update` then only revalidates them.
+            // Keep apt's lists (the provisioning's `apt-get update` then only revalidates
+            // them) and its cache (the roles' own packages, downloaded below).
             "--skip=cleanup/apt/lists".to_string(),
+            "--skip=cleanup/apt/cache".to_string(),
             format!("--customize-hook=chroot \"$1\" sh -c \"{BASE_CUSTOMIZE}\""),
+            format!(
+                "--customize-hook=chroot \"$1\" apt-get -y -q install --download-only --no-install-recommends {}",
+                downloaded().join(" ")
+            ),
             SUITE.to_string(),
             tmp.join("rootfs").display().to_string(),
         ],
@@ -559,8 +571,8 @@ mod tests {
 
     #[test]
     fn bases() {
-        assert_eq!(base_key("bee"), "bookworm-common");
-        assert_eq!(base_key("broker"), "bookworm-mosquitto+mosquitto-clients");
-        assert!(base_packages("broker").contains("mosquitto-clients\n"));
+        assert_eq!(base_key("bee"), "bookworm-shared");
+        assert_eq!(base_key("broker"), base_key("metrics"));
+        assert!(base_packages("bee").contains("# downloaded: influxdb influxdb-client mosquitto mosquitto-clients\n"));
     }
 }
