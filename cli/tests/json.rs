@@ -47,6 +47,7 @@ fn conforms(shapes: &BTreeMap<String, Value>, shape: &Value, v: &Value, at: &str
                 let ok = match t {
                     "string" => v.is_string(),
                     "integer" => v.is_i64() || v.is_u64(),
+                    "number" => v.is_number(),
                     "boolean" => v.is_boolean(),
                     "null" => v.is_null(),
                     named => match shapes.get(named) {
@@ -122,6 +123,10 @@ fn the_shape_checker_is_strict() {
     let s = serde_json::json!({ "x": "string | null", "n": ["N"], "m": { "*": "boolean" } });
     let ok = serde_json::json!({ "x": null, "n": [{ "a": 1 }], "m": { "k": true } });
     assert_eq!(conforms(&shapes, &s, &ok, "$"), Ok(()));
+    let n = serde_json::json!("number");
+    assert_eq!(conforms(&shapes, &n, &serde_json::json!(99.9), "$"), Ok(()));
+    assert_eq!(conforms(&shapes, &n, &serde_json::json!(3), "$"), Ok(()));
+    assert!(conforms(&shapes, &n, &serde_json::json!("99.9"), "$").is_err());
     for bad in [
         serde_json::json!({ "x": 1, "n": [], "m": {} }),
         serde_json::json!({ "x": "s", "n": [{ "a": "1" }], "m": {} }),

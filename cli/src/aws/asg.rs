@@ -115,3 +115,60 @@ pub async fn set_capacity(asg: &Client, group: &str, desired: i32, max: i32) -> 
         .map_err(|e| describe(&format!("cannot resize Auto Scaling group {group}"), e))?;
     Ok(())
 }
+
+/// One scheduled action of a group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scheduled {
+    pub name: String,
+    /// Cron (UTC unless `time_zone` says otherwise).
+    pub recurrence: String,
+    pub desired: Option<i32>,
+}
+
+/// A group's scheduled actions (every page read).
+pub async fn scheduled_actions(asg: &Client, group: &str) -> Result<Vec<Scheduled>, AwsError> {
+    let mut pages = asg.describe_scheduled_actions().auto_scaling_group_name(group).into_paginator().send();
+    let mut found = Vec::new();
+    while let Some(page) = pages.next().await {
+        let out = page.map_err(|e| describe(&format!("cannot read the scheduled actions of {group}"), e))?;
+        for a in out.scheduled_update_group_actions() {
+            found.push(Scheduled {
+                name: a.scheduled_action_name().unwrap_or_default().to_string(),
+                recurrence: a.recurrence().unwrap_or_default().to_string(),
+                desired: a.desired_capacity(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Puts (creates or replaces) a recurring scheduled action setting a group's desired capacity.
+pub async fn put_scheduled_action(
+    asg: &Client,
+    group: &str,
+    name: &str,
+    recurrence: &str,
+    desired: i32,
+) -> Result<(), AwsError> {
+    asg.put_scheduled_update_group_action()
+        .auto_scaling_group_name(group)
+        .scheduled_action_name(name)
+        .recurrence(recurrence)
+        .time_zone("Etc/UTC")
+        .desired_capacity(desired)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot schedule {name} on {group}"), e))?;
+    Ok(())
+}
+
+/// Deletes one scheduled action of a group.
+pub async fn delete_scheduled_action(asg: &Client, group: &str, name: &str) -> Result<(), AwsError> {
+    asg.delete_scheduled_action()
+        .auto_scaling_group_name(group)
+        .scheduled_action_name(name)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot delete the scheduled action {name} of {group}"), e))?;
+    Ok(())
+}

@@ -87,3 +87,67 @@ pub async fn target_health(elb: &Client, target_group_arn: &str) -> Result<Vec<T
         })
         .collect())
 }
+
+/// One listener rule (not the default action): its priority, what it matches, and the
+/// target groups it forwards to with their weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub priority: String,
+    /// The conditions, e.g. `path /legacy/*` (`; ` between several).
+    pub matches: String,
+    pub targets: Vec<(String, i32)>,
+}
+
+/// A listener's rules other than the default one (every page read).
+pub async fn listener_rules(elb: &Client, listener_arn: &str) -> Result<Vec<Rule>, AwsError> {
+    let mut rules = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let out = elb
+            .describe_rules()
+            .listener_arn(listener_arn)
+            .set_marker(marker.clone())
+            .send()
+            .await
+            .map_err(|e| describe(&format!("cannot read the rules of listener {listener_arn}"), e))?;
+        for r in out.rules().iter().filter(|r| r.is_default() != Some(true)) {
+            let matches = r
+                .conditions()
+                .iter()
+                .map(|c| {
+                    let mut values: Vec<String> = c.values().to_vec();
+                    if let Some(p) = c.path_pattern_config() {
+                        values.extend(p.values().iter().cloned());
+                    }
+                    if let Some(h) = c.host_header_config() {
+                        values.extend(h.values().iter().cloned());
+                    }
+                    values.sort();
+                    values.dedup();
+                    let field = match c.field().unwrap_or_default() {
+                        "path-pattern" => "path",
+                        "host-header" => "host",
+                        other => other,
+                    };
+                    format!("{field} {}", values.join(","))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut targets = Vec::new();
+            for a in r.actions() {
+                if let Some(fc) = a.forward_config().filter(|fc| !fc.target_groups().is_empty()) {
+                    for t in fc.target_groups() {
+                        targets.push((t.target_group_arn().unwrap_or_default().to_string(), t.weight().unwrap_or(1)));
+                    }
+                } else if let Some(tg) = a.target_group_arn() {
+                    targets.push((tg.to_string(), 1));
+                }
+            }
+            rules.push(Rule { priority: r.priority().unwrap_or_default().to_string(), matches, targets });
+        }
+        marker = out.next_marker().map(str::to_string);
+        if marker.is_none() {
+            return Ok(rules);
+        }
+    }
+}

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::output::{key_values, table, Outcome, Printed};
 use crate::engine::error::Error;
-use crate::engine::fleet::{CreateVersion, Plan, ScheduleChoice, VersionInfo};
+use crate::engine::fleet::{share, CreateVersion, Plan, Pruning, ScheduleChoice, VersionInfo};
 use crate::engine::library::Manifest;
 use crate::engine::values::{AmiRef, SwarmName, Version};
 use crate::engine::Engine;
@@ -186,9 +186,11 @@ impl Outcome for List {
                     format!("{} / {}", v.desired, v.in_service),
                     v.created.clone(),
                     if v.active {
-                        format!("yes ({}%)", v.weight)
-                    } else if v.weight > 0 {
-                        format!("{}%", v.weight)
+                        format!("yes ({}%)", share(v.share_tenths))
+                    } else if v.forward > 0 {
+                        format!("{}%", share(v.share_tenths))
+                    } else if !v.rules.is_empty() {
+                        format!("by {}", v.rules.join(", "))
                     } else {
                         String::new()
                     },
@@ -226,10 +228,11 @@ impl Outcome for Removed {
     }
 }
 
-/// `ROLE prune`: the versions removed, oldest first.
+/// `ROLE prune`: the versions removed (oldest first), and those kept on purpose with why.
 #[derive(Serialize)]
 pub struct Pruned {
-    pub removed: Vec<String>,
+    #[serde(flatten)]
+    pub done: Pruning,
     #[serde(skip)]
     pub role: String,
     #[serde(skip)]
@@ -238,11 +241,15 @@ pub struct Pruned {
 
 impl Outcome for Pruned {
     fn render(&self) -> String {
-        if self.removed.is_empty() {
+        let mut text = if self.done.removed.is_empty() {
             format!("nothing to prune: at most {} inactive {} version(s)", self.keep, self.role)
         } else {
-            format!("removed {} {}", self.role, self.removed.join(", "))
+            format!("removed {} {}", self.role, self.done.removed.join(", "))
+        };
+        for k in &self.done.kept {
+            text.push_str(&format!("\nkept {} {}: {}", self.role, k.version, k.reason));
         }
+        text
     }
 }
 
@@ -320,8 +327,7 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
             Printed::of(&Removed { removed: v.stack_name, version: v.version, role: m.role })
         }
         FleetCmd::Prune { stack, keep } => {
-            let gone = e.prune(&m, &stack, keep).await?;
-            Printed::of(&Pruned { removed: gone.into_iter().map(|v| v.version).collect(), role: m.role, keep })
+            Printed::of(&Pruned { done: e.prune(&m, &stack, keep).await?, role: m.role, keep })
         }
     }
 }

@@ -101,10 +101,14 @@ impl Outcome for Shown {
             .map(|v| {
                 vec![
                     v.version.clone(),
-                    format!("{}%", v.weight),
+                    match v.listener_weight {
+                        Some(w) => format!("{w} ({:.1}%)", v.share),
+                        None => format!("{:.1}%", v.share),
+                    },
                     format!("{}/{}", v.healthy, v.total),
                     v.desired.to_string(),
                     if s.active.as_ref() == Some(&v.version) { "yes".into() } else { String::new() },
+                    v.rules.join(", "),
                 ]
             })
             .collect();
@@ -123,7 +127,7 @@ impl Outcome for Shown {
                 "{} traffic in swarm {} ({how}):\n{}",
                 s.role,
                 s.swarm,
-                table(&["VERSION", "WEIGHT", "HEALTHY/TOTAL", "DESIRED", "ACTIVE"], &rows)
+                table(&["VERSION", "WEIGHT", "HEALTHY/TOTAL", "DESIRED", "ACTIVE", "RULES"], &rows)
             )
         };
         if let Some(l) = &s.lock {
@@ -172,6 +176,24 @@ impl Outcome for Switch {
                 text.push_str(&format!("; {f} scaled to 0"));
             }
         }
+        let rows: Vec<Vec<String>> = done
+            .report
+            .phases
+            .iter()
+            .map(|p| {
+                vec![
+                    p.phase.to_string(),
+                    p.what.clone(),
+                    format!("{:.1}s", p.seconds),
+                    p.check.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        text.push_str(&format!(
+            "\nrelease report ({:.1}s in all):\n{}",
+            done.report.seconds,
+            table(&["PHASE", "WHAT", "TOOK", "CHECK"], &rows)
+        ));
         text
     }
 }

@@ -28,10 +28,67 @@ pub struct VersionInfo {
     pub in_service: usize,
     pub created: String,
     pub active: bool,
-    /// Share of traffic (ALB/NLB roles), or 100/0 for the active/inactive versions of the rest.
+    /// Share of traffic in whole percent (ALB/NLB roles), or 100/0 for the active/inactive
+    /// versions of the rest; the shares add up to 100 and a version with any traffic shows
+    /// at least 1 ([`apportion`]).
     pub weight: i32,
+    /// The weight the listener's default action gives this version's target group, as
+    /// set (ALB/NLB roles; 0 when it is not among the targets), or 1/0 for the
+    /// active/inactive versions of the rest. Decisions read this, never the percentage.
+    #[serde(skip)]
+    pub forward: i32,
+    /// Share of traffic in tenths of a percent (the shares add up to 1000).
+    #[serde(skip)]
+    pub share_tenths: i32,
+    /// The listener rules (other than the default action) that forward to this version,
+    /// e.g. `rule 10: path /legacy/*`.
+    #[serde(skip)]
+    pub rules: Vec<String>,
     #[serde(skip)]
     pub stack: StackInfo,
+}
+
+impl VersionInfo {
+    /// Its schedule as the stack was given it (`ScaleUpCron`, `ScaleDownCron`,
+    /// `ScaleUpSize`), whether or not it is on the group now; `None`: no schedule.
+    pub fn schedule(&self) -> Option<(String, String, i32)> {
+        let p = &self.stack.parameters;
+        let up = p.get("ScaleUpCron").filter(|c| !c.is_empty())?;
+        let down = p.get("ScaleDownCron").cloned().unwrap_or_default();
+        let size = p.get("ScaleUpSize").and_then(|n| n.parse().ok()).unwrap_or(1);
+        Some((up.clone(), down, size))
+    }
+}
+
+/// Pure: splits `total` units among raw weights in proportion (largest remainder), so the
+/// parts add up to `total` exactly (when any weight is above 0) and, as far as `total`
+/// allows, every weight above 0 gets at least one unit. 999/1 over 1000 is 999/1; over
+/// 100 it is 99/1.
+pub fn apportion(weights: &[i32], total: i32) -> Vec<i32> {
+    let sum: i64 = weights.iter().map(|w| i64::from((*w).max(0))).sum();
+    if sum == 0 || total <= 0 {
+        return vec![0; weights.len()];
+    }
+    let t = i64::from(total);
+    let mut parts: Vec<i64> = weights.iter().map(|w| i64::from((*w).max(0)) * t / sum).collect();
+    let rem = |i: usize| i64::from(weights[i].max(0)) * t % sum;
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(rem(i)), i));
+    // Fewer units are left than weights with a remainder: one each, largest remainder first.
+    let left = (t - parts.iter().sum::<i64>()) as usize;
+    for &i in order.iter().take(left) {
+        parts[i] += 1;
+    }
+    // A weight above 0 shown as 0 takes a unit from the largest part.
+    for i in 0..weights.len() {
+        if weights[i] > 0 && parts[i] == 0 {
+            if let Some(big) = (0..parts.len()).filter(|&j| parts[j] > 1).max_by_key(|&j| parts[j]) {
+                parts[big] -= 1;
+                parts[i] += 1;
+            }
+        }
+    }
+    parts.into_iter().map(|p| p as i32).collect()
 }
 
 /// What `create` will do, computed without changing anything (shown by `--dry-run`).
@@ -164,6 +221,9 @@ impl Engine {
                 .map(str::to_string)
                 .ok_or_else(|| anyhow::anyhow!("base stack {} has no output {k}", base.name))
         };
+        // Only a role's active version carries its schedule: a version that is not active
+        // on creation gets it when it becomes active (`tyrell traffic`, Engine::switch).
+        let activate = m.traffic.via == Via::None && !existing.iter().any(|v| v.active);
         let mut parameters = BTreeMap::from([
             ("Swarm".into(), req.swarm.to_string()),
             ("Role".into(), m.role.clone()),
@@ -181,6 +241,7 @@ impl Engine {
             ("ScaleUpCron".into(), up),
             ("ScaleDownCron".into(), down),
             ("ScaleUpSize".into(), up_size.to_string()),
+            ("ScheduleNow".into(), activate.to_string()),
             ("DrainSeconds".into(), m.drain_seconds.to_string()),
         ]);
         // Only a role with an HTTP health check sends one: an empty path breaks the
@@ -198,7 +259,7 @@ impl Engine {
             parameters: parameters.clone(),
             tags: tags.clone(),
             user_data,
-            activate: m.traffic.via == Via::None && !existing.iter().any(|v| v.active),
+            activate,
             spec,
         })
     }
@@ -272,17 +333,21 @@ impl Engine {
         let groups = asg::groups(&self.aws.asg, &names).await?;
         let mut out = Vec::new();
         for (w, stacks) in by_swarm {
-            let weights = self.weights(m, &w, &stacks, &groups).await?;
+            let (weights, mut rules) = self.weights(m, &w, &stacks, &groups).await?;
             let top = weights.values().copied().max().unwrap_or(0);
+            let raw: Vec<i32> = stacks
+                .iter()
+                .map(|s| weights.get(s.tag(TAG_VERSION).unwrap_or_default()).copied().unwrap_or(0))
+                .collect();
+            let (percents, tenths) = (apportion(&raw, 100), apportion(&raw, 1000));
             let mut infos = Vec::new();
-            for s in stacks {
+            for (i, s) in stacks.into_iter().enumerate() {
                 let version = s.tag(TAG_VERSION).unwrap_or_default().to_string();
                 let group = s.output(OUT_ASG).and_then(|g| groups.get(g));
-                let weight = weights.get(&version).copied().unwrap_or(0);
+                let forward = raw[i];
                 infos.push(VersionInfo {
                     role: m.role.clone(),
                     swarm: w.clone(),
-                    version,
                     stack_name: s.name.clone(),
                     status: s.status.as_str().to_string(),
                     ami: s.parameters.get("AmiId").cloned().unwrap_or_default(),
@@ -290,8 +355,12 @@ impl Engine {
                     desired: group.as_ref().map(|g| g.desired).unwrap_or(0),
                     in_service: group.as_ref().map(|g| g.in_service()).unwrap_or(0),
                     created: s.created.clone().unwrap_or_default(),
-                    active: top > 0 && weight == top,
-                    weight,
+                    active: top > 0 && forward == top,
+                    weight: percents[i],
+                    forward,
+                    share_tenths: tenths[i],
+                    rules: rules.remove(&version).unwrap_or_default(),
+                    version,
                     stack: s,
                 });
             }
@@ -305,8 +374,9 @@ impl Engine {
     }
 
     /// The traffic weight of each version of a role in a swarm, read back from AWS: the
-    /// load balancer listener for ALB/NLB roles, the `tyrell:active` tag on the Auto
-    /// Scaling group for the rest.
+    /// raw weights of the load balancer listener's default action for ALB/NLB roles (plus,
+    /// for the ALB, the listener rules forwarding to each version), the `tyrell:active` tag
+    /// on the Auto Scaling group for the rest (weight 1).
     /// (`groups`: the versions' Auto Scaling groups, already read.)
     async fn weights(
         &self,
@@ -314,18 +384,30 @@ impl Engine {
         swarm: &str,
         stacks: &[StackInfo],
         groups: &BTreeMap<String, asg::Group>,
-    ) -> anyhow::Result<BTreeMap<String, i32>> {
+    ) -> anyhow::Result<(BTreeMap<String, i32>, BTreeMap<String, Vec<String>>)> {
         let mut w = BTreeMap::new();
+        let mut by_rule: BTreeMap<String, Vec<String>> = BTreeMap::new();
         match m.traffic.listener.as_deref() {
             Some(out) => {
-                let Some(base) = cfn::get(&self.aws.cfn, swarm).await? else { return Ok(w) };
-                let Some(listener) = base.output(out) else { return Ok(w) };
+                let Some(base) = cfn::get(&self.aws.cfn, swarm).await? else { return Ok((w, by_rule)) };
+                let Some(listener) = base.output(out) else { return Ok((w, by_rule)) };
                 let forwards = elb::listener_weights(&self.aws.elb, listener).await?;
-                let total: i32 = forwards.iter().map(|(_, x)| *x).sum();
+                // Rules exist on ALB listeners only.
+                let rules = match m.traffic.via {
+                    Via::Alb => elb::listener_rules(&self.aws.elb, listener).await?,
+                    _ => Vec::new(),
+                };
                 for s in stacks {
                     if let (Some(tg), Some(v)) = (s.output(OUT_TARGET_GROUP), s.tag(TAG_VERSION)) {
-                        if let Some((_, x)) = forwards.iter().find(|(arn, _)| arn == tg) {
-                            w.insert(v.to_string(), if total > 0 { x * 100 / total } else { 0 });
+                        let x: i32 = forwards.iter().filter(|(arn, _)| arn == tg).map(|(_, x)| *x).sum();
+                        if forwards.iter().any(|(arn, _)| arn == tg) {
+                            w.insert(v.to_string(), x);
+                        }
+                        for r in rules.iter().filter(|r| r.targets.iter().any(|(arn, _)| arn == tg)) {
+                            by_rule
+                                .entry(v.to_string())
+                                .or_default()
+                                .push(format!("rule {}: {}", r.priority, r.matches));
                         }
                     }
                 }
@@ -335,14 +417,14 @@ impl Engine {
                     if let (Some(g), Some(v)) = (s.output(OUT_ASG), s.tag(TAG_VERSION)) {
                         if let Some(g) = groups.get(g) {
                             if g.tags.get(TAG_ACTIVE).map(String::as_str) == Some("true") {
-                                w.insert(v.to_string(), 100);
+                                w.insert(v.to_string(), 1);
                             }
                         }
                     }
                 }
             }
         }
-        Ok(w)
+        Ok((w, by_rule))
     }
 
     /// One existing version.
@@ -409,12 +491,20 @@ impl Engine {
         if !force {
             self.ensure_unlocked(m, swarm).await?;
         }
-        if v.weight > 0 && !force {
+        if v.forward > 0 && !force {
             crate::refuse!(
                 InUse,
                 "{} {version} is active in swarm {swarm} ({}% of traffic): switch to another version first (tyrell traffic ...) or pass --force",
                 m.role,
-                v.weight
+                share(v.share_tenths)
+            );
+        }
+        if !v.rules.is_empty() && !force {
+            crate::refuse!(
+                InUse,
+                "{} {version} still gets traffic in swarm {swarm} through listener {}: change the rule first or pass --force",
+                m.role,
+                v.rules.join(", ")
             );
         }
         self.delete_stack(&v.stack).await?;
@@ -422,22 +512,115 @@ impl Engine {
     }
 
     /// Removes the oldest versions that carry no traffic, keeping the newest `keep` of them
-    /// and, always, the version `--rollback` would return to.
-    pub async fn prune(&mut self, m: &Manifest, swarm: &str, keep: usize) -> anyhow::Result<Vec<VersionInfo>> {
+    /// and, always, every version the listener still forwards to (a weight above 0 in its
+    /// default action, or a listener rule) and the version `--rollback` would return to.
+    /// Returns the versions removed and those kept on purpose, with why.
+    pub async fn prune(&mut self, m: &Manifest, swarm: &str, keep: usize) -> anyhow::Result<Pruning> {
         validate::name("swarm", swarm)?;
         self.ensure_unlocked(m, swarm).await?;
         let all = self.versions(m, Some(swarm)).await?;
         let rollback = self.previous(&all).await?;
-        if let Some(r) = &rollback {
-            self.report.step(&format!("keeping {} {r}: it is what --rollback returns to", m.role));
+        let mut kept = Vec::new();
+        let mut idle = Vec::new();
+        for v in all {
+            let mut why = Vec::new();
+            if v.forward > 0 {
+                why.push(match m.traffic.via {
+                    Via::None => "it is the active version".to_string(),
+                    _ => format!(
+                        "the listener forwards {}% of its traffic to it (weight {})",
+                        share(v.share_tenths),
+                        v.forward
+                    ),
+                });
+            }
+            if !v.rules.is_empty() {
+                why.push(format!("listener {} forwards to it", v.rules.join(", ")));
+            }
+            if rollback.as_deref() == Some(v.version.as_str()) {
+                why.push("it is what --rollback returns to".to_string());
+            }
+            if why.is_empty() {
+                idle.push(v);
+            } else {
+                let reason = why.join("; ");
+                self.report.step(&format!("keeping {} {}: {reason}", m.role, v.version));
+                kept.push(Kept { version: v.version, reason });
+            }
         }
-        let idle: Vec<VersionInfo> =
-            all.into_iter().filter(|v| v.weight == 0 && Some(&v.version) != rollback.as_ref()).collect();
         let doomed: Vec<VersionInfo> = idle[..idle.len().saturating_sub(keep)].to_vec();
         let stacks: Vec<StackInfo> = doomed.iter().map(|v| v.stack.clone()).collect();
         self.delete_stacks(&stacks).await?;
-        Ok(doomed)
+        Ok(Pruning { removed: doomed.into_iter().map(|v| v.version).collect(), kept })
     }
+}
+
+/// The names tyrell gives the scheduled actions it puts on a version that becomes active
+/// (those the template made on creation keep CloudFormation's names).
+pub const SCALE_UP_ACTION: &str = "tyrell-scale-up";
+pub const SCALE_DOWN_ACTION: &str = "tyrell-scale-down";
+
+impl Engine {
+    /// Puts a version's own schedule (its stack's `ScaleUpCron`, `ScaleDownCron`,
+    /// `ScaleUpSize`) on its Auto Scaling group, unless the group has scheduled actions
+    /// already. Returns what it did (`None`: nothing to do).
+    pub async fn schedule_on(&mut self, v: &VersionInfo) -> anyhow::Result<Option<String>> {
+        let (Some((up, down, size)), Some(group)) = (v.schedule(), v.stack.output(OUT_ASG)) else { return Ok(None) };
+        if !asg::scheduled_actions(&self.aws.asg, group).await?.is_empty() {
+            return Ok(None);
+        }
+        asg::put_scheduled_action(&self.aws.asg, group, SCALE_UP_ACTION, &up, size).await?;
+        let mut what = format!("{} {} scheduled: up to {size} at \"{up}\"", v.role, v.version);
+        if !down.is_empty() {
+            asg::put_scheduled_action(&self.aws.asg, group, SCALE_DOWN_ACTION, &down, 0).await?;
+            what.push_str(&format!(", down to 0 at \"{down}\""));
+        }
+        self.report.step(&what);
+        Ok(Some(what))
+    }
+
+    /// Removes every scheduled action of a version's group, so that nothing brings an
+    /// inactive version back. Returns what it did (`None`: it had none).
+    pub async fn schedule_off(&mut self, v: &VersionInfo) -> anyhow::Result<Option<String>> {
+        let Some(group) = v.stack.output(OUT_ASG) else { return Ok(None) };
+        let actions = asg::scheduled_actions(&self.aws.asg, group).await?;
+        if actions.is_empty() {
+            return Ok(None);
+        }
+        for a in &actions {
+            asg::delete_scheduled_action(&self.aws.asg, group, &a.name).await?;
+        }
+        let what = format!(
+            "{} {} unscheduled: removed {}",
+            v.role,
+            v.version,
+            actions.iter().map(|a| format!("\"{}\" ({})", a.recurrence, a.name)).collect::<Vec<_>>().join(", ")
+        );
+        self.report.step(&what);
+        Ok(Some(what))
+    }
+}
+
+/// Tenths of a percent as a percentage with one decimal: 999 is `99.9`.
+pub fn share(tenths: i32) -> String {
+    format!("{}.{}", tenths / 10, tenths % 10)
+}
+
+/// What `prune` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pruning {
+    /// The versions removed, oldest first.
+    pub removed: Vec<String>,
+    /// The versions it must not remove, and why (the newest `--keep` idle ones are not listed).
+    pub kept: Vec<Kept>,
+}
+
+/// A version prune keeps on purpose.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kept {
+    pub version: String,
+    /// Why: the listener still forwards to it, a listener rule does, or `--rollback` returns to it.
+    pub reason: String,
 }
 
 #[cfg(test)]
@@ -451,6 +634,26 @@ mod tests {
         assert_eq!(new_version(t, &["v261123101500".into()]), "v261123101501");
         assert!(validate::version(&new_version(t, &[])).is_ok());
         assert!(new_version(t, &[]) < new_version(t + time::Duration::hours(30), &[]));
+    }
+
+    #[test]
+    fn shares_add_up_and_any_traffic_shows() {
+        assert_eq!(apportion(&[999, 1], 1000), vec![999, 1]);
+        assert_eq!(apportion(&[999, 1], 100), vec![99, 1]);
+        assert_eq!(apportion(&[1, 1, 1], 1000), vec![334, 333, 333]);
+        assert_eq!(apportion(&[1, 1, 1], 100), vec![34, 33, 33]);
+        assert_eq!(apportion(&[0, 50, 50], 100), vec![0, 50, 50]);
+        assert_eq!(apportion(&[9999, 1, 0], 1000), vec![999, 1, 0]);
+        assert_eq!(apportion(&[0, 0], 100), vec![0, 0]);
+        assert_eq!(apportion(&[], 100), Vec::<i32>::new());
+        for w in [vec![7, 3, 990], vec![1, 998, 1], vec![333, 333, 334], vec![5]] {
+            assert_eq!(apportion(&w, 1000).iter().sum::<i32>(), 1000, "{w:?}");
+            assert_eq!(apportion(&w, 100).iter().sum::<i32>(), 100, "{w:?}");
+        }
+        assert_eq!(
+            (share(999), share(1), share(1000), share(0)),
+            ("99.9".into(), "0.1".into(), "100.0".into(), "0.0".into())
+        );
     }
 
     #[test]

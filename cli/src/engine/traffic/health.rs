@@ -183,21 +183,24 @@ impl Engine {
     }
 
     /// Waits (up to `--timeout`) until every desired instance of a version is ready; fails
-    /// naming the instances that are not, and why.
-    pub(super) async fn gate(&mut self, v: &VersionInfo) -> anyhow::Result<()> {
+    /// naming the instances that are not, and why. Returns the check that opened it
+    /// (`2/2 ready`) and how many looks it took.
+    pub(super) async fn gate(&mut self, v: &VersionInfo) -> anyhow::Result<(String, usize)> {
         let start = tokio::time::Instant::now();
         let timeout = self.wait.timeout;
         let mut delay = self.wait.first_delay;
         let mut last = String::new();
+        let mut looks = 0;
         loop {
             let (o, _) = self.observe(v).await?;
+            looks += 1;
             let shown = assess(&o).summary();
             if shown != last {
                 self.report.step(&format!("gate: {} {}: {shown}", v.role, v.version));
-                last = shown;
+                last = shown.clone();
             }
             match gate_step(&o, start.elapsed(), timeout) {
-                GateStep::Open => return Ok(()),
+                GateStep::Open => return Ok((shown, looks)),
                 GateStep::Failed(problems) => crate::refuse!(
                     Unhealthy,
                     "{} {} is not healthy after {}s, so traffic was not moved: {}",
@@ -214,25 +217,27 @@ impl Engine {
     }
 
     /// Holds a step for `bake`, watching the new version's health; `Err` with the problems
-    /// as soon as it drops.
+    /// as soon as it drops, else the check it held (`health held: 1/1 ready, 4 looks`).
     pub(super) async fn hold_step(
         &mut self,
         v: &VersionInfo,
         bake: Duration,
-    ) -> anyhow::Result<Result<(), Vec<String>>> {
+    ) -> anyhow::Result<Result<String, Vec<String>>> {
         if bake.is_zero() {
-            return Ok(Ok(()));
+            return Ok(Ok("no bake (--bake 0)".into()));
         }
         self.report.step(&format!("baking {}s, watching {} {}", bake.as_secs(), v.role, v.version));
         let start = tokio::time::Instant::now();
+        let mut looks = 0;
         loop {
             let (o, _) = self.observe(v).await?;
+            looks += 1;
             if let Err(problems) = bake_step(&o) {
                 return Ok(Err(problems));
             }
             let left = bake.saturating_sub(start.elapsed());
             if left.is_zero() {
-                return Ok(Ok(()));
+                return Ok(Ok(format!("health held: {}, {looks} look(s)", assess(&o).summary())));
             }
             tokio::time::sleep(left.min(POLL)).await;
         }

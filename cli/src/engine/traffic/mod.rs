@@ -38,7 +38,15 @@ pub use switch::SwitchRequest;
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionTraffic {
     pub version: String,
+    /// Whole percent; the versions' weights add up to 100, any traffic shows as at least 1.
     pub weight: i32,
+    /// The share exactly as the listener sets it, percent with one decimal (999/1: 99.9
+    /// and 0.1); the versions' shares add up to 100.
+    pub share: f64,
+    /// The raw weight in the listener's default action (`null` for roles without one).
+    pub listener_weight: Option<i32>,
+    /// The listener rules that forward to it, e.g. `rule 10: path /legacy/*`.
+    pub rules: Vec<String>,
     pub desired: i32,
     pub healthy: usize,
     pub total: usize,
@@ -91,6 +99,9 @@ impl Engine {
             versions.push(VersionTraffic {
                 version: v.version.clone(),
                 weight: v.weight,
+                share: f64::from(v.share_tenths) / 10.0,
+                listener_weight: m.traffic.listener.is_some().then_some(v.forward),
+                rules: v.rules.clone(),
                 desired: v.desired,
                 healthy: a.ready,
                 total,
@@ -106,7 +117,7 @@ impl Engine {
     /// (tag `tyrell:inactive-since`), else the newest version older than the active one.
     pub async fn previous(&self, versions: &[VersionInfo]) -> anyhow::Result<Option<String>> {
         let mut best: Option<(String, String)> = None;
-        for v in versions.iter().filter(|v| v.weight == 0) {
+        for v in versions.iter().filter(|v| v.forward == 0) {
             let Some(name) = v.stack.output(OUT_ASG) else { continue };
             if let Some(g) = asg::group(&self.aws.asg, name).await? {
                 if let Some(t) = g.tags.get(TAG_INACTIVE_SINCE) {

@@ -46,6 +46,46 @@ pub struct Switched {
     pub retired: bool,
     /// A lock that was taken over or broken on the way.
     pub broke_lock: Option<Held>,
+    /// The release report: each phase, how long it took, and the checks made.
+    pub report: Report,
+}
+
+/// The release report of a switch: what moved, how long each phase took, and the
+/// swarm-level checks made on the way.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The whole switch, from deciding (from, to) to the old version's last change, in
+    /// seconds (one decimal).
+    pub seconds: f64,
+    /// In order.
+    pub phases: Vec<Phase>,
+}
+
+/// One phase of a switch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Phase {
+    /// `scale` (the new version to its capacity), `gate`, `step` (one listener change or
+    /// the tag move), `bake` (a step held while health is watched), `schedule` (scheduled
+    /// actions put on the new version or taken off the old one), `old` (the old version
+    /// marked inactive, scaled in).
+    pub phase: &'static str,
+    /// What it did, e.g. `router v2 10%, v1 90%`.
+    pub what: String,
+    /// How long it took, in seconds (one decimal).
+    pub seconds: f64,
+    /// The check it made, e.g. `2/2 ready` (gate), `health held: 2/2 ready, 7 look(s)` (bake).
+    pub check: Option<String>,
+}
+
+/// A duration in seconds, to one decimal.
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+impl Report {
+    fn add(&mut self, phase: &'static str, what: String, since: tokio::time::Instant, check: Option<String>) {
+        self.phases.push(Phase { phase, what, seconds: secs(since.elapsed()), check });
+    }
 }
 
 impl Engine {
@@ -155,7 +195,7 @@ impl Engine {
     ) -> anyhow::Result<Switched> {
         let swarm = req.swarm.as_str();
         let versions = self.versions(m, Some(swarm)).await?;
-        let weights: BTreeMap<String, i32> = versions.iter().map(|v| (v.version.clone(), v.weight)).collect();
+        let weights: BTreeMap<String, i32> = versions.iter().map(|v| (v.version.clone(), v.forward)).collect();
         // A lock taken but killed before its intent was written (or unreadable) tells nothing.
         let intent = prior.and_then(Held::intent);
         let previous = match (&req.target, intent) {
@@ -164,13 +204,18 @@ impl Engine {
         };
         let (from, to) = choose(&req.target, intent, &weights, previous.as_deref())
             .map_err(|e| Error::NotFound(format!("cannot roll back {} in swarm {swarm}: {e}", m.role)))?;
+        // Undoing an interrupted switch (going back to the version it came from): the
+        // version it was going to never became the live one, so it does not become what
+        // --rollback returns to either.
+        let undo = intent.is_some_and(|p| p.from.is_some() && p.from == Some(to.as_str()));
         me.from = from.clone();
         me.to = Some(to.clone());
         let name = lock_param(swarm, &m.role);
         ssm::put_string(&self.aws.ssm, &name, &serde_json::to_string(me)?, description, true).await?;
-        self.switch_locked(m, req, listener, &versions, from, to).await
+        self.switch_locked(m, req, listener, &versions, from, to, undo).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn switch_locked(
         &mut self,
         m: &Manifest,
@@ -179,8 +224,11 @@ impl Engine {
         versions: &[VersionInfo],
         from: Option<String>,
         to: String,
+        undo: bool,
     ) -> anyhow::Result<Switched> {
         let swarm = req.swarm.as_str();
+        let started = tokio::time::Instant::now();
+        let mut report = Report::default();
         let find = |v: &str| versions.iter().find(|x| x.version == v).cloned();
         let mut new =
             find(&to).ok_or_else(|| Error::NotFound(format!("swarm {swarm} has no {} version {to}", m.role)))?;
@@ -236,15 +284,26 @@ impl Engine {
 
         // 1. Capacity, then the gate.
         if capacity != was {
+            let t = tokio::time::Instant::now();
             new = self.scale_version(m, swarm, &to, capacity).await?;
+            report.add("scale", format!("{} {to} from {was} to {capacity} instance(s)", m.role), t, None);
         }
         self.report.in_flight(Some(interrupted("before moving any traffic")));
-        if let Err(e) = self.gate(&new).await {
-            if capacity != was {
-                self.report.step(&format!("gate failed: returning {} {to} to {was} instance(s)", m.role));
-                self.scale_version(m, swarm, &to, was).await?;
+        let t = tokio::time::Instant::now();
+        match self.gate(&new).await {
+            Ok((check, looks)) => report.add(
+                "gate",
+                format!("{} {to}: every desired instance ready ({looks} look(s))", m.role),
+                t,
+                Some(check),
+            ),
+            Err(e) => {
+                if capacity != was {
+                    self.report.step(&format!("gate failed: returning {} {to} to {was} instance(s)", m.role));
+                    self.scale_version(m, swarm, &to, was).await?;
+                }
+                return Err(e);
             }
-            return Err(e);
         }
 
         // 2. Shift.
@@ -252,6 +311,7 @@ impl Engine {
         match (listener, &new_tg) {
             (Some(listener), Some(new_tg)) => {
                 for (i, pct) in plan.iter().enumerate() {
+                    let t = tokio::time::Instant::now();
                     let targets = split(old_tg.as_deref(), new_tg, *pct);
                     elb::forward(&self.aws.elb, listener, &targets).await?;
                     self.report.in_flight(Some(interrupted(&format!("at {pct}%"))));
@@ -261,8 +321,19 @@ impl Engine {
                         _ => String::new(),
                     };
                     self.report.step(&format!("step {}/{}: {} {to} {pct}%{rest}", i + 1, plan.len(), m.role));
+                    report.add("step", format!("{} {to} {pct}%{rest}", m.role), t, None);
                     if *pct < 100 {
-                        if let Err(problems) = self.hold_step(&new, req.bake).await? {
+                        let t = tokio::time::Instant::now();
+                        let held = self.hold_step(&new, req.bake).await?;
+                        if let Ok(check) = &held {
+                            report.add(
+                                "bake",
+                                format!("{} {to} at {pct}% for {}s", m.role, req.bake.as_secs()),
+                                t,
+                                Some(check.clone()),
+                            );
+                        }
+                        if let Err(problems) = held {
                             // `shift_plan` makes steps below 100% only when there is an old version.
                             if let Some(back) = old_tg.as_deref() {
                                 elb::forward(&self.aws.elb, listener, &[(back.to_string(), 1)]).await?;
@@ -282,10 +353,25 @@ impl Engine {
                 }
             }
             _ => {
+                let t = tokio::time::Instant::now();
                 let group = new.stack.output(OUT_ASG).unwrap_or_default().to_string();
                 asg::set_tag(&self.aws.asg, &group, TAG_ACTIVE, "true").await?;
                 self.report.step(&format!("{} {to} is now the active version", m.role));
+                report.add("step", format!("{} {to} tagged {TAG_ACTIVE}=true", m.role), t, None);
                 steps.push(100);
+            }
+        }
+
+        // The schedule goes with the active version: on the new one (its own, from its
+        // stack), then off the old one, so nothing brings an inactive version back.
+        let t = tokio::time::Instant::now();
+        if let Some(what) = self.schedule_on(&new).await? {
+            report.add("schedule", what, t, None);
+        }
+        if let Some(old) = &old {
+            let t = tokio::time::Instant::now();
+            if let Some(what) = self.schedule_off(old).await? {
+                report.add("schedule", what, t, None);
             }
         }
 
@@ -293,19 +379,32 @@ impl Engine {
         //    roles without inbound traffic: two versions would do the same work twice).
         let mut retired = false;
         if let Some(old) = &old {
+            let t = tokio::time::Instant::now();
+            let mut did = Vec::new();
             let group = old.stack.output(OUT_ASG).unwrap_or_default().to_string();
             if listener.is_none() {
                 asg::set_tag(&self.aws.asg, &group, TAG_ACTIVE, "false").await?;
+                did.push(format!("tagged {TAG_ACTIVE}=false"));
             }
-            asg::set_tag(&self.aws.asg, &group, TAG_INACTIVE_SINCE, &now_rfc3339()).await?;
+            // An undone switch's target was never the live version: --rollback keeps
+            // returning to the version that was live before.
+            if undo {
+                did.push("not marked for --rollback (the switch to it was undone)".to_string());
+            } else {
+                asg::set_tag(&self.aws.asg, &group, TAG_INACTIVE_SINCE, &now_rfc3339()).await?;
+                did.push(format!("tagged {TAG_INACTIVE_SINCE} (--rollback returns to it)"));
+            }
             if req.retire || listener.is_none() {
                 if old.desired > 0 {
                     self.report.step(&format!("scaling {} {} to 0 (kept for --rollback)", m.role, old.version));
                     self.scale_version(m, swarm, &old.version, 0).await?;
+                    did.push(format!("scaled from {} to 0", old.desired));
                 }
                 retired = true;
             }
+            report.add("old", format!("{} {}: {}", m.role, old.version, did.join(", ")), t, None);
         }
-        Ok(Switched { role: m.role.clone(), swarm: swarm.into(), from, to, steps, retired, broke_lock: None })
+        report.seconds = secs(started.elapsed());
+        Ok(Switched { role: m.role.clone(), swarm: swarm.into(), from, to, steps, retired, broke_lock: None, report })
     }
 }
