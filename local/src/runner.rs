@@ -372,6 +372,16 @@ fn follow_lbs(cloud: &str, rt: &tokio::runtime::Runtime, c: &Clients, lbs: &mut 
     };
     let ips = list.iter().filter(|i| i.wants_box()).filter_map(|i| Some((i.id.clone(), i.ip?))).collect();
     for (id, health) in lbs.sync(view, ips) {
+        // As on AWS, a group ignores its load balancer's verdict during its
+        // HealthCheckGracePeriod from the instance's launch (asked again next poll).
+        if health == "Unhealthy" {
+            let launched = list.iter().find(|i| i.id == id).map(|i| i.launched.clone()).unwrap_or_default();
+            if let Some(until) = rt.block_on(grace_until(&c.asg, &id, &launched)) {
+                if time::OffsetDateTime::now_utc() < until {
+                    continue;
+                }
+            }
+        }
         let r = rt.block_on(
             c.asg
                 .set_instance_health()
@@ -392,6 +402,29 @@ fn follow_lbs(cloud: &str, rt: &tokio::runtime::Runtime, c: &Clients, lbs: &mut 
     if let Err(e) = state::save_lbs(cloud, &lbs.status()) {
         tracing::warn!("{e:#}");
     }
+}
+
+thread_local! {
+    static GRACE: std::cell::RefCell<HashMap<String, Option<time::OffsetDateTime>>> = std::cell::RefCell::new(HashMap::new());
+}
+
+/// When an instance's Auto Scaling grace period ends: its launch time plus its group's
+/// `HealthCheckGracePeriod` (`None` outside a group, or when unknown). Asked once per instance.
+async fn grace_until(asg: &aws_sdk_autoscaling::Client, id: &str, launched: &str) -> Option<time::OffsetDateTime> {
+    if let Some(known) = GRACE.with(|g| g.borrow().get(id).copied()) {
+        return known;
+    }
+    let until = async {
+        let i = asg.describe_auto_scaling_instances().instance_ids(id).send().await.ok()?;
+        let group = i.auto_scaling_instances().first()?.auto_scaling_group_name()?.to_string();
+        let g = asg.describe_auto_scaling_groups().auto_scaling_group_names(&group).send().await.ok()?;
+        let grace = g.auto_scaling_groups().first()?.health_check_grace_period().unwrap_or(0);
+        let at = time::OffsetDateTime::parse(launched, &time::format_description::well_known::Rfc3339).ok()?;
+        Some(at + time::Duration::seconds(i64::from(grace.max(0))))
+    }
+    .await;
+    GRACE.with(|g| g.borrow_mut().insert(id.to_string(), until));
+    until
 }
 
 fn check_boots(opts: &Options) {

@@ -606,6 +606,8 @@ fn load_balancers_route_by_weight_and_health_checks_reach_auto_scaling() {
                 .vpc_zone_identifier(&sn)
                 .target_group_arns(&tg)
                 .health_check_type("ELB")
+                // 1 s: the emulator reads a grace period of 0 as its default, 300 s.
+                .health_check_grace_period(1)
                 .send()
                 .await
                 .unwrap();
