@@ -261,7 +261,12 @@ fn serve(opts: &Options, rt: &tokio::runtime::Runtime, stop: &AtomicBool) -> any
     let lookup_asg = asg.clone();
     let lifecycle: imds::LifecycleLookup = Arc::new(move |id: String| {
         let asg = lookup_asg.clone();
-        Box::pin(async move { lifecycle_state(&asg, &id).await })
+        Box::pin(async move {
+            if let Some(held) = TERMINATING.read().ok().and_then(|t| t.get(&id).map(|h| h.state.clone())) {
+                return Some(held);
+            }
+            lifecycle_state(&asg, &id).await
+        })
     });
     let service = Imds::new(aws::region(), lifecycle);
     let listener = net::listen_tcp_in(cloud, (net::IMDS, 80).into())?;
@@ -404,6 +409,72 @@ fn follow_lbs(cloud: &str, rt: &tokio::runtime::Runtime, c: &Clients, lbs: &mut 
     }
 }
 
+/// A box whose instance terminated while its group has a termination lifecycle hook.
+struct Held {
+    /// The lifecycle state its metadata reports (`Terminating:Wait`).
+    state: String,
+    /// When the hook's heartbeat timeout ends (then CONTINUE: the box stops).
+    until: Instant,
+}
+
+/// Instances held by a termination lifecycle hook, by id (read by the metadata service).
+static TERMINATING: std::sync::LazyLock<std::sync::RwLock<HashMap<String, Held>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The longest a box is held for a hook (the hook may say up to 7,200 s).
+const HOLD_MAX: Duration = Duration::from_secs(600);
+
+/// The emulator terminates an instance at once, whatever its group's termination
+/// lifecycle hook says. As on AWS, hold its box in `Terminating:Wait` (its metadata's
+/// `autoscaling/target-lifecycle-state` reads `Terminated`, so the box's drain path runs)
+/// until the hook's heartbeat timeout (at most [`HOLD_MAX`]), or until the role's service
+/// has stopped — the drain finished. Whether the box is still held.
+fn hold_for_hook(rt: &tokio::runtime::Runtime, asg: &aws_sdk_autoscaling::Client, list: &[Instance], id: &str) -> bool {
+    let held_until = TERMINATING.read().ok().and_then(|t| t.get(id).map(|h| h.until));
+    if let Some(until) = held_until {
+        let service_done = HELD.with(|h| {
+            h.borrow().get(id).is_none_or(|b| match boxes::role_unit(&b.record.role) {
+                Some(u) => {
+                    !matches!(boxes::unit_state(&b.record, u).as_str(), "active" | "activating" | "deactivating")
+                }
+                None => true,
+            })
+        });
+        if Instant::now() < until && !service_done {
+            return true;
+        }
+        if let Ok(mut t) = TERMINATING.write() {
+            t.remove(id);
+        }
+        tracing::info!(
+            "instance {id}: the termination hold ended ({})",
+            if service_done { "its service stopped" } else { "the hook timed out" }
+        );
+        return false;
+    }
+    let Some(group) = list.iter().find(|i| i.id == id).and_then(|i| i.tags.get("aws:autoscaling:groupName").cloned())
+    else {
+        return false;
+    };
+    let hooks = rt.block_on(asg.describe_lifecycle_hooks().auto_scaling_group_name(&group).send());
+    let timeout = hooks.ok().and_then(|h| {
+        h.lifecycle_hooks()
+            .iter()
+            .find(|k| k.lifecycle_transition() == Some("autoscaling:EC2_INSTANCE_TERMINATING"))
+            .map(|k| k.heartbeat_timeout().unwrap_or(3600))
+    });
+    let Some(timeout) = timeout else { return false };
+    let hold = Duration::from_secs(u64::try_from(timeout).unwrap_or(0)).min(HOLD_MAX);
+    tracing::info!(
+        "instance {id} terminated: its box is held up to {}s by its group's termination lifecycle hook (metadata: Terminated)",
+        hold.as_secs()
+    );
+    if let Ok(mut t) = TERMINATING.write() {
+        t.insert(id.to_string(), Held { state: "Terminating:Wait".into(), until: Instant::now() + hold });
+    }
+    true
+}
+
 thread_local! {
     static GRACE: std::cell::RefCell<HashMap<String, Option<time::OffsetDateTime>>> = std::cell::RefCell::new(HashMap::new());
 }
@@ -464,6 +535,9 @@ fn reconcile(
     let gone: Vec<String> =
         HELD.with(|h| h.borrow().keys().filter(|k| !wanted.contains_key(k.as_str())).cloned().collect());
     for id in gone {
+        if hold_for_hook(rt, asg, list, &id) {
+            continue;
+        }
         if let Some(mut b) = HELD.with(|h| h.borrow_mut().remove(&id)) {
             tracing::info!("instance {id} is no longer running: stopping its box");
             if let Ok(mut m) = service.instances.write() {

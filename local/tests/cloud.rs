@@ -420,7 +420,9 @@ fn an_auto_scaling_instance_boots_with_its_launch_template() {
         let sn = ec2.create_subnet().vpc_id(&vpc).cidr_block("10.44.1.0/24").send().await.unwrap();
         let sn = sn.subnet().unwrap().subnet_id().unwrap().to_string();
         let ud = base64::engine::general_purpose::STANDARD
-            .encode("#cloud-config\nruncmd:\n  - [sh, -c, 'echo from-launch-template > /run/lt']\n");
+            // The role's service (tyrell-bee.service here) stands in for a program that
+            // drains when the box's lifecycle state turns Terminated.
+            .encode("#cloud-config\nwrite_files:\n  - path: /etc/systemd/system/tyrell-bee.service\n    content: |\n      [Service]\n      ExecStart=/bin/sleep infinity\nruncmd:\n  - [sh, -c, 'echo from-launch-template > /run/lt']\n  - [systemctl, start, --no-block, tyrell-bee.service]\n");
         ec2.create_launch_template()
             .launch_template_name(&group)
             .launch_template_data(
@@ -459,12 +461,34 @@ fn an_auto_scaling_instance_boots_with_its_launch_template() {
         &["sh", "-c", "t=$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') && curl -sf -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/meta-data/autoscaling/target-lifecycle-state"],
     );
     assert_eq!(state, "InService");
-    // Scale-in terminates the instance: its box goes.
+    assert_eq!(r.exec(&id, &["systemctl", "is-active", "tyrell-bee.service"]).trim(), "active");
+    // A termination lifecycle hook: scale-in holds the box in Terminating:Wait, its metadata
+    // says Terminated (the drain path's cue), until its service stops.
+    rt.block_on(
+        asg.put_lifecycle_hook()
+            .auto_scaling_group_name(&group)
+            .lifecycle_hook_name("drain")
+            .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+            .heartbeat_timeout(300)
+            .default_result("CONTINUE")
+            .send(),
+    )
+    .expect("PutLifecycleHook");
     rt.block_on(asg.set_desired_capacity().auto_scaling_group_name(&group).desired_capacity(0).send()).unwrap();
+    let ask = "t=$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') && curl -sf -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/meta-data/autoscaling/target-lifecycle-state || true";
+    let start = Instant::now();
+    while r.exec(&id, &["sh", "-c", ask]) != "Terminated" {
+        assert!(start.elapsed() < Duration::from_secs(20), "the held box never read Terminated");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(3));
     let ns = format!("{cloud}-{id}");
+    assert!(netns_list().contains(&ns), "the box is held while its service runs");
+    // Its drain done (the service stops), the box goes.
+    r.exec(&id, &["systemctl", "stop", "tyrell-bee.service"]);
     let start = Instant::now();
     while netns_list().contains(&ns) {
-        assert!(start.elapsed() < Duration::from_secs(30), "box {id} still there 30s after scale-in");
+        assert!(start.elapsed() < Duration::from_secs(30), "box {id} still there 30s after its service stopped");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
