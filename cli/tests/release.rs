@@ -7,23 +7,10 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::{ami, block_on, emulator, exit, fails, json, ok, swarm};
-
-fn create(noun: &str, swarm: &str, version: &str, size: &str) {
-    ok(&[noun, "create", "-a", &ami(), "-s", size, "--version", version, swarm]);
-}
-
-fn output(stack: &str, key: &str) -> String {
-    block_on(async {
-        let cfn = emulator().cloudformation().await;
-        let out = cfn.describe_stacks().stack_name(stack).send().await.unwrap();
-        let s = &out.stacks()[0];
-        s.outputs().iter().find(|o| o.output_key() == Some(key)).unwrap().output_value().unwrap().to_string()
-    })
-}
+use support::{ami, block_on, create, emulator, exit, fails, forwards, json, ok, output, swarm, wait_for};
 
 fn tg(swarm: &str, version: &str) -> String {
     output(&format!("{swarm}-router-{version}"), "TargetGroupArn")
@@ -45,26 +32,6 @@ fn schedule(swarm: &str, role: &str, version: &str) -> Vec<(String, i32)> {
             .map(|a| (a.recurrence().unwrap_or_default().to_string(), a.desired_capacity().unwrap_or(-1)))
             .collect();
         v.sort();
-        v
-    })
-}
-
-/// The (target group, weight) pairs of the listener's default action.
-fn forwards(listener: &str) -> Vec<(String, i32)> {
-    block_on(async {
-        let elb = emulator().elb().await;
-        let out = elb.describe_listeners().listener_arns(listener).send().await.unwrap();
-        let mut v = Vec::new();
-        for a in out.listeners()[0].default_actions() {
-            match a.forward_config() {
-                Some(fc) if !fc.target_groups().is_empty() => {
-                    for t in fc.target_groups() {
-                        v.push((t.target_group_arn().unwrap().to_string(), t.weight().unwrap_or(1)));
-                    }
-                }
-                _ => v.extend(a.target_group_arn().map(|tg| (tg.to_string(), 1))),
-            }
-        }
         v
     })
 }
@@ -219,14 +186,6 @@ fn prune_keeps_every_version_the_listener_still_forwards_to_and_traffic_shows_it
     assert_eq!(left, ["r1", "r2", "r3", "r4"]);
     let table = ok(&["routers", "prune", &sw, "--keep", "0"]);
     assert!(table.contains("kept router r4: listener rule 10: path /legacy/* forwards to it"), "{table}");
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(90), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// v0 was live before v1; a switch v1 -> v2 is killed mid-canary and undone. --rollback

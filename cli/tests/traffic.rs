@@ -10,46 +10,9 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{ami, block_on, emulator, exit, fails, json, ok, run, swarm};
+use support::{ami, block_on, create, emulator, exit, fails, forwards, json, ok, output, run, swarm, wait_for};
 
 /// Creates a version of a role with a given id and size.
-fn create(noun: &str, swarm: &str, version: &str, size: &str) {
-    ok(&[noun, "create", "-a", &ami(), "-s", size, "--version", version, swarm]);
-}
-
-fn output(stack: &str, key: &str) -> String {
-    block_on(async {
-        let cfn = emulator().cloudformation().await;
-        let out = cfn.describe_stacks().stack_name(stack).send().await.unwrap();
-        let s = &out.stacks()[0];
-        s.outputs().iter().find(|o| o.output_key() == Some(key)).unwrap().output_value().unwrap().to_string()
-    })
-}
-
-/// The (target group, weight) pairs a listener forwards to, through the SDK.
-fn forwards(listener: &str) -> Vec<(String, i32)> {
-    block_on(async {
-        let elb = emulator().elb().await;
-        let out = elb.describe_listeners().listener_arns(listener).send().await.unwrap();
-        let mut v = Vec::new();
-        for a in out.listeners()[0].default_actions() {
-            match a.forward_config() {
-                Some(fc) if !fc.target_groups().is_empty() => {
-                    for t in fc.target_groups() {
-                        v.push((t.target_group_arn().unwrap().to_string(), t.weight().unwrap_or(1)));
-                    }
-                }
-                _ => {
-                    if let Some(tg) = a.target_group_arn() {
-                        v.push((tg.to_string(), 1));
-                    }
-                }
-            }
-        }
-        v
-    })
-}
-
 fn tg(swarm: &str, role: &str, version: &str) -> String {
     output(&format!("{swarm}-{role}-{version}"), "TargetGroupArn")
 }
@@ -259,14 +222,6 @@ fn ctrl_c_mid_canary_says_how_to_finish_and_rollback_undoes_it() {
     assert!(err.contains("taking over a stale router traffic lock"), "{err}");
     only(&listener, &sw, "router", "v1");
     assert_eq!(lock_value(&sw, "router"), None);
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(90), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

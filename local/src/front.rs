@@ -71,7 +71,12 @@ pub fn rewrite(xml: &str, health: impl Fn(&str, u16) -> Option<Health>) -> Strin
         let target = between(member, "<Target>", "</Target>");
         let id = target.and_then(|t| between(t, "<Id>", "</Id>"));
         let port = target.and_then(|t| between(t, "<Port>", "</Port>")).and_then(|p| p.trim().parse().ok());
-        let (Some(id), Some(port)) = (id, port) else {
+        // Only the emulator's `healthy` is replaced: its other answers (`unused` for a
+        // target not registered or not running, `draining`) are already what ELB says.
+        let emulator_healthy = between(member, "<TargetHealth>", "</TargetHealth>")
+            .and_then(|t| between(t, "<State>", "</State>"))
+            .is_some_and(|s| s.trim() == "healthy");
+        let (Some(id), Some(port), true) = (id, port, emulator_healthy) else {
             out.push_str(member);
             continue;
         };
@@ -141,10 +146,30 @@ fn status(code: u16, msg: &str) -> Response<Body> {
 }
 
 /// Serves the front endpoint on `listener` (host loopback) until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, health: HealthOf) {
+/// `region` is the region the runner follows: target groups of other regions (whose
+/// targets it does not check) pass through unchanged.
+pub async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, region: String, health: HealthOf) {
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let health: HealthOf = {
+        let inner = health.clone();
+        let marker = format!(":elasticloadbalancing:{region}:");
+        Arc::new(move |tg: &str, id: &str, port: u16| {
+            if tg.contains(&marker) {
+                inner(tg, id, port)
+            } else {
+                Some(Health { state: "healthy".into(), reason: None, description: String::new(), ..Health::default() })
+            }
+        })
+    };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("the AWS endpoint cannot accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (client, health) = (client.clone(), health.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(client.clone(), upstream, health.clone(), req));
@@ -186,5 +211,7 @@ mod tests {
             out.ends_with("</TargetHealthDescriptions></DescribeTargetHealthResult></DescribeTargetHealthResponse>")
         );
         assert_eq!(rewrite("<Error/>", |_, _| None), "<Error/>");
+        let unused = "<TargetHealthDescriptions><member><Target><Id>i-3</Id><Port>80</Port></Target><TargetHealth><State>unused</State><Reason>Target.NotRegistered</Reason></TargetHealth></member></TargetHealthDescriptions>";
+        assert_eq!(rewrite(unused, |_, _| None), unused, "the emulator's non-healthy answers pass unchanged");
     }
 }

@@ -26,8 +26,10 @@
 //! once, so the local cloud's AWS endpoint ([`crate::front`]) answers
 //! `DescribeTargetHealth` with what the checks found, and the runner tells the Auto
 //! Scaling group what one with `HealthCheckType: ELB` would learn: `SetInstanceHealth`
-//! `Unhealthy` when a target's checks fail, `Healthy` again when they pass (`initial`
-//! changes nothing, as during the group's grace period). `tyrell traffic`'s gate reads both.
+//! `Unhealthy` when a target's checks fail (once the group's `HealthCheckGracePeriod`
+//! from the instance's launch has passed), `Healthy` again when they pass; `initial`
+//! changes nothing. `tyrell traffic`'s gate reads both. HTTPS/TLS listeners are not
+//! served (logged once); HTTPS health checks are made in plain HTTP.
 //!
 //! Sockets for targets are opened on a thread that entered the cloud namespace (the
 //! proxies' own runtime), so the host never routes to a box.
@@ -554,10 +556,14 @@ async fn check_once(
         Ok(r) => r,
         Err(e) => return Err(("Target.FailedHealthChecks".into(), format!("bad health check path: {e}"))),
     };
-    match tokio::time::timeout(c.timeout, client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let code = resp.status().as_u16();
-            let _ = resp.into_body().collect().await;
+    let whole = async {
+        let resp = client.request(req).await?;
+        let code = resp.status().as_u16();
+        resp.into_body().collect().await?;
+        Ok::<u16, Box<dyn std::error::Error + Send + Sync>>(code)
+    };
+    match tokio::time::timeout(c.timeout, whole).await {
+        Ok(Ok(code)) => {
             if code_matches(&c.matcher, code) {
                 Ok(())
             } else {
@@ -577,6 +583,8 @@ pub struct Shared {
     weights: Mutex<HashMap<String, Vec<i64>>>,
     turns: Mutex<HashMap<String, usize>>,
     client: Client<HttpConnector, Body>,
+    /// For health checks: a new connection each time, as ELB's checks make.
+    checker: Client<HttpConnector, Body>,
 }
 
 impl Shared {
@@ -721,7 +729,14 @@ async fn proxy_http(
 
 async fn serve_alb(shared: Arc<Shared>, lb: String, port: u16, listener: tokio::net::TcpListener) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("ALB {lb}:{port}: cannot accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (shared, lb) = (shared.clone(), lb.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| proxy_http(shared.clone(), lb.clone(), port, peer, req));
@@ -735,7 +750,14 @@ async fn serve_alb(shared: Arc<Shared>, lb: String, port: u16, listener: tokio::
 
 async fn serve_nlb(shared: Arc<Shared>, lb: String, port: u16, listener: tokio::net::TcpListener) {
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else { continue };
+        let (mut inbound, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("NLB {lb}:{port}: cannot accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (shared, lb) = (shared.clone(), lb.clone());
         tokio::spawn(async move {
             let Some(l) = shared.listener(&lb, port) else { return };
@@ -763,7 +785,7 @@ async fn check_loop(shared: Arc<Shared>, key: (String, String, u16)) {
         };
         let addr = shared.target_addr(&key.1, check.port.unwrap_or(key.2));
         let result = match addr {
-            Some(a) => check_once(&shared.client, &check, a).await,
+            Some(a) => check_once(&shared.checker, &check, a).await,
             None => Err(("Target.FailedHealthChecks".into(), format!("instance {} has no address", key.1))),
         };
         if let Ok(mut h) = shared.health.lock() {
@@ -834,6 +856,7 @@ pub struct Lbs {
     checkers: HashMap<(String, String, u16), tokio::task::JoinHandle<()>>,
     reported: HashMap<String, String>,
     names: Arc<RwLock<HashMap<String, Ipv4Addr>>>,
+    skipped: std::collections::HashSet<(String, u16)>,
 }
 
 impl Lbs {
@@ -868,9 +891,12 @@ impl Lbs {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = {
+        let (client, checker) = {
             let _g = handle.enter();
-            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(http)
+            (
+                Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(http.clone()),
+                Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(http),
+            )
         };
         Ok(Lbs {
             cloud: cloud.to_string(),
@@ -881,6 +907,7 @@ impl Lbs {
                 weights: Mutex::default(),
                 turns: Mutex::default(),
                 client,
+                checker,
             }),
             handle,
             addrs: HashMap::new(),
@@ -889,6 +916,7 @@ impl Lbs {
             checkers: HashMap::new(),
             reported: HashMap::new(),
             names,
+            skipped: Default::default(),
         })
     }
 
@@ -946,6 +974,20 @@ impl Lbs {
         });
         for (arn, port, kind, a) in wanted {
             if self.servers.contains_key(&(arn.clone(), port)) {
+                continue;
+            }
+            let protocol = view
+                .lbs
+                .get(&arn)
+                .and_then(|lb| lb.listeners.iter().find(|l| l.port == port))
+                .map(|l| l.protocol.clone());
+            if matches!(protocol.as_deref(), Some("HTTPS" | "TLS")) {
+                if self.skipped.insert((arn.clone(), port)) {
+                    tracing::warn!(
+                        "listener {a}:{port} is {}: the local cloud does not serve TLS listeners",
+                        protocol.unwrap_or_default()
+                    );
+                }
                 continue;
             }
             match self.listen(&arn, port, kind, a) {

@@ -139,6 +139,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A reader that stops early (`| head`) ends the program quietly, as with any
+        // Unix tool, instead of a panic on a failed print. The runner keeps Rust's
+        // default (ignored), so a closed socket is an error it handles, not its death.
+        // SAFETY: setting a signal's disposition to its default has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

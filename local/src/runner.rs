@@ -317,7 +317,7 @@ fn serve(opts: &Options, rt: &tokio::runtime::Runtime, stop: &AtomicBool) -> any
     {
         let _guard = rt.enter();
         let front = tokio::net::TcpListener::from_std(front)?;
-        rt.spawn(crate::front::serve(front, emulator, lbs.health_of()));
+        rt.spawn(crate::front::serve(front, emulator, aws::region(), lbs.health_of()));
     }
     state::save_aws_endpoint(cloud, &front_url)?;
     let elb = aws_sdk_elasticloadbalancingv2::Client::new(&conf);
@@ -396,13 +396,24 @@ fn follow_lbs(cloud: &str, rt: &tokio::runtime::Runtime, c: &Clients, lbs: &mut 
                 .send(),
         );
         match r {
-            Ok(_) => tracing::info!("instance {id}: Auto Scaling health {health} (load balancer health checks)"),
-            Err(e) => tracing::debug!(
+            Ok(_) => {
+                tracing::info!("instance {id}: Auto Scaling health {health} (load balancer health checks)");
+                lbs.reported(&id, health);
+            }
+            // Not in a group: nothing to tell, ever.
+            Err(e) if e.as_service_error().is_some() => {
+                tracing::debug!(
+                    "instance {id}: SetInstanceHealth: {}",
+                    aws_sdk_autoscaling::error::DisplayErrorContext(e)
+                );
+                lbs.reported(&id, health);
+            }
+            // A transient failure: told again at the next poll.
+            Err(e) => tracing::warn!(
                 "instance {id}: SetInstanceHealth: {}",
                 aws_sdk_autoscaling::error::DisplayErrorContext(e)
             ),
         }
-        lbs.reported(&id, health);
     }
     if let Err(e) = state::save_lbs(cloud, &lbs.status()) {
         tracing::warn!("{e:#}");
@@ -494,7 +505,10 @@ async fn grace_until(asg: &aws_sdk_autoscaling::Client, id: &str, launched: &str
         Some(at + time::Duration::seconds(i64::from(grace.max(0))))
     }
     .await;
-    GRACE.with(|g| g.borrow_mut().insert(id.to_string(), until));
+    // Only a known answer is kept (a failed lookup is asked again next time).
+    if until.is_some() {
+        GRACE.with(|g| g.borrow_mut().insert(id.to_string(), until));
+    }
     until
 }
 

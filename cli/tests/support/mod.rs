@@ -4,6 +4,7 @@
 
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub use testkit::{unique, Emulator};
 
@@ -121,4 +122,52 @@ pub fn stack_names() -> Vec<String> {
             .map(|s| s.stack_name().unwrap().to_string())
             .collect()
     })
+}
+
+/// Creates a version of a fleet role with the test AMI: `tyrell NOUN create ... SWARM`.
+pub fn create(noun: &str, swarm: &str, version: &str, size: &str) {
+    ok(&[noun, "create", "-a", &ami(), "-s", size, "--version", version, swarm]);
+}
+
+/// A stack's output, through the SDK.
+pub fn output(stack: &str, key: &str) -> String {
+    block_on(async {
+        let cfn = emulator().cloudformation().await;
+        let out = cfn.describe_stacks().stack_name(stack).send().await.unwrap();
+        let s = &out.stacks()[0];
+        s.outputs().iter().find(|o| o.output_key() == Some(key)).unwrap().output_value().unwrap().to_string()
+    })
+}
+
+/// The (target group, weight) pairs a listener forwards to, through the SDK.
+pub fn forwards(listener: &str) -> Vec<(String, i32)> {
+    block_on(async {
+        let elb = emulator().elb().await;
+        let out = elb.describe_listeners().listener_arns(listener).send().await.unwrap();
+        let mut v = Vec::new();
+        for a in out.listeners()[0].default_actions() {
+            match a.forward_config() {
+                Some(fc) if !fc.target_groups().is_empty() => {
+                    for t in fc.target_groups() {
+                        v.push((t.target_group_arn().unwrap().to_string(), t.weight().unwrap_or(1)));
+                    }
+                }
+                _ => {
+                    if let Some(tg) = a.target_group_arn() {
+                        v.push((tg.to_string(), 1));
+                    }
+                }
+            }
+        }
+        v
+    })
+}
+
+/// Polls `cond` every 200 ms; fails naming `what` after 90 s.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(90), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
