@@ -24,14 +24,13 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use record::{PingRecord, Rtt, Status};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::oneshot;
 
 /// Bytes of echo payload after the 8-byte ICMP header: 56, as `ping`'s default (84-byte
 /// IPv4 packets). Holds the probe id, the process key and the send time.
@@ -39,10 +38,23 @@ pub const PAYLOAD_BYTES: usize = 56;
 
 /// A probe waiting for its reply.
 struct Pending {
-    tx: oneshot::Sender<Duration>,
+    /// Where its round collects the round-trip times of its answered probes.
+    round: Arc<Collected>,
     addr: IpAddr,
     /// Monotonic time taken before the echo was sent: an upper bound of the round trip.
     sent: Instant,
+    /// A reply later than this is a loss (`ping -W`).
+    timeout: Duration,
+}
+
+/// The answers of one round, filed by the reader task.
+struct Collected {
+    /// Round-trip times in ms.
+    samples: Mutex<Vec<f64>>,
+    /// How many answers complete the round (usize::MAX until all probes are sent).
+    want: AtomicUsize,
+    /// Told when the round is complete, so it ends without waiting out its timeout.
+    done: tokio::sync::Notify,
 }
 
 type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
@@ -51,7 +63,7 @@ type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
 struct Family {
     fd: Arc<AsyncFd<OwnedFd>>,
     v6: bool,
-    pending: PendingMap,
+    rx: Arc<Receiver>,
     recv: tokio::task::JoinHandle<()>,
 }
 
@@ -71,15 +83,6 @@ pub struct Icmp {
     key: u64,
     seq: AtomicU16,
     next_id: AtomicU64,
-}
-
-/// Why one probe got no answer.
-#[derive(Debug)]
-pub enum ProbeError {
-    /// No reply within the timeout: counts as loss.
-    Timeout,
-    /// The probe could not be sent (no route, no socket for the family, ...).
-    Send(String),
 }
 
 /// `CLOCK_REALTIME` in nanoseconds since the Unix epoch: the clock of the kernel's
@@ -193,42 +196,89 @@ fn ip_of(ss: &libc::sockaddr_storage) -> Option<IpAddr> {
     }
 }
 
-/// One datagram: its length, sender, and kernel receive time (ns since the epoch).
+/// One datagram's sender and kernel receive time (ns since the epoch).
 struct Received {
-    len: usize,
     from: Option<IpAddr>,
     kernel_ns: Option<i64>,
 }
 
-/// recvmsg(2) of one datagram with its `SCM_TIMESTAMPNS` control message.
-fn recv_one(fd: i32, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: every pointer handed to recvmsg points into a live local of the stated size;
-    // the control messages are walked with the CMSG_* macros within `control`.
-    unsafe {
-        let mut name: libc::sockaddr_storage = zeroed();
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
-        let mut control = [0u64; 16];
-        let mut msg: libc::msghdr = zeroed();
-        msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
-        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = size_of::<[u64; 16]>() as _;
-        let n = libc::recvmsg(fd, &mut msg, 0);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut kernel_ns = None;
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
-                kernel_ns = Some(ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64);
+/// Datagrams taken per recvmmsg(2) call.
+const BATCH: usize = 64;
+/// Room for one datagram: an echo reply is 84 bytes (IPv4 with its header), 64 (IPv6).
+const SLOT: usize = 2048;
+
+/// The buffers of one recvmmsg(2) call, reused from call to call.
+struct Batch {
+    data: Vec<u8>,
+    names: Vec<libc::sockaddr_storage>,
+    controls: Vec<[u64; 16]>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers in `iovs` and `hdrs` only ever point into the Batch's own
+// vectors, and are rewritten before every use.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    fn new() -> Batch {
+        // SAFETY: all-zero sockaddr_storage, iovec and mmsghdr are valid values.
+        unsafe {
+            Batch {
+                data: vec![0u8; BATCH * SLOT],
+                names: vec![zeroed(); BATCH],
+                controls: vec![[0u64; 16]; BATCH],
+                iovs: vec![zeroed(); BATCH],
+                hdrs: vec![zeroed(); BATCH],
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
         }
-        Ok(Received { len: n as usize, from: ip_of(&name), kernel_ns })
+    }
+
+    /// Receives up to [`BATCH`] datagrams without waiting (recvmmsg(2)), each with its
+    /// `SCM_TIMESTAMPNS` control message; how many.
+    fn recv(&mut self, fd: i32) -> io::Result<usize> {
+        // SAFETY: every pointer handed to recvmmsg points into this Batch's vectors, which
+        // have BATCH elements (and data BATCH * SLOT bytes) and are not resized.
+        unsafe {
+            for i in 0..BATCH {
+                self.iovs[i] =
+                    libc::iovec { iov_base: self.data.as_mut_ptr().add(i * SLOT) as *mut libc::c_void, iov_len: SLOT };
+                let h = &mut self.hdrs[i];
+                *h = zeroed();
+                h.msg_hdr.msg_name = &mut self.names[i] as *mut _ as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+                h.msg_hdr.msg_iov = &mut self.iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = self.controls[i].as_mut_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_controllen = size_of::<[u64; 16]>() as _;
+            }
+            let n = libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut());
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }
+    }
+
+    /// Datagram `i` of the last [`Batch::recv`].
+    fn get(&self, i: usize) -> (&[u8], Received) {
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(SLOT);
+        let mut kernel_ns = None;
+        // SAFETY: the control buffer was filled by the kernel for this header; the CMSG_*
+        // macros stay within msg_controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                    kernel_ns = Some(ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64);
+                }
+                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+            }
+        }
+        (&self.data[i * SLOT..i * SLOT + len], Received { from: ip_of(&self.names[i]), kernel_ns })
     }
 }
 
@@ -267,10 +317,59 @@ fn parse_reply(m: Matcher, packet: &[u8]) -> Option<(u64, i64)> {
 }
 
 /// Reads replies until the socket is closed, handing each round trip to its probe.
-async fn recv_loop(fd: Arc<AsyncFd<OwnedFd>>, m: Matcher, pending: PendingMap) {
-    let mut buf = vec![0u8; 2048];
+/// The reading side of one socket: the reader task drains it as replies come, and a round
+/// drains it once more before it judges its probes, so a reply that arrived in time (by its
+/// kernel timestamp) is never counted lost because the reader had not got to it yet.
+struct Receiver {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    m: Matcher,
+    pending: PendingMap,
+    batch: Mutex<Batch>,
+}
+
+impl Receiver {
+    /// Receives one batch of datagrams without waiting and files the replies among them
+    /// with their rounds; how many datagrams (an error, WouldBlock included, when none).
+    fn drain_once(&self) -> io::Result<usize> {
+        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        let n = batch.recv(self.fd.get_ref().as_raw_fd())?;
+        let now = Instant::now();
+        let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..n {
+            let (packet, r) = batch.get(i);
+            let Some((id, sent_ns)) = parse_reply(self.m, packet) else { continue };
+            let Some(p) = map.get(&id) else { continue };
+            if r.from.is_some_and(|f| f != p.addr) {
+                // Not from the probed address: not its answer.
+                continue;
+            }
+            let Some(p) = map.remove(&id) else { continue };
+            let user = now.saturating_duration_since(p.sent);
+            let rtt = match r.kernel_ns.map(|k| k - sent_ns) {
+                Some(k) if k >= 0 && (k as u128) <= user.as_nanos() => Duration::from_nanos(k as u64),
+                _ => user,
+            };
+            if rtt <= p.timeout {
+                let mut samples = p.round.samples.lock().unwrap_or_else(|e| e.into_inner());
+                samples.push(rtt.as_secs_f64() * 1000.0);
+                if samples.len() >= p.round.want.load(Ordering::Acquire) {
+                    p.round.done.notify_one();
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Files everything the socket holds now.
+    fn drain(&self) {
+        while matches!(self.drain_once(), Ok(n) if n == BATCH) {}
+    }
+}
+
+/// Reads replies until the socket fails.
+async fn recv_loop(rx: Arc<Receiver>) {
     loop {
-        let mut guard = match fd.readable().await {
+        let mut guard = match rx.fd.readable().await {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "ICMP socket failed: no more replies are read");
@@ -278,40 +377,15 @@ async fn recv_loop(fd: Arc<AsyncFd<OwnedFd>>, m: Matcher, pending: PendingMap) {
             }
         };
         loop {
-            let r = match guard.try_io(|fd| recv_one(fd.get_ref().as_raw_fd(), &mut buf)) {
-                Ok(Ok(r)) => r,
+            match guard.try_io(|_| rx.drain_once()) {
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "ICMP receive error");
                     break;
                 }
                 Err(_would_block) => break,
-            };
-            let now = Instant::now();
-            let Some((id, sent_ns)) = parse_reply(m, &buf[..r.len]) else { continue };
-            let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(p) = map.remove(&id) else { continue };
-            if r.from.is_some_and(|f| f != p.addr) {
-                // Not from the probed address: not its answer.
-                map.insert(id, p);
-                continue;
             }
-            drop(map);
-            let user = now.saturating_duration_since(p.sent);
-            let rtt = match r.kernel_ns.map(|k| k - sent_ns) {
-                Some(k) if k >= 0 && (k as u128) <= user.as_nanos() => Duration::from_nanos(k as u64),
-                _ => user,
-            };
-            let _ = p.tx.send(rtt);
         }
-    }
-}
-
-/// Removes a probe from the pending map when its wait ends, however it ends.
-struct Unregister<'a>(&'a PendingMap, u64);
-
-impl Drop for Unregister<'_> {
-    fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
     }
 }
 
@@ -329,9 +403,14 @@ impl Icmp {
             // SAFETY: the OwnedFd keeps the descriptor open for as long as the AsyncFd holds it.
             let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| format!("no {name} ICMP socket: {e}"))?;
             let fd = Arc::new(fd);
-            let pending = PendingMap::default();
-            let recv = tokio::spawn(recv_loop(fd.clone(), Matcher { raw, v6, ident, key }, pending.clone()));
-            Ok(Family { fd, v6, pending, recv })
+            let rx = Arc::new(Receiver {
+                fd: fd.clone(),
+                m: Matcher { raw, v6, ident, key },
+                pending: PendingMap::default(),
+                batch: Mutex::new(Batch::new()),
+            });
+            let recv = tokio::spawn(recv_loop(rx.clone()));
+            Ok(Family { fd, v6, rx, recv })
         };
         let (v4, v4_error) = match open(false) {
             Ok(f) => (Some(f), None),
@@ -362,22 +441,9 @@ impl Icmp {
         }
     }
 
-    /// Sends one echo request and waits up to `timeout` for its reply; the round-trip time.
-    pub async fn probe(&self, addr: IpAddr, timeout: Duration) -> Result<Duration, ProbeError> {
-        let fam = match addr {
-            IpAddr::V4(_) => {
-                self.v4.as_ref().ok_or_else(|| ProbeError::Send(self.v4_error.clone().unwrap_or_default()))?
-            }
-            IpAddr::V6(_) => {
-                self.v6.as_ref().ok_or_else(|| ProbeError::Send(self.v6_error.clone().unwrap_or_default()))?
-            }
-        };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// Sends one echo request for pending probe `id`.
+    async fn send_echo(&self, fam: &Family, addr: IpAddr, id: u64) -> Result<(), String> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        fam.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Pending { tx, addr, sent: Instant::now() });
-        let _unregister = Unregister(&fam.pending, id);
-
         // ICMP header (type, code, checksum, identifier, sequence), then the payload: probe
         // id, process key, send time (CLOCK_REALTIME ns), zeros.
         let mut pkt = [0u8; 8 + PAYLOAD_BYTES];
@@ -387,8 +453,8 @@ impl Icmp {
         pkt[8..16].copy_from_slice(&id.to_be_bytes());
         pkt[16..24].copy_from_slice(&self.key.to_be_bytes());
         let (sa, sa_len) = sockaddr(addr);
-        let sent = loop {
-            let mut guard = fam.fd.writable().await.map_err(|e| ProbeError::Send(e.to_string()))?;
+        loop {
+            let mut guard = fam.fd.writable().await.map_err(|e| e.to_string())?;
             let r = guard.try_io(|fd| {
                 // The send time is read as late as possible: just before the packet leaves.
                 pkt[24..32].copy_from_slice(&realtime_ns().to_be_bytes());
@@ -417,15 +483,71 @@ impl Icmp {
                 }
             });
             match r {
-                Ok(r) => break r,
+                Ok(r) => return r.map_err(|e| e.to_string()),
                 Err(_would_block) => continue,
             }
-        };
-        sent.map_err(|e| ProbeError::Send(e.to_string()))?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(rtt)) => Ok(rtt),
-            _ => Err(ProbeError::Timeout),
         }
+    }
+
+    /// Probes `addr` `spec.probes` times, `spec.spacing` apart, each probe waiting up to
+    /// `spec.timeout` for its reply (the waits overlap the next probes). The round's task
+    /// only sends: the reader task files each reply's round-trip time with its round, and
+    /// the round collects them once its last probe's timeout has passed (no task, timer or
+    /// channel per probe, so one core keeps up with many thousands of probes a second).
+    pub async fn round(&self, addr: IpAddr, spec: RoundSpec) -> RoundResult {
+        let mut r = RoundResult { sent: spec.probes, ..Default::default() };
+        let fam = match addr {
+            IpAddr::V4(_) => self.v4.as_ref().ok_or_else(|| self.v4_error.clone().unwrap_or_default()),
+            IpAddr::V6(_) => self.v6.as_ref().ok_or_else(|| self.v6_error.clone().unwrap_or_default()),
+        };
+        let fam = match fam {
+            Ok(f) => f,
+            Err(e) => {
+                r.send_error = Some(e);
+                return r;
+            }
+        };
+        let collected = Arc::new(Collected {
+            samples: Mutex::new(Vec::with_capacity(usize::from(spec.probes))),
+            want: AtomicUsize::new(usize::MAX),
+            done: tokio::sync::Notify::new(),
+        });
+        let mut sent = 0;
+        let mut ids = Vec::with_capacity(usize::from(spec.probes));
+        let start = tokio::time::Instant::now();
+        let mut last_sent = start;
+        for i in 0..spec.probes {
+            tokio::time::sleep_until(start + spec.spacing * u32::from(i)).await;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let pending = Pending { round: collected.clone(), addr, sent: Instant::now(), timeout: spec.timeout };
+            fam.rx.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, pending);
+            ids.push(id);
+            match self.send_echo(fam, addr, id).await {
+                Ok(()) => sent += 1,
+                Err(e) => r.send_error = Some(e),
+            }
+            last_sent = tokio::time::Instant::now();
+        }
+        // Done when every probe sent is answered, else when the last one's timeout passed.
+        collected.want.store(sent, Ordering::Release);
+        let answered = collected.samples.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if answered < sent {
+            tokio::select! {
+                _ = tokio::time::sleep_until(last_sent + spec.timeout) => {}
+                _ = collected.done.notified() => {}
+            }
+        }
+        // Replies that arrived in time but wait in the socket are filed first.
+        fam.rx.drain();
+        {
+            let mut map = fam.rx.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                map.remove(id);
+            }
+        }
+        r.samples_ms = std::mem::take(&mut *collected.samples.lock().unwrap_or_else(|e| e.into_inner()));
+        r.received = r.samples_ms.len() as u16;
+        r
     }
 }
 
@@ -450,30 +572,9 @@ pub struct RoundResult {
     pub send_error: Option<String>,
 }
 
-/// Probes `addr` `spec.probes` times, `spec.spacing` apart; a probe's wait for its reply
-/// overlaps the next probes (only the probes in flight exist as tasks, so 10,000 targets
-/// cost a few thousand small tasks, not 100,000).
+/// Probes `addr` as `spec` says ([`Icmp::round`]).
 pub async fn round(icmp: &Arc<Icmp>, addr: IpAddr, spec: RoundSpec) -> RoundResult {
-    let mut set = tokio::task::JoinSet::new();
-    let start = tokio::time::Instant::now();
-    for i in 0..spec.probes {
-        tokio::time::sleep_until(start + spec.spacing * i as u32).await;
-        let icmp = icmp.clone();
-        set.spawn(async move { icmp.probe(addr, spec.timeout).await });
-    }
-    let mut r = RoundResult { sent: spec.probes, ..Default::default() };
-    while let Some(res) = set.join_next().await {
-        match res {
-            Ok(Ok(rtt)) => {
-                r.received += 1;
-                r.samples_ms.push(rtt.as_secs_f64() * 1000.0);
-            }
-            Ok(Err(ProbeError::Timeout)) => {}
-            Ok(Err(ProbeError::Send(e))) => r.send_error = Some(e),
-            Err(e) => r.send_error = Some(format!("probe task failed: {e}")),
-        }
-    }
-    r
+    icmp.round(addr, spec).await
 }
 
 /// Resolves a target: an address literal directly, a name through the system resolver
