@@ -65,11 +65,13 @@ impl Shift {
             Shift::Steps(steps) => {
                 if let Some(bad) = steps.iter().find(|p| !(1..=99).contains(*p)) {
                     return Err(format!(
-                        "invalid --canary step {bad}: steps are percentages from 1 to 99, e.g. --canary 10,50"
+                        "invalid canary step {bad} (--canary or --shift steps:): steps are percentages from 1 to 99, e.g. --canary 10,50"
                     ));
                 }
                 if steps.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err("invalid --canary: steps must go up, e.g. --canary 10,50".into());
+                    return Err(
+                        "invalid canary steps (--canary or --shift steps:): steps must go up, e.g. --canary 10,50".into()
+                    );
                 }
                 Ok(steps.clone())
             }
