@@ -70,7 +70,8 @@ impl Shift {
                 }
                 if steps.windows(2).any(|w| w[0] >= w[1]) {
                     return Err(
-                        "invalid canary steps (--canary or --shift steps:): steps must go up, e.g. --canary 10,50".into()
+                        "invalid canary steps (--canary or --shift steps:): steps must go up, e.g. --canary 10,50"
+                            .into(),
                     );
                 }
                 Ok(steps.clone())
