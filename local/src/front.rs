@@ -10,22 +10,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::lb::Health;
-
-type Body = BoxBody<Bytes, hyper::Error>;
+use crate::lb::{full, Body, Health};
 
 /// What the local cloud knows of a target's health: (target group ARN, instance, port).
 pub type HealthOf = Arc<dyn Fn(&str, &str, u16) -> Option<Health> + Send + Sync>;
-
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
 
 /// The `TargetGroupArn` of a `DescribeTargetHealth` query-protocol request body, if it is one.
 pub fn target_health_request(body: &[u8]) -> Option<String> {

@@ -532,9 +532,11 @@ pub fn code_matches(matcher: &str, code: u16) -> bool {
     })
 }
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// A response or request body the proxies and the AWS endpoint hand on.
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
-fn full(s: impl Into<Bytes>) -> Body {
+/// A body of fixed bytes.
+pub(crate) fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
 }
 
@@ -834,7 +836,7 @@ pub struct LbStatus {
 }
 
 /// What `lbs.json` holds.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
 pub struct Status {
     /// Load balancers.
     pub load_balancers: Vec<LbStatus>,

@@ -415,8 +415,13 @@ fn follow_lbs(cloud: &str, rt: &tokio::runtime::Runtime, c: &Clients, lbs: &mut 
             ),
         }
     }
-    if let Err(e) = state::save_lbs(cloud, &lbs.status()) {
-        tracing::warn!("{e:#}");
+    // Written only when it changed (the runner polls every second or so).
+    let now = lbs.status();
+    if LAST_STATUS.with(|l| l.borrow().as_ref() != Some(&now)) {
+        match state::save_lbs(cloud, &now) {
+            Ok(()) => LAST_STATUS.with(|l| *l.borrow_mut() = Some(now)),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
     }
 }
 
@@ -487,6 +492,7 @@ fn hold_for_hook(rt: &tokio::runtime::Runtime, asg: &aws_sdk_autoscaling::Client
 }
 
 thread_local! {
+    static LAST_STATUS: std::cell::RefCell<Option<crate::lb::Status>> = const { std::cell::RefCell::new(None) };
     static GRACE: std::cell::RefCell<HashMap<String, Option<time::OffsetDateTime>>> = std::cell::RefCell::new(HashMap::new());
 }
 

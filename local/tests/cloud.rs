@@ -538,17 +538,9 @@ fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// One HTTP/1.1 request over a fresh connection; (status, body).
-fn http_get(addr: &str, path: &str, host: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|b| b.1.to_string()).unwrap_or_default();
-    (status, body)
+/// One GET over a fresh connection; (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    support::http(addr, "GET", path, &[], "").unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"))
 }
 
 #[test]
@@ -741,7 +733,7 @@ fn load_balancers_route_by_weight_and_health_checks_reach_auto_scaling() {
     // 1,000 requests through the ALB split 80/20 (within ±5 points).
     let mut counts = std::collections::BTreeMap::<String, u32>::new();
     for _ in 0..1000 {
-        let (code, body) = http_get(&alb, "/who", &alb_dns);
+        let (code, body) = http_get(&alb, "/who");
         assert_eq!(code, 200, "{body}");
         *counts.entry(body.trim().to_string()).or_default() += 1;
     }
@@ -750,7 +742,7 @@ fn load_balancers_route_by_weight_and_health_checks_reach_auto_scaling() {
     eprintln!("ALB split over 1,000 requests: {a}% / {b_pct}% (weights 80/20)");
     assert!((a - 80.0).abs() <= 5.0 && (b_pct - 20.0).abs() <= 5.0, "{counts:?}");
     // The NLB relays TCP to its one target group.
-    assert_eq!(http_get(&nlb, "/who", "x").1.trim(), ids[0]);
+    assert_eq!(http_get(&nlb, "/who").1.trim(), ids[0]);
     // Inside a box, the ALB's DNS name resolves to its proxy.
     let inside = r.exec(&ids[0], &["curl", "-sf", &format!("http://{alb_dns}/health")]);
     assert_eq!(inside.trim(), "ok");
@@ -783,7 +775,7 @@ fn load_balancers_route_by_weight_and_health_checks_reach_auto_scaling() {
     });
     std::thread::sleep(Duration::from_secs(2));
     for _ in 0..50 {
-        let (code, body) = http_get(&alb, "/who", &alb_dns);
+        let (code, body) = http_get(&alb, "/who");
         assert_eq!((code, body.trim()), (200, ids[0].as_str()));
     }
 }

@@ -10,7 +10,7 @@
 //! the debug binaries (seconds each once the base filesystems are cached; the first run on
 //! a machine makes them, a few minutes).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod support;
-use support::{images_dir, require_tools};
+use support::{http, images_dir, require_tools};
 
 const REGION: &str = "eu-west-1";
 const SWARM: &str = "swarm1";
@@ -140,24 +140,6 @@ fn wait<T>(what: &str, within: Duration, ctx: impl Fn() -> String, mut f: impl F
         assert!(start.elapsed() < within, "{what}: not within {within:?}\n{}", ctx());
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// One HTTP/1.1 request on a fresh connection: (status, body), or the I/O error.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: alb\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, buf.split_once("\r\n\r\n").map(|b| b.1.to_string()).unwrap_or_default()))
 }
 
 #[test]
