@@ -111,6 +111,7 @@ pub fn start(cloud: &str, spec: &Spec) -> anyhow::Result<Running> {
         state: "starting".into(),
         error: None,
         boot_seconds: None,
+        lifecycle: None,
     };
     state::save_box(cloud, &record)?;
     net::add_box(cloud, &spec.instance, spec.ip)?;

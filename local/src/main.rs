@@ -275,6 +275,8 @@ struct StatusLine {
     state: String,
     service: String,
     boot_seconds: Option<f64>,
+    /// `Terminating:Wait` while a termination lifecycle hook holds the box.
+    lifecycle: Option<String>,
     error: Option<String>,
 }
 
@@ -285,7 +287,9 @@ fn status(cloud: &str, json: bool) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|b| {
             let alive = b.process_alive();
-            let state = if alive {
+            let state = if alive && b.lifecycle.is_some() {
+                "terminating".into()
+            } else if alive {
                 b.state.clone()
             } else if b.state == "failed" {
                 "failed".into()
@@ -305,6 +309,7 @@ fn status(cloud: &str, json: bool) -> anyhow::Result<ExitCode> {
                 state,
                 service,
                 boot_seconds: b.boot_seconds,
+                lifecycle: b.lifecycle.clone(),
                 error: b.error.clone(),
             }
         })

@@ -445,7 +445,13 @@ const HOLD_MAX: Duration = Duration::from_secs(600);
 /// `autoscaling/target-lifecycle-state` reads `Terminated`, so the box's drain path runs)
 /// until the hook's heartbeat timeout (at most [`HOLD_MAX`]), or until the role's service
 /// has stopped — the drain finished. Whether the box is still held.
-fn hold_for_hook(rt: &tokio::runtime::Runtime, asg: &aws_sdk_autoscaling::Client, list: &[Instance], id: &str) -> bool {
+fn hold_for_hook(
+    cloud: &str,
+    rt: &tokio::runtime::Runtime,
+    asg: &aws_sdk_autoscaling::Client,
+    list: &[Instance],
+    id: &str,
+) -> bool {
     let held_until = TERMINATING.read().ok().and_then(|t| t.get(id).map(|h| h.until));
     if let Some(until) = held_until {
         let service_done = HELD.with(|h| {
@@ -488,6 +494,14 @@ fn hold_for_hook(rt: &tokio::runtime::Runtime, asg: &aws_sdk_autoscaling::Client
     if let Ok(mut t) = TERMINATING.write() {
         t.insert(id.to_string(), Held { state: "Terminating:Wait".into(), until: Instant::now() + hold });
     }
+    HELD.with(|h| {
+        if let Some(b) = h.borrow_mut().get_mut(id) {
+            b.record.lifecycle = Some("Terminating:Wait".into());
+            if let Err(e) = state::save_box(cloud, &b.record) {
+                tracing::warn!("{e:#}");
+            }
+        }
+    });
     true
 }
 
@@ -555,7 +569,7 @@ fn reconcile(
     let gone: Vec<String> =
         HELD.with(|h| h.borrow().keys().filter(|k| !wanted.contains_key(k.as_str())).cloned().collect());
     for id in gone {
-        if hold_for_hook(rt, asg, list, &id) {
+        if hold_for_hook(cloud, rt, asg, list, &id) {
             continue;
         }
         if let Some(mut b) = HELD.with(|h| h.borrow_mut().remove(&id)) {

@@ -47,6 +47,10 @@ pub struct BoxRecord {
     pub error: Option<String>,
     /// Seconds from start to systemd's `running`/`degraded`.
     pub boot_seconds: Option<f64>,
+    /// `Terminating:Wait` while its instance has terminated and its group's termination
+    /// lifecycle hook holds the box (it drains); `None` otherwise.
+    #[serde(default)]
+    pub lifecycle: Option<String>,
 }
 
 impl BoxRecord {

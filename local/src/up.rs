@@ -2,7 +2,6 @@
 //! that points tyrell at them.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,18 +21,22 @@ pub struct Emulator {
     pub port: u16,
 }
 
-fn moto_server() -> anyhow::Result<PathBuf> {
-    let venv = paths::repo().join(".venv/bin/moto_server");
-    if venv.is_file() {
-        return Ok(venv);
+/// The emulator's command: moto's server with the CloudFormation resource types moto lacks
+/// and the swarm's templates use (`local/emulator/serve.py`), run by the project's venv.
+/// Errors: the venv or the script is missing (with how to get them).
+fn emulator_command() -> anyhow::Result<Command> {
+    let repo = paths::repo();
+    let python = repo.join(".venv/bin/python");
+    let script = repo.join("local/emulator/serve.py");
+    if !python.is_file() || !repo.join(".venv/bin/moto_server").is_file() {
+        bail!("the AWS emulator (moto) is not installed in {}: run scripts/setup", repo.join(".venv").display())
     }
-    for d in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = PathBuf::from(d).join("moto_server");
-        if p.is_file() {
-            return Ok(p);
-        }
+    if !script.is_file() {
+        bail!("{} is missing: run tyrell local from the tyrell repository (or set TYRELL_REPO)", script.display())
     }
-    bail!("moto_server is not installed: run scripts/setup (it installs the emulator into .venv)")
+    let mut c = Command::new(python);
+    c.arg(script);
+    Ok(c)
 }
 
 /// The environment lines (`export K=V`) for an emulator on `port` and a cloud.
@@ -79,7 +82,7 @@ pub fn up(cloud: &str, port: Option<u16>, endpoint: Option<String>, within: Dura
                 Some(p) => p,
                 None => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
             };
-            let mut c = Command::new(moto_server()?);
+            let mut c = emulator_command()?;
             c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
             let pid = detached(c, &d.join("emulator.log"))?;
             let e = Emulator { pid, start: cmd::start_time(pid).unwrap_or(0), port };

@@ -164,7 +164,7 @@ fn a_whole_swarm_boots_measures_archives_and_releases() {
     let r1 = cloud.ok(&["routers", "create", "-a", "latest", "-s", "2", SWARM]);
     let bees = cloud.ok(&["bees", "create", "-a", "latest", "-s", "2", SWARM]);
     cloud.ok(&["indexers", "create", "-a", "latest", SWARM]);
-    cloud.ok(&["workers", "create", "-a", "latest", "-s", "1", SWARM]);
+    let workers = cloud.ok(&["workers", "create", "-a", "latest", "-s", "1", SWARM]);
     // The gates wait for the real health checks of the booted boxes.
     cloud.ok(&["traffic", "brokers", SWARM, "--version", &broker, "--timeout", "5m"]);
     cloud.ok(&["traffic", "elb", SWARM, "--router", &r1, "--timeout", "5m"]);
@@ -244,6 +244,54 @@ fn a_whole_swarm_boots_measures_archives_and_releases() {
         bee_ids.iter().all(|id| t.contains(id.as_str())).then_some(t)
     });
     eprintln!("InfluxDB: {influx}");
+
+    // The worker's stack made its termination lifecycle hook (the emulator alone does not:
+    // local/emulator/serve.py), and scale-in holds the box while its drain path stops the
+    // worker: the box is seen in Terminating:Wait, then it goes.
+    let asg = aws_sdk_autoscaling::Client::new(&cloud.sdk());
+    let groups = rt.block_on(asg.describe_auto_scaling_groups().send()).expect("DescribeAutoScalingGroups");
+    let tagged = |g: &aws_sdk_autoscaling::types::AutoScalingGroup, k: &str, v: &str| {
+        g.tags().iter().any(|t| t.key() == Some(k) && t.value() == Some(v))
+    };
+    let group = groups
+        .auto_scaling_groups()
+        .iter()
+        .find(|g| tagged(g, "tyrell:role", "worker") && tagged(g, "tyrell:version", &workers))
+        .and_then(|g| g.auto_scaling_group_name())
+        .expect("the worker version's group")
+        .to_string();
+    let hooks = rt.block_on(asg.describe_lifecycle_hooks().auto_scaling_group_name(&group).send()).unwrap();
+    let hook = hooks
+        .lifecycle_hooks()
+        .iter()
+        .find(|h| h.lifecycle_transition() == Some("autoscaling:EC2_INSTANCE_TERMINATING"))
+        .unwrap_or_else(|| panic!("the worker group {group} has no termination hook: {hooks:?}"));
+    assert_eq!(hook.heartbeat_timeout(), Some(90), "{hook:?}");
+    let worker_id = cloud.boxes("worker")[0]["instance"].as_str().unwrap().to_string();
+    cloud.ok(&["workers", "scale", SWARM, &workers, "0"]);
+    wait("the worker box held in Terminating:Wait", Duration::from_secs(30), dump, || {
+        cloud
+            .boxes("worker")
+            .iter()
+            .any(|b| b["instance"] == worker_id.as_str() && b["lifecycle"] == "Terminating:Wait")
+            .then_some(())
+    });
+    let drained = Instant::now();
+    wait("the held worker box gone once its service stopped", Duration::from_secs(95), dump, || {
+        cloud.boxes("worker").is_empty().then_some(())
+    });
+    let log = std::fs::read_to_string(
+        std::path::Path::new(&std::env::var("TYRELL_LOCAL_STATE").unwrap_or("/run/tyrell-local".into()))
+            .join(&cloud.name)
+            .join("runner.log"),
+    )
+    .unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains(&worker_id) && l.contains("its service stopped")),
+        "the hold did not end by the worker's drain (runner log):\n{}",
+        log.lines().filter(|l| l.contains(&worker_id)).collect::<Vec<_>>().join("\n")
+    );
+    eprintln!("worker drain on scale-in: held {:.1}s", drained.elapsed().as_secs_f64());
 
     // A router canary release under a steady request load through the ALB fails nothing.
     let r2 = cloud.ok(&["routers", "create", "-a", "latest", "-s", "2", SWARM]);
