@@ -225,7 +225,7 @@ async fn answer(s: &Imds, i: &Instance, path: &str) -> Response {
         (_, Some("iam/info")) => {
             let doc = serde_json::json!({
                 "Code": "Success",
-                "LastUpdated": now_rfc3339(),
+                "LastUpdated": common::rfc3339::now_seconds(),
                 "InstanceProfileArn": format!("arn:aws:iam::{ACCOUNT}:instance-profile/{}", i.role_name),
                 "InstanceProfileId": "AIPALOCALTYRELL0000000",
             });
@@ -236,12 +236,12 @@ async fn answer(s: &Imds, i: &Instance, path: &str) -> Response {
             let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(6);
             let doc = serde_json::json!({
                 "Code": "Success",
-                "LastUpdated": now_rfc3339(),
+                "LastUpdated": common::rfc3339::now_seconds(),
                 "Type": "AWS-HMAC",
                 "AccessKeyId": s.access_key,
                 "SecretAccessKey": s.secret_key,
                 "Token": "tyrell-local-session-token",
-                "Expiration": expires.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "Expiration": common::rfc3339::seconds(expires),
             });
             ok(doc.to_string())
         }
@@ -252,10 +252,6 @@ async fn answer(s: &Imds, i: &Instance, path: &str) -> Response {
         },
         _ => text(StatusCode::NOT_FOUND, ""),
     }
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -138,42 +138,13 @@ impl SecretSource {
     }
 }
 
-/// Parses durations written as `10s`, `250ms`, `2m`, `1h` or plain seconds (`10`, `0.5`).
-///
-/// Errors (never panics): a missing or malformed number, a unit other than `ms`, `s`,
-/// `m`, `h`, a negative, NaN or infinite value, or one too large for a [`Duration`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], s[i..].trim()),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (e.g. 10s, 250ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("bad duration {s:?}"))
-}
+/// Parses durations written as `10s`, `250ms`, `2m`, `1h` or plain seconds (`10`, `0.5`):
+/// tyrell's one duration grammar, [`common::duration::parse`] (errors: one sentence).
+pub use common::duration::parse as parse_duration;
 
-/// A duration written the way [`parse_duration`] reads it: `250ms`, `10s`, `2m`, `1h`.
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        "0s".into()
-    } else if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
+/// A duration written the way [`parse_duration`] reads it: `250ms`, `10s`, `2m`, `1h`
+/// ([`common::duration::format`]).
+pub use common::duration::format as fmt_duration;
 
 /// A clap value parser for a whole number setting in `min..=max`. `label` names the
 /// setting in the error, e.g. `"BEE_PROBES (--probes)"`; the error is one sentence with

@@ -154,19 +154,6 @@ pub struct Influx {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-/// An error and its causes on one line (hyper's own message is terse: "client error
-/// (Connect)"; the cause says "Connection refused").
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// How a write failed.
 #[derive(Debug)]
 pub enum WriteError {
@@ -221,9 +208,9 @@ impl Influx {
             .body(Full::new(Bytes::copy_from_slice(body)))
             .map_err(|e| format!("cannot build the request: {e}"))?;
         let fut = async {
-            let resp = self.client.request(req).await.map_err(|e| causes(&e))?;
+            let resp = self.client.request(req).await.map_err(|e| common::error_chain(&e))?;
             let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await.map_err(|e| causes(&e))?.to_bytes();
+            let bytes = resp.into_body().collect().await.map_err(|e| common::error_chain(&e))?.to_bytes();
             Ok((status, String::from_utf8_lossy(&bytes).trim().to_string()))
         };
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| format!("timed out after {:?}", self.timeout))?

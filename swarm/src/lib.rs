@@ -20,37 +20,9 @@ pub mod stats;
 pub mod targets;
 pub mod topics;
 
-use std::time::Duration;
-
-/// Exponential backoff with jitter, for reconnecting and retrying.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    cur: Duration,
-}
-
-impl Backoff {
-    /// Delays from `min`, doubling up to `max`.
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { min, max, cur: min }
-    }
-
-    /// The next delay: doubles each time up to `max`, with up to 25 % random jitter so
-    /// a fleet that lost the same server does not come back in lock-step.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.cur;
-        self.cur = (self.cur * 2).min(self.max);
-        let jitter = base.as_millis() as u64 / 4;
-        let extra = if jitter == 0 { 0 } else { uuid::Uuid::new_v4().as_u128() as u64 % jitter };
-        base + Duration::from_millis(extra)
-    }
-
-    /// Starts again from the minimum delay.
-    pub fn reset(&mut self) {
-        self.cur = self.min;
-    }
-}
+/// Exponential backoff with jitter, for reconnecting and retrying (`Backoff::new`: up to
+/// 25 % jitter), shared with the other crates.
+pub use common::Backoff;
 
 /// Now as RFC 3339 UTC with milliseconds (`2026-11-23T10:00:00.123Z`), the record's `ts`.
 pub fn now_ts() -> String {
@@ -59,37 +31,25 @@ pub fn now_ts() -> String {
 
 /// A time as the record's `ts` form, RFC 3339 UTC with milliseconds.
 pub fn format_ts(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    common::rfc3339::millis(t)
 }
 
 /// Milliseconds since the epoch of a record timestamp (RFC 3339).
 pub fn ts_millis(ts: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = common::rfc3339::parse(ts)?;
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-/// This machine's host name (for default client ids and agent names).
+/// This machine's host name (for default client ids and agent names); `localhost` when
+/// the system does not say.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    common::host_name().unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

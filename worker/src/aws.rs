@@ -25,19 +25,9 @@ pub async fn clients() -> (aws_sdk_sqs::Client, aws_sdk_s3::Client) {
     (aws_sdk_sqs::Client::new(&sdk), aws_sdk_s3::Client::from_conf(s3.build()))
 }
 
-/// An error with its causes, `outer: inner: ...` (SDK errors hide the useful part in the chain).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !parts.contains(&s) {
-            parts.push(s);
-        }
-        cur = c.source();
-    }
-    parts.join(": ")
-}
+/// An error with its causes, `outer: inner: ...` (SDK errors hide the useful part in the
+/// chain): [`common::error_chain`].
+pub use common::error_chain;
 
 /// Runs `call` up to [`ATTEMPTS`] times with exponential backoff; every failure is logged
 /// and counted in `errors`.
@@ -47,7 +37,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = common::Backoff::exact(Duration::from_millis(200), Duration::from_secs(30));
     let mut attempt = 1;
     loop {
         match call().await {
@@ -60,8 +50,7 @@ where
                 }
             }
         }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
+        tokio::time::sleep(backoff.next_delay()).await;
         attempt += 1;
     }
 }

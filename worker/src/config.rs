@@ -257,10 +257,7 @@ impl Config {
     pub fn worker_name(&self) -> String {
         let name = match &self.worker_id {
             Some(id) => id.clone(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| "worker".into()),
+            None => common::host_name().unwrap_or_else(|| "worker".into()),
         };
         sanitize(name.trim())
     }

@@ -38,7 +38,7 @@ async fn receive_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     const MAX_BACKOFF: Duration = Duration::from_secs(20);
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = common::Backoff::exact(Duration::from_millis(250), MAX_BACKOFF);
     loop {
         // Dropping a poll on stop is safe: anything it had taken reappears after its
         // visibility timeout.
@@ -50,16 +50,16 @@ async fn receive_loop(
             Ok(messages) if messages.is_empty() => Event::Empty,
             Ok(messages) => Event::Messages(messages),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "receive failed");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "receive failed");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
-        backoff = Duration::from_millis(250);
+        backoff.reset();
         // Blocks while the pipeline applies back-pressure; the pipeline drains the channel
         // before it exits, so nothing received here is dropped.
         if tx.send(event).await.is_err() {

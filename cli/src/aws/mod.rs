@@ -79,15 +79,7 @@ where
             s
         }
         SdkError::TimeoutError(_) => "the request to AWS timed out".into(),
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(e) = src {
-                s = format!("{s}: {e}");
-                src = e.source();
-            }
-            s
-        }
+        other => common::error_chain(other),
     };
     AwsError::Api(format!("{context}: {detail}"))
 }

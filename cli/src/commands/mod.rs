@@ -91,34 +91,22 @@ pub struct Verbose {
 /// (CloudFormation's own stack timeout is counted in minutes); a bigger number is a typo.
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-/// Parses `90`, `90s`, `15m`, `1h` into a duration of `min..=max` (whole seconds);
-/// `what` names the setting in the error.
+/// Parses a duration in tyrell's one grammar ([`common::duration`]: `90`, `90s`, `1.5s`,
+/// `250ms`, `15m`, `1h`) into `min..=max`; `what` names the flag in the error, which is one
+/// sentence: the grammar's complaint, or the range.
 pub fn duration_in(what: &str, s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
-    let shape = || format!("invalid {what} {s:?}: use seconds or a number with s, m or h (e.g. 15m)");
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| shape())?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(shape()),
-    };
-    let secs = n.checked_mul(scale).map(Duration::from_secs);
-    match secs {
-        Some(d) if d >= min && d <= max => Ok(d),
-        _ => Err(format!("{what} {s} is out of range: give {} to {}", human(min), human(max))),
+    match common::duration::parse(s) {
+        Ok(d) if d >= min && d <= max => Ok(d),
+        Ok(_) => Err(format!(
+            "{what} {s} is out of range: give {} to {}",
+            common::duration::format(min),
+            common::duration::format(max)
+        )),
+        Err(e) => Err(format!("invalid {what}: {e}")),
     }
 }
 
-fn human(d: Duration) -> String {
-    match d.as_secs() {
-        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
-/// `--timeout`: `90`, `90s`, `15m`, `1h`; 1 second to [`MAX_WAIT`].
+/// `--timeout`: `90`, `90s`, `15m`, `1h` ([`duration_in`]); 1 second to [`MAX_WAIT`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     duration_in("--timeout", s, Duration::from_secs(1), MAX_WAIT)
 }

@@ -155,7 +155,7 @@ pub async fn wait(
     progress: &mut dyn Progress,
 ) -> Result<Option<StackInfo>, WaitError> {
     let start = tokio::time::Instant::now();
-    let mut delay = opts.first_delay;
+    let mut backoff = common::Backoff::exact(opts.first_delay, opts.max_delay);
     let mut seen: HashSet<String> = HashSet::new();
     let mut first = true;
     let mut last_status = String::new();
@@ -202,7 +202,10 @@ pub async fn wait(
                 waited: opts.timeout,
             });
         }
-        delay = if changed { opts.first_delay } else { (delay * 2).min(opts.max_delay) };
+        if changed {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
         let left = opts.timeout.saturating_sub(start.elapsed());
         tokio::time::sleep(delay.min(left)).await;
     }

@@ -188,7 +188,7 @@ impl Engine {
     pub(super) async fn gate(&mut self, v: &VersionInfo) -> anyhow::Result<(String, usize)> {
         let start = tokio::time::Instant::now();
         let timeout = self.wait.timeout;
-        let mut delay = self.wait.first_delay;
+        let mut backoff = common::Backoff::exact(self.wait.first_delay, POLL);
         let mut last = String::new();
         let mut looks = 0;
         loop {
@@ -211,8 +211,7 @@ impl Engine {
                 ),
                 GateStep::Wait => {}
             }
-            tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
-            delay = (delay * 2).min(POLL);
+            tokio::time::sleep(backoff.next_delay().min(timeout.saturating_sub(start.elapsed()))).await;
         }
     }
 

@@ -122,15 +122,10 @@ pub fn is_stale(lock: &Lock, host: &str, alive: impl Fn(u32) -> bool) -> bool {
     lock.host == host && !alive(lock.pid)
 }
 
-/// This host's name, as locks record it.
+/// This host's name, as locks record it ([`common::host_name`]; `unknown-host` when the
+/// system does not say).
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into())
+    common::host_name().unwrap_or_else(|| "unknown-host".into())
 }
 
 /// Whether a process of this host is alive (Linux: /proc; elsewhere assume it is).
@@ -138,13 +133,9 @@ pub fn pid_alive(pid: u32) -> bool {
     !std::path::Path::new("/proc/self").exists() || std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Now, RFC 3339 UTC to the second.
+/// Now, RFC 3339 UTC to the second ([`common::rfc3339::now_seconds`]).
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    common::rfc3339::now_seconds()
 }
 
 impl Engine {
