@@ -30,3 +30,43 @@ systemctl enable amazon-ssm-agent.service
 
 # The tyrell programs read /etc/tyrell/<program>.env, written by cloud-init.
 install -d -m 0755 /etc/tyrell
+
+# Scale-in drain for any role whose fleet has a termination lifecycle hook (role.toml
+# `drain_seconds`): its cloud-init enables tyrell-drain@<its unit>. When Auto Scaling
+# starts terminating the box, the hook holds it (Terminating:Wait) and the instance
+# metadata says autoscaling/target-lifecycle-state = Terminated; the watcher then stops
+# the unit, whose program delivers what it holds before it exits. No
+# CompleteLifecycleAction: the hook times out into CONTINUE, so boxes need no Auto
+# Scaling rights. (EC2 user guide, "Retrieve the target lifecycle state through
+# instance metadata".)
+cat > /usr/local/sbin/tyrell-drain <<'EOF'
+#!/bin/sh
+# tyrell-drain UNIT: stop UNIT when Auto Scaling terminates this box (IMDSv2 only).
+unit=${1:?usage: tyrell-drain UNIT}
+imds=http://169.254.169.254/latest
+while sleep 5; do
+  token=$(curl -fsS -X PUT "$imds/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 60") || continue
+  state=$(curl -fsS -H "X-aws-ec2-metadata-token: $token" "$imds/meta-data/autoscaling/target-lifecycle-state") || continue
+  if [ "$state" = Terminated ]; then
+    echo "tyrell-drain: this box is terminating: stopping $unit (it delivers what it holds first)"
+    systemctl stop "$unit"
+    exit 0
+  fi
+done
+EOF
+chmod 0755 /usr/local/sbin/tyrell-drain
+cat > /etc/systemd/system/tyrell-drain@.service <<'EOF'
+[Unit]
+Description=tyrell drain: stop %i when Auto Scaling terminates this box
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+ExecStart=/usr/local/sbin/tyrell-drain %i
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF

@@ -156,6 +156,10 @@ pub struct ConnState {
     pub errors: AtomicU64,
     /// Connections taken over by another client with the same client id (see [`Reconnect`]).
     pub clashes: AtomicU64,
+    /// UNSUBACKs received (MQTT 5 only): once the broker acknowledges an UNSUBSCRIBE it
+    /// sends nothing more for that filter (MQTT 5.0 §3.10.4), and what it sent before
+    /// arrived ahead of the UNSUBACK on the same connection.
+    pub unsubacks: AtomicU64,
 }
 
 impl ConnState {
@@ -338,6 +342,9 @@ pub async fn drive_v5(
                 Ok(topic) => on(Msg::Publish { topic, payload: &p.payload, retain: p.retain, v5: Some(&p) }),
                 Err(_) => tracing::warn!("skipping a message whose topic is not UTF-8"),
             },
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                state.unsubacks.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(_) => {}
             Err(e) => on_error(&state, &mut policy, &e, loss_v5(&e), &client_id, &broker).await,
         }

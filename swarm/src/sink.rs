@@ -46,6 +46,8 @@ pub struct Buffer {
     pub stats: SinkStats,
     /// Records taken from the buffer by the sender and not yet delivered (or given up).
     held: std::sync::atomic::AtomicUsize,
+    /// Set by [`Buffer::flush`]: send what is there without lingering, from now on.
+    flushing: std::sync::atomic::AtomicBool,
 }
 
 impl Buffer {
@@ -57,7 +59,15 @@ impl Buffer {
             notify: Notify::new(),
             stats: SinkStats::default(),
             held: std::sync::atomic::AtomicUsize::new(0),
+            flushing: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on the sender lingers no more: each batch goes as soon as it has a record
+    /// (a program that stops delivers what it holds at once, not after its linger).
+    pub fn flush(&self) {
+        self.flushing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
     }
 
     /// Appends a record; when full, drops the oldest one (counted and logged).
@@ -156,7 +166,11 @@ impl Buffer {
     pub async fn wait_batch(&self, linger: Duration, fill_bytes: usize, fill_items: usize) {
         self.wait_non_empty().await;
         let deadline = tokio::time::Instant::now() + linger;
-        while self.bytes() < fill_bytes && self.len() < fill_items && tokio::time::Instant::now() < deadline {
+        while self.bytes() < fill_bytes
+            && self.len() < fill_items
+            && !self.flushing.load(std::sync::atomic::Ordering::SeqCst)
+            && tokio::time::Instant::now() < deadline
+        {
             let _ = tokio::time::timeout_at(deadline, self.notify.notified()).await;
         }
     }

@@ -136,3 +136,51 @@ fn records_buffered_at_a_crash_are_redelivered() {
         t0.elapsed()
     );
 }
+
+/// Scale-in of an indexer (SIGTERM, as its box's tyrell-drain@ sends through systemd):
+/// it gives up its shared subscription before it goes, so what is published while it
+/// drains goes to the other indexer and none waits in the stopped one's session (where
+/// it would be lost: its box never returns); what it held reaches SQS.
+#[test]
+fn a_stopped_indexer_drains_and_leaves_nothing_in_its_session() {
+    let sqs = Sqs::new("drain");
+    let broker = broker();
+    let port = broker.port;
+    // A holds what it gets (a linger longer than the test: only the drain sends it).
+    let a = indexer(port, &sqs, &testkit::unique("indexer-drain-a"), "60s");
+    let b = indexer(port, &sqs, &testkit::unique("indexer-drain-b"), "300ms");
+    for (p, name) in [(&a, "a"), (&b, "b")] {
+        wait_for(Duration::from_secs(10), &format!("indexer {name} to connect"), || {
+            p.log_text().contains("connected to the broker").then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_millis(700)); // their subscriptions
+
+    // Fewer than A's send bound (MAX_UNACKED / 2) reach A: it holds them.
+    let first = 40;
+    publish(port, 0..first);
+    let held = wait_for(Duration::from_secs(10), "A to hold its share", || {
+        let c = counters(&a)?;
+        let rx = c["received"].as_u64()?;
+        (rx > 0 && c["sqs_buffered"].as_u64()? == rx).then_some(rx)
+    });
+
+    // Stop A, and keep publishing while it drains and after it is gone.
+    a.guard.signal("TERM");
+    let total = 400;
+    publish(port, first..first + 100);
+    wait_for(Duration::from_secs(30), "A to exit", || (!a.guard.alive()).then_some(()));
+    publish(port, first + 100..total);
+
+    let mut seen: HashSet<String> = HashSet::new();
+    wait_for(Duration::from_secs(20), "every record in SQS", || {
+        seen.extend(sqs.drain(0).into_iter().flat_map(|m| m.records).map(|r| r.id));
+        (seen.len() == total).then_some(())
+    });
+    let expected: HashSet<String> = (0..total).map(|i| format!("redelivery-{i}")).collect();
+    assert_eq!(seen, expected, "records lost in the stopped indexer's session");
+    let log = a.log_text();
+    assert!(log.contains("everything delivered and acknowledged"), "A's drain did not finish:\n{log}");
+    assert!(b.guard.alive());
+    eprintln!("drain: A held {held} of the first {first}; {total} records, 0 lost without A's return");
+}

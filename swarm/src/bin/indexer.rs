@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -321,14 +321,22 @@ async fn run(args: Args) -> Result<()> {
         [topics::shared(&args.share_group, topics::PING_ALL), topics::shared(&args.share_group, topics::RIP_ALL)];
     tracing::info!(client_id = %client_id, subscriptions = ?subs, sqs = !args.queue_url.is_empty(), influxdb = !args.influx_url.is_empty(), "indexer starting");
     let mqtt_client = client.clone();
+    // Set on SIGTERM: the subscriptions are given up and stay so across a reconnection.
+    let draining = Arc::new(AtomicBool::new(false));
+    let (draining_ref, subs_ref, acks_ref) = (draining.clone(), subs.clone(), acks.clone());
     let on_message = move |m: Msg<'_>| match m {
         Msg::Connected => {
             acks.connected();
-            let (c, subs) = (client.clone(), subs.clone());
+            let (c, subs, draining) = (client.clone(), subs.clone(), draining.clone());
             tokio::spawn(async move {
                 for s in subs {
-                    if let Err(e) = c.subscribe(s.clone(), QoS::AtLeastOnce).await {
-                        tracing::error!(error = %e, subscription = %s, "cannot subscribe");
+                    let r = if draining.load(Ordering::SeqCst) {
+                        c.unsubscribe(s.clone()).await
+                    } else {
+                        c.subscribe(s.clone(), QoS::AtLeastOnce).await
+                    };
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, subscription = %s, "cannot (un)subscribe");
                     }
                 }
             });
@@ -393,33 +401,55 @@ async fn run(args: Args) -> Result<()> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    // Take no more messages (the session keeps what arrives meanwhile for our return).
-    let _ = mqtt_client.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    driver.abort();
-    // Deliver what is held before going (the unit gives 30 s); say loudly what is left.
-    let buffers: Vec<Arc<Buffer>> = [&stats_ref.sqs, &stats_ref.influx].into_iter().flatten().cloned().collect();
+    // Drain (a scale-in's termination hook, or a stop): give up the shared subscriptions
+    // first, so the broker routes new results to the other indexers instead of queueing
+    // them in this session (where they would wait for a box that never returns); keep the
+    // connection while what is held goes to SQS and each message is acknowledged; then go.
+    draining_ref.store(true, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + args.drain_timeout;
+    let acked_before = stats_ref.conn.unsubacks.load(Ordering::Relaxed);
+    for s in &subs_ref {
+        if let Err(e) = mqtt_client.unsubscribe(s.clone()).await {
+            tracing::warn!(error = %e, subscription = %s, "cannot unsubscribe");
+        }
+    }
+    // Whatever the broker sent before its UNSUBACKs has arrived (and is held) by then.
+    let wanted = acked_before + subs_ref.len() as u64;
+    while stats_ref.conn.unsubacks.load(Ordering::Relaxed) < wanted
+        && tokio::time::Instant::now() < deadline
+        && !driver.is_finished()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("draining: subscriptions given up; delivering what is held");
+    let buffers: Vec<Arc<Buffer>> = [&stats_ref.sqs, &stats_ref.influx].into_iter().flatten().cloned().collect();
+    buffers.iter().for_each(|b| b.flush());
     loop {
         let left: usize = buffers.iter().map(|b| b.outstanding()).sum();
-        if left == 0 {
-            tracing::info!("stopping: everything delivered");
+        let unacked = acks_ref.held.lock().map(|h| h.len()).unwrap_or(0);
+        if left == 0 && unacked == 0 {
+            tracing::info!("stopping: everything delivered and acknowledged");
             break;
         }
-        if tokio::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline || driver.is_finished() {
             for b in &buffers {
                 if b.outstanding() > 0 {
                     tracing::error!(
                         destination = b.name,
                         records = b.outstanding(),
-                        "stopping with undelivered records: they are lost"
+                        "stopping with undelivered records: the broker sends them again only if this indexer returns"
                     );
                 }
             }
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Let the last acknowledgements leave before the DISCONNECT.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = mqtt_client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    driver.abort();
     Ok(())
 }
 
