@@ -14,6 +14,7 @@ pub mod influx;
 pub mod mqtt;
 pub mod ping;
 pub mod router;
+pub mod share;
 pub mod sink;
 pub mod sqs;
 pub mod stats;

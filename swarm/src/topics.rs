@@ -11,6 +11,12 @@ pub const PING_ALL: &str = "ping/+";
 pub const RIP_AGENT_PREFIX: &str = "rip/agent/";
 /// All last wills.
 pub const RIP_ALL: &str = "rip/#";
+/// Every bee's last will, `rip/agent/+` (what a sharing bee watches, [`crate::share`]).
+pub const RIP_AGENTS: &str = "rip/agent/+";
+/// Prefix of a bee's retained presence, `bees/alive/<agent>` ([`crate::share::Presence`]).
+pub const ALIVE_PREFIX: &str = "bees/alive/";
+/// Every bee's presence.
+pub const ALIVE_ALL: &str = "bees/alive/+";
 
 /// The result topic of a target, `ping/<target>`; `target` is in its canonical spelling
 /// ([`crate::targets::canonical`]) so that one target has one topic.
@@ -21,6 +27,16 @@ pub fn ping(target: &str) -> String {
 /// A bee's last-will topic, `rip/agent/<agent>`.
 pub fn rip(agent: &str) -> String {
     format!("{RIP_AGENT_PREFIX}{agent}")
+}
+
+/// A bee's retained presence topic, `bees/alive/<agent>`.
+pub fn alive(agent: &str) -> String {
+    format!("{ALIVE_PREFIX}{agent}")
+}
+
+/// The agent of a `bees/alive/<agent>` topic.
+pub fn alive_agent(topic: &str) -> Option<&str> {
+    topic.strip_prefix(ALIVE_PREFIX).filter(|a| !a.is_empty() && !a.contains('/'))
 }
 
 /// The target of a `ping/<target>` topic, as written (canonicalise it with
@@ -61,6 +77,8 @@ mod tests {
         assert_eq!(ping_target("ping/a/b"), None);
         assert_eq!(ping_target("ping/"), None);
         assert_eq!(rip_agent(&rip("bee-1")), Some("bee-1"));
+        assert_eq!(alive_agent(&alive("bee-1")), Some("bee-1"));
+        assert_eq!(alive_agent("bees/alive/a/b"), None);
         assert_eq!(shared("indexers", PING_ALL), "$share/indexers/ping/+");
         assert_eq!(shared("", PING_ALL), "ping/+");
         assert!(valid_agent("bee-i-0abc.eu-west-1"));

@@ -107,7 +107,10 @@ fn programs_get_their_contract_and_no_secrets() {
         assert!(unit.contains(&format!("EnvironmentFile=/etc/tyrell/{program}.env")), "{unit}");
         assert!(unit.contains(&format!("ExecStart=/usr/local/bin/{program}")), "{unit}");
         match role {
-            "bee" => assert!(unit.contains("AmbientCapabilities=CAP_NET_RAW")),
+            "bee" => {
+                assert!(unit.contains("AmbientCapabilities=CAP_NET_RAW"));
+                assert_eq!(env["BEE_SHARE_K"], "all", "every bee pings every target unless the role says otherwise");
+            }
             "indexer" => {
                 assert_eq!(env["INFLUX_URL"], "http://10.0.9.9:8086");
                 assert!(env["QUEUE_URL"].starts_with("https://sqs."));

@@ -62,6 +62,10 @@ fn out_of_range_settings_are_refused_at_start() {
         ("bee", "BEE_PROBES", "70000", "BEE_PROBES (--probes) must be a whole number from 1 to 1000"),
         ("bee", "BEE_PROBES", "-3", "BEE_PROBES (--probes) must be a whole number from 1 to 1000"),
         ("bee", "BEE_INTERVAL", "0s", "BEE_INTERVAL (--interval) must be a duration from 100ms to 1h"),
+        ("bee", "BEE_SHARE_K", "1001", "BEE_SHARE_K (--share-k) must be \"all\" or 0"),
+        ("bee", "BEE_SHARE_K", "-1", "BEE_SHARE_K (--share-k) must be \"all\" or 0"),
+        ("bee", "BEE_SHARE_K", "some", "BEE_SHARE_K (--share-k) must be \"all\" or 0"),
+        ("bee", "BEE_ZONE", "eu west/1a", "BEE_ZONE (--zone) must be empty or 1 to 64 letters, digits and '-'"),
         (
             "bee",
             "BEE_INTERVAL",
@@ -192,11 +196,18 @@ fn out_of_range_settings_are_refused_at_start() {
         ),
     ];
     // A combination: each setting in range, together impossible.
-    let combos: &[Combo] = &[(
-        "bee",
-        &[("BEE_INTERVAL", "100ms"), ("BEE_PROBES", "1000")],
-        "BEE_INTERVAL / BEE_PROBES (the time between two probes) must be at least 1ms, not 100ms / 1000",
-    )];
+    let combos: &[Combo] = &[
+        (
+            "bee",
+            &[("BEE_INTERVAL", "100ms"), ("BEE_PROBES", "1000")],
+            "BEE_INTERVAL / BEE_PROBES (the time between two probes) must be at least 1ms, not 100ms / 1000",
+        ),
+        (
+            "bee",
+            &[("BEE_SHARE_K", "2"), ("AWS_REGION", "eu west")],
+            "AWS_REGION (--region) must be empty or 1 to 64 letters, digits and '-' when BEE_SHARE_K is set",
+        ),
+    ];
     let mut running: Vec<(String, &str, Child)> = cases
         .iter()
         .map(|(p, k, v, want)| (format!("{p} {k}={v:?}"), *want, spawn(p, &[(k, v)])))
@@ -234,13 +245,17 @@ fn settings_at_the_edges_of_their_ranges_are_accepted() {
                 ("BEE_PROBE_TIMEOUT", "1m"),
                 ("BEE_RESOLVE_TIMEOUT", "100ms"),
                 ("BEE_PUBLISH_QUEUE", "10"),
+                ("BEE_SHARE_K", "1000"),
+                ("BEE_ZONE", "use1-az1"),
                 ("STATS_INTERVAL", "0"),
                 ("BROKER_PORT", "65535"),
                 ("BROKER_KEEP_ALIVE", "65535s"),
                 ("BROKER_MAX_BACKOFF", "1h"),
             ],
         ),
-        ("bee", vec![("BEE_PROBES", "1000"), ("BEE_INTERVAL", "1h"), ("STATS_INTERVAL", "24h")]),
+        ("bee", vec![("BEE_PROBES", "1000"), ("BEE_INTERVAL", "1h"), ("STATS_INTERVAL", "24h"), ("BEE_SHARE_K", "1")]),
+        ("bee", vec![("BEE_SHARE_K", "all"), ("BEE_ZONE", "")]),
+        ("bee", vec![("BEE_SHARE_K", "0")]),
         (
             "indexer",
             vec![

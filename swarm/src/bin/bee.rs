@@ -1,6 +1,8 @@
-//! bee: pings every target of the retained `watch` list and publishes one record per
-//! target and round on `ping/<target>` (QoS 1). Its last will, retained on
-//! `rip/agent/<agent>`, tells the swarm when it dies.
+//! bee: pings the targets of the retained `watch` list — every one, or with
+//! `BEE_SHARE_K=k` its share of them ([`swarm::share`]) — and publishes one record per
+//! target and round on `ping/<target>` (QoS 1). Its retained presence on
+//! `bees/alive/<agent>` says it is live; its last will, retained on `rip/agent/<agent>`,
+//! tells the swarm when it dies.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use rumqttc::{AsyncClient, QoS};
 use swarm::config::{self, duration_in, int_in, Check};
 use swarm::mqtt::{self, ConnState, MqttArgs, Msg};
 use swarm::ping::{self, Agent, Icmp, RoundSpec};
+use swarm::share::{self, Presence, ShareK, View};
 use swarm::stats::{Counter, Snapshot};
 use swarm::{targets, topics};
 
@@ -56,6 +59,14 @@ struct Args {
     #[arg(long, env = "BEE_PUBLISH_QUEUE", default_value_t = 50_000,
           value_parser = int_in("BEE_PUBLISH_QUEUE (--publish-queue)", 10usize, 1_000_000))]
     publish_queue: usize,
+    /// How many bees measure each target: "all" or 0 (every bee pings every target, the
+    /// default) or 1 to 1000 (rendezvous hashing over the live bees, spread over zones).
+    #[arg(long, env = "BEE_SHARE_K", default_value = "all", value_parser = share::share_k)]
+    share_k: ShareK,
+    /// This bee's availability zone (cloud-init: from the instance metadata); empty or
+    /// 1 to 64 letters, digits and '-'. Bees sharing targets prefer different zones.
+    #[arg(long, env = "BEE_ZONE", default_value = "", value_parser = share::zone)]
+    zone: String,
     /// Log the counters this often: 0 (never) or 100ms to 24h.
     #[arg(long, env = "STATS_INTERVAL", default_value = "60s", value_parser = config::stats_interval())]
     stats_interval: Duration,
@@ -66,6 +77,12 @@ impl Check for Args {
         if let Some(a) = self.agent.as_deref().filter(|a| !topics::valid_agent(a)) {
             return Err(format!(
                 "BEE_AGENT (--agent) must be 1 to 128 letters, digits, '-', '_', '.' or ':' (it becomes a topic level), not {a:?}"
+            ));
+        }
+        if self.share_k != ShareK::All && !share::valid_place(&self.region) {
+            return Err(format!(
+                "AWS_REGION (--region) must be empty or 1 to 64 letters, digits and '-' when BEE_SHARE_K is set (bees share targets by region), not {:?}",
+                self.region
             ));
         }
         let spacing = self.interval / u32::from(self.probes);
@@ -88,7 +105,9 @@ struct BeeStats {
     error_records: Counter,
     watch_updates: Counter,
     watch_malformed: Counter,
+    presence_malformed: Counter,
     targets: std::sync::atomic::AtomicU64,
+    bees: std::sync::atomic::AtomicU64,
 }
 
 impl Snapshot for BeeStats {
@@ -101,6 +120,8 @@ impl Snapshot for BeeStats {
             ("error_records", self.error_records.get()),
             ("watch_updates", self.watch_updates.get()),
             ("watch_malformed", self.watch_malformed.get()),
+            ("presence_malformed", self.presence_malformed.get()),
+            ("bees", self.bees.load(Ordering::Relaxed)),
         ]
     }
 }
@@ -153,14 +174,40 @@ async fn target_loop(ctx: Arc<Ctx>, target: String) {
     }
 }
 
-/// The running target tasks, kept in step with `watch`.
+/// The running target tasks, kept in step with `watch` and (sharing) the live bees.
 struct Targets {
     ctx: Arc<Ctx>,
     tasks: HashMap<String, tokio::task::AbortHandle>,
+    /// The whole `watch` list, canonical.
+    watch: Vec<String>,
+    /// The live bees as this bee sees them.
+    view: View,
+    k: ShareK,
 }
 
 impl Targets {
-    fn set(&mut self, wanted: Vec<String>) {
+    /// A new `watch` list.
+    fn set_watch(&mut self, watch: Vec<String>) {
+        self.watch = watch;
+        self.apply("watch list applied");
+    }
+
+    /// The live bees changed: take up or give up targets.
+    fn bees_changed(&mut self) {
+        if self.k != ShareK::All {
+            self.apply("live bees changed");
+        }
+    }
+
+    /// Runs exactly the targets this bee measures ([`share::mine`]).
+    fn apply(&mut self, why: &str) {
+        let bees = self.view.bees();
+        self.ctx.stats.bees.store(bees.len() as u64, Ordering::Relaxed);
+        let wanted = share::mine(&self.watch, &bees, &self.ctx.agent.agent, self.k);
+        self.set(wanted, bees.len(), why);
+    }
+
+    fn set(&mut self, wanted: Vec<String>, bees: usize, why: &str) {
         let keep: std::collections::HashSet<&String> = wanted.iter().collect();
         let before = self.tasks.len();
         self.tasks.retain(|t, h| {
@@ -180,7 +227,7 @@ impl Targets {
             }
         }
         self.ctx.stats.targets.store(self.tasks.len() as u64, Ordering::Relaxed);
-        tracing::info!(targets = self.tasks.len(), added, removed, "watch list applied");
+        tracing::info!(targets = self.tasks.len(), watched = self.watch.len(), bees, added, removed, "{why}");
     }
 }
 
@@ -227,28 +274,75 @@ async fn run(args: Args) -> Result<()> {
     });
     tracing::info!(agent = %agent_name, probes = spec.probes, spacing_ms = spec.spacing.as_millis() as u64,
         timeout_ms = spec.timeout.as_millis() as u64, interval_ms = args.interval.as_millis() as u64, "bee starting");
-    let targets = Mutex::new(Targets { ctx, tasks: HashMap::new() });
+    let me = share::Bee { agent: agent_name.clone(), region: args.region.clone(), zone: args.zone.clone() };
+    let presence = serde_json::to_vec(&Presence {
+        agent: agent_name.clone(),
+        stack: args.stack.clone(),
+        region: args.region.clone(),
+        zone: args.zone.clone(),
+        every_ms: args.interval.as_millis() as u64,
+    })?;
+    let alive_topic = topics::alive(&agent_name);
+    let sharing = args.share_k != ShareK::All;
+    let targets = Arc::new(Mutex::new(Targets {
+        ctx,
+        tasks: HashMap::new(),
+        watch: Vec::new(),
+        view: View::new(me),
+        k: args.share_k,
+    }));
 
     let state = Arc::new(ConnState::default());
     let mqtt_args = args.mqtt.clone();
     let sub_client = client.clone();
     let clear_topic = rip_topic.clone();
+    let (on_alive, on_presence) = (alive_topic.clone(), presence.clone());
+    let on_targets = targets.clone();
     let on_message = move |m: Msg<'_>| match m {
         Msg::Connected => {
             let c = sub_client.clone();
             let clear = clear_topic.clone();
+            let (alive, presence) = (on_alive.clone(), on_presence.clone());
             tokio::spawn(async move {
-                // Alive again: clear this agent's retained last will.
+                // Alive again: clear this agent's retained last will, say so.
                 let _ = c.publish(clear, QoS::AtLeastOnce, true, Vec::new()).await;
-                if let Err(e) = c.subscribe(topics::WATCH, QoS::AtLeastOnce).await {
-                    tracing::error!(error = %e, "cannot subscribe to watch");
+                let _ = c.publish(alive, QoS::AtLeastOnce, true, presence).await;
+                // Sharing: the live bees first, so that their retained presences and wills
+                // are in the view before the retained `watch` arrives (the broker sends a
+                // subscription's retained messages in subscription order).
+                let subs: &[&str] =
+                    if sharing { &[topics::ALIVE_ALL, topics::RIP_AGENTS, topics::WATCH] } else { &[topics::WATCH] };
+                for t in subs {
+                    if let Err(e) = c.subscribe(*t, QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, topic = t, "cannot subscribe");
+                    }
                 }
             });
+        }
+        Msg::Publish { topic, payload, .. } if topics::alive_agent(topic).is_some() => {
+            let agent = topics::alive_agent(topic).unwrap_or_default();
+            let mut t = on_targets.lock().unwrap();
+            match t.view.presence(agent, payload, std::time::Instant::now()) {
+                Ok(true) => t.bees_changed(),
+                Ok(false) => {}
+                Err(e) => {
+                    stats.presence_malformed.inc();
+                    tracing::warn!(error = %e, "malformed presence skipped");
+                }
+            }
+        }
+        Msg::Publish { topic, payload, .. } if topics::rip_agent(topic).is_some() => {
+            let agent = topics::rip_agent(topic).unwrap_or_default();
+            let mut t = on_targets.lock().unwrap();
+            if t.view.rip(agent, payload) {
+                tracing::info!(agent, "a bee died or stopped");
+                t.bees_changed();
+            }
         }
         Msg::Publish { topic, payload, .. } if topic == topics::WATCH => match targets::parse_watch(payload) {
             Ok(list) => {
                 stats.watch_updates.inc();
-                targets.lock().unwrap().set(list);
+                on_targets.lock().unwrap().set_watch(list);
             }
             Err(e) => {
                 stats.watch_malformed.inc();
@@ -257,7 +351,36 @@ async fn run(args: Args) -> Result<()> {
         },
         Msg::Publish { topic, .. } => tracing::debug!(topic, "unexpected message"),
     };
-    let driver = tokio::spawn(async move { mqtt::drive_v4(&mqtt_args, eventloop, state, on_message).await });
+    let driver_state = state.clone();
+    let driver = tokio::spawn(async move { mqtt::drive_v4(&mqtt_args, eventloop, driver_state, on_message).await });
+    // The presence again every round (retained), while connected: the others forget a
+    // bee after share::PRESENCE_MISSES rounds of silence, even if its will was lost.
+    let (beat_client, beat_topic, beat_state) = (client.clone(), alive_topic.clone(), state.clone());
+    let every = args.interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if beat_state.connected() {
+                let _ = beat_client.try_publish(&beat_topic, QoS::AtLeastOnce, true, presence.clone());
+            }
+        }
+    });
+    if sharing {
+        let expiring = targets.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((every / 2).min(Duration::from_secs(1)));
+            loop {
+                tick.tick().await;
+                let mut t = expiring.lock().unwrap();
+                if t.view.expire(std::time::Instant::now()) {
+                    tracing::info!("a bee fell silent");
+                    t.bees_changed();
+                }
+            }
+        });
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -266,7 +389,8 @@ async fn run(args: Args) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     // A clean disconnect does not fire the will: say goodbye ourselves.
-    tracing::info!("stopping: announcing it on {rip_topic}");
+    tracing::info!("stopping: announcing it on {alive_topic} and {rip_topic}");
+    let _ = client.publish(alive_topic, QoS::AtLeastOnce, true, Vec::new()).await;
     let _ = client.publish(rip_topic, QoS::AtLeastOnce, true, rip_payload(&agent, "stopped")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A clean DISCONNECT, so the broker discards the "connection lost" will; give the
