@@ -8,11 +8,23 @@
 //! S3; a line that is not a valid record is set aside on its own ([`Rejected`]), never
 //! taking the good lines of its body with it.
 //!
+//! Schema 2 (what bees write since issue 13; every field is documented once, on
+//! [`PingRecord`] and [`Rtt`], with its unit):
+//!
 //! ```json
-//! {"id":"<unique>","ts":"2026-11-23T10:00:00.123Z","stack":"swarm1","region":"eu-west-1",
-//!  "agent":"bee-i-0abc","target":"example.org","status":"ok","loss":0.0,
-//!  "rtt_ms":{"min":1.0,"avg":1.5,"max":2.0,"stddev":0.3},"error":null}
+//! {"schema":2,"id":"<unique>","ts":"2026-11-23T10:00:00.123Z","stack":"swarm1",
+//!  "region":"eu-west-1","agent":"bee-i-0abc","target":"example.org","status":"ok",
+//!  "loss":0.0,"rtt_ms":{"min":1.0,"avg":1.5,"max":2.0,"stddev":0.3,"p50":1.4,"p90":1.9,
+//!  "p99":2.0,"jitter":0.2},"error":null,"sent":10,"ttl":57,"addr":"93.184.215.14",
+//!  "resolve_ms":3.2,"late_ms":0.4,"clock_synced":true}
 //! ```
+//!
+//! Schema 1 (the original swarm's and the first Rust bees') is the same without `schema`
+//! and without the fields marked *schema 2*; it still parses (`schema` reads as 1, the
+//! new fields as absent) and flows through every program. Schema 2 only adds fields,
+//! every one optional: a consumer that knows schema 1 reads schema 2 unchanged, and a
+//! reader of schema 2 treats an absent field as "not measured". Readers ignore fields
+//! they do not know, so a later schema that only adds fields reads too.
 
 use std::io::{Read, Write};
 
@@ -32,9 +44,19 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// body (a gzip bomb) reaches this; it bounds the memory one message can take.
 pub const MAX_DECODED_BYTES: usize = 64 * MAX_MESSAGE_BYTES;
 
+/// The schema the producers of this crate write (the record's `schema` field).
+pub const SCHEMA: u32 = 2;
+
+fn schema_1() -> u32 {
+    1
+}
+
 /// One ping result: one target, one round, one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PingRecord {
+    /// The record's schema: 2 ([`SCHEMA`]); absent in schema 1 records, read as 1.
+    #[serde(default = "schema_1")]
+    pub schema: u32,
     /// Unique per record (a UUID); lets consumers de-duplicate at-least-once deliveries.
     pub id: String,
     /// When the round finished, an RFC 3339 `date-time` (RFC 3339 §5.6). The bee writes UTC
@@ -50,13 +72,66 @@ pub struct PingRecord {
     /// The host name or address in its canonical spelling (`swarm::targets::canonical`:
     /// RFC 5952 IPv6, dotted-quad IPv4, lowercase names without a trailing dot).
     pub target: String,
+    /// `ok`: the probes were sent (whether answered or not); `error`: the target did not
+    /// resolve or no probe could be sent ([`PingRecord::error`] says why).
     pub status: Status,
-    /// Fraction of probes lost, 0.0..=1.0.
+    /// Fraction of probes lost, 0.0..=1.0 (1.0 for `status: error`).
     pub loss: f64,
     /// Round-trip times of the answered probes; `null` when none answered.
     pub rtt_ms: Option<Rtt>,
     /// Why the round failed (`status: error`), else `null`.
     pub error: Option<String>,
+    /// *Schema 2.* Echo requests sent in the round (`BEE_PROBES` unless sending failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u16>,
+    /// *Schema 2.* The IP TTL (IPv4) or hop limit (IPv6) the replies arrived with, the
+    /// lowest of the round's replies (0..=255); absent when no reply came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u8>,
+    /// *Schema 2.* The address pinged (RFC 5952 for IPv6): the target itself for an
+    /// address, the resolved one for a name; absent when a name did not resolve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// *Schema 2.* How long resolving the name took, in milliseconds (also when it
+    /// failed); absent for a target that is an address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_ms: Option<f64>,
+    /// *Schema 2.* How late the bee's scheduler was, in milliseconds (≥ 0): the largest
+    /// delay of a probe's send past its planned time (round start as scheduled + name
+    /// resolution + its place × the probe spacing). Large values mean a busy bee whose
+    /// RTTs may still be right (kernel timestamps) but whose rounds slip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_ms: Option<f64>,
+    /// *Schema 2.* Whether the bee's clock was synchronised (NTP) when the record was
+    /// made: the kernel's `STA_UNSYNC` flag clear (`ntp_adjtime(2)`, as `timedatectl`'s
+    /// "System clock synchronized"). `false` means `ts` may be off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_synced: Option<bool>,
+}
+
+impl Default for PingRecord {
+    /// An empty schema-2 record (`status: ok`, no measurements): a base for struct updates.
+    fn default() -> PingRecord {
+        PingRecord {
+            schema: SCHEMA,
+            id: String::new(),
+            ts: String::new(),
+            stack: String::new(),
+            region: String::new(),
+            agent: String::new(),
+            target: String::new(),
+            status: Status::Ok,
+            loss: 0.0,
+            rtt_ms: None,
+            error: None,
+            sent: None,
+            ttl: None,
+            addr: None,
+            resolve_ms: None,
+            late_ms: None,
+            clock_synced: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,18 +141,33 @@ pub enum Status {
     Error,
 }
 
-/// Round-trip time statistics in milliseconds.
+/// Round-trip time statistics of a round's answered probes, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Rtt {
     pub min: f64,
     pub avg: f64,
     pub max: f64,
+    /// Population standard deviation (`ping`'s `mdev`).
     pub stddev: f64,
+    /// *Schema 2.* Percentiles by the nearest-rank method (the smallest sample with at
+    /// least p% of the samples at or below it): with 10 probes p90 is the 9th smallest
+    /// and p99 the largest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p90: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<f64>,
+    /// *Schema 2.* Jitter: the mean absolute difference between consecutive round trips,
+    /// in the order the replies came (the RFC 3550 §6.4.1 difference, unsmoothed); 0 with
+    /// one sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<f64>,
 }
 
 impl Rtt {
-    /// Statistics of the given samples (population standard deviation, as `ping` prints
-    /// as `mdev`); `None` when there are none.
+    /// Statistics of the given samples (ms, in the order the replies came); `None` when
+    /// there are none. NaN samples are not expected (the bee measures durations).
     pub fn from_samples(samples: &[f64]) -> Option<Rtt> {
         if samples.is_empty() {
             return None;
@@ -85,11 +175,23 @@ impl Rtt {
         let n = samples.len() as f64;
         let avg = samples.iter().sum::<f64>() / n;
         let var = samples.iter().map(|s| (s - avg).powi(2)).sum::<f64>() / n;
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let rank = |p: f64| sorted[((p / 100.0 * n).ceil() as usize).clamp(1, sorted.len()) - 1];
+        let jitter = if samples.len() < 2 {
+            0.0
+        } else {
+            samples.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / (n - 1.0)
+        };
         Some(Rtt {
-            min: samples.iter().cloned().fold(f64::INFINITY, f64::min),
+            min: sorted[0],
             avg,
-            max: samples.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            max: sorted[sorted.len() - 1],
             stddev: var.sqrt(),
+            p50: Some(rank(50.0)),
+            p90: Some(rank(90.0)),
+            p99: Some(rank(99.0)),
+            jitter: Some(jitter),
         })
     }
 }
@@ -106,9 +208,16 @@ impl PingRecord {
         parse_ts(&self.ts)
     }
 
-    /// Checks what serde cannot: an RFC 3339 timestamp (any offset, [`parse_ts`]), a loss
-    /// fraction in 0..=1, non-empty id/agent/target. The error is one sentence.
+    /// Checks what serde cannot: a schema of at least 1, an RFC 3339 timestamp (any
+    /// offset, [`parse_ts`]), a loss fraction in 0..=1, non-empty id/agent/target,
+    /// no negative `resolve_ms`/`late_ms`. The error is one sentence.
     pub fn validate(&self) -> Result<(), String> {
+        if self.schema == 0 {
+            return Err("schema 0 (schemas start at 1)".into());
+        }
+        if [self.resolve_ms, self.late_ms].into_iter().flatten().any(|v| v.is_nan() || v < 0.0) {
+            return Err("resolve_ms or late_ms negative or not a number".into());
+        }
         if self.id.is_empty() {
             return Err("empty id".into());
         }
@@ -371,6 +480,7 @@ mod tests {
 
     fn rec(id: &str) -> PingRecord {
         PingRecord {
+            schema: SCHEMA,
             id: id.into(),
             ts: "2026-11-23T10:00:00.123Z".into(),
             stack: "s".into(),
@@ -381,7 +491,71 @@ mod tests {
             loss: 0.0,
             rtt_ms: Rtt::from_samples(&[1.0, 2.0, 3.0]),
             error: None,
+            sent: Some(3),
+            ttl: Some(64),
+            addr: Some("127.0.0.1".into()),
+            resolve_ms: None,
+            late_ms: Some(0.25),
+            clock_synced: Some(true),
         }
+    }
+
+    /// A schema-1 line as the original swarm and the first Rust bees wrote it.
+    const SCHEMA_1: &str = r#"{"id":"old-1","ts":"2026-11-23T10:00:00.123Z","stack":"s","region":"eu-west-1","agent":"bee-1","target":"example.org","status":"ok","loss":0.1,"rtt_ms":{"min":1.0,"avg":1.5,"max":2.0,"stddev":0.3},"error":null}"#;
+
+    #[test]
+    fn schema_1_records_still_read_and_schema_2_round_trips() {
+        let d = decode_lines(SCHEMA_1, Encoding::Ndjson).unwrap();
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+        let r = &d.lines[0].record;
+        assert_eq!((r.schema, r.loss, r.rtt_ms.unwrap().avg), (1, 0.1, 1.5));
+        assert_eq!((r.ttl, r.addr.as_deref(), r.clock_synced, r.rtt_ms.unwrap().p99), (None, None, None, None));
+        // Written back, a schema-1 record gains only its schema number.
+        let back: serde_json::Value = serde_json::to_value(r).unwrap();
+        let mut want: serde_json::Value = serde_json::from_str(SCHEMA_1).unwrap();
+        want["schema"] = 1.into();
+        assert_eq!(back, want);
+        // Schema 2 round-trips with every field.
+        let v2 = rec("new");
+        let line = serde_json::to_string(&v2).unwrap();
+        for field in [
+            "\"schema\":2",
+            "\"p50\":2.0",
+            "\"p90\":3.0",
+            "\"p99\":3.0",
+            "\"jitter\":1.0",
+            "\"ttl\":64",
+            "\"addr\":\"127.0.0.1\"",
+            "\"late_ms\":0.25",
+            "\"clock_synced\":true",
+            "\"sent\":3",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+        assert_eq!(serde_json::from_str::<PingRecord>(&line).unwrap(), v2);
+        // A later schema that adds a field still reads.
+        let v3 = line.replacen("\"schema\":2", "\"schema\":3,\"hops\":[1,2]", 1);
+        assert_eq!(decode_lines(&v3, Encoding::Ndjson).unwrap().lines[0].record.schema, 3);
+        let mut bad = rec("x");
+        bad.schema = 0;
+        assert!(bad.validate().unwrap_err().contains("schema 0"));
+        bad = rec("x");
+        bad.late_ms = Some(-1.0);
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank_and_jitter() {
+        let samples: Vec<f64> = (1..=10).map(f64::from).collect();
+        let r = Rtt::from_samples(&samples).unwrap();
+        assert_eq!((r.p50, r.p90, r.p99, r.jitter), (Some(5.0), Some(9.0), Some(10.0), Some(1.0)));
+        // Order matters for jitter, not for the percentiles.
+        let r = Rtt::from_samples(&[10.0, 20.0, 10.0, 20.0]).unwrap();
+        assert_eq!((r.min, r.max, r.p50, r.p90, r.jitter), (10.0, 20.0, Some(10.0), Some(20.0), Some(10.0)));
+        let one = Rtt::from_samples(&[7.0]).unwrap();
+        assert_eq!((one.p50, one.p99, one.jitter), (Some(7.0), Some(7.0), Some(0.0)));
+        let r = Rtt::from_samples(&(1..=200).map(f64::from).collect::<Vec<_>>()).unwrap();
+        assert_eq!((r.p50, r.p90, r.p99), (Some(100.0), Some(180.0), Some(198.0)));
     }
 
     #[test]

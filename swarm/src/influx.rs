@@ -3,7 +3,11 @@
 //! client, plain HTTP (the metrics box is on the private network).
 //!
 //! Measurement `ping`, tags `stack region agent target status`, fields `loss`
-//! `rtt_min rtt_avg rtt_max rtt_stddev` (when some probe answered) and `error`.
+//! `rtt_min rtt_avg rtt_max rtt_stddev` (when some probe answered) and `error`; from the
+//! record's schema 2 (each when the record has it, meanings and units in the `record`
+//! crate): `rtt_p50 rtt_p90 rtt_p99 rtt_jitter` (ms, float), `sent` and `ttl`
+//! (integers), `addr` (string), `resolve_ms` and `late_ms` (float), `clock_synced`
+//! (boolean); and `schema` (integer: 1 for a record without one) on every point.
 //! Measurement `rip`, tag `agent`, field `dead=1i`: a bee's last will.
 //!
 //! Escaping follows the InfluxDB 1.x line protocol reference ("Special characters"):
@@ -93,8 +97,33 @@ pub fn line(r: &PingRecord, received_ms: i64) -> Option<String> {
             fmt_f(rtt.stddev)
         ));
     }
+    if let Some(rtt) = r.rtt_ms {
+        for (k, v) in [("rtt_p50", rtt.p50), ("rtt_p90", rtt.p90), ("rtt_p99", rtt.p99), ("rtt_jitter", rtt.jitter)] {
+            if let Some(v) = v {
+                l.push_str(&format!(",{k}={}", fmt_f(v)));
+            }
+        }
+    }
     if let Some(e) = &r.error {
         l.push_str(&format!(",error=\"{}\"", escape_str_field(e)));
+    }
+    l.push_str(&format!(",schema={}i", r.schema));
+    if let Some(n) = r.sent {
+        l.push_str(&format!(",sent={n}i"));
+    }
+    if let Some(n) = r.ttl {
+        l.push_str(&format!(",ttl={n}i"));
+    }
+    if let Some(a) = &r.addr {
+        l.push_str(&format!(",addr=\"{}\"", escape_str_field(a)));
+    }
+    for (k, v) in [("resolve_ms", r.resolve_ms), ("late_ms", r.late_ms)] {
+        if let Some(v) = v {
+            l.push_str(&format!(",{k}={}", fmt_f(v)));
+        }
+    }
+    if let Some(b) = r.clock_synced {
+        l.push_str(&format!(",clock_synced={b}"));
     }
     l.push_str(&format!(" {ts}"));
     Some(l)
@@ -323,11 +352,32 @@ mod tests {
             loss: 0.1,
             rtt_ms: record::Rtt::from_samples(&[1.0, 3.0]),
             error: None,
+            schema: 1,
+            ..Default::default()
         };
+        // A schema-1 record: the fields it always had (its RTT without percentiles).
+        r.rtt_ms = r.rtt_ms.map(|x| record::Rtt { p50: None, p90: None, p99: None, jitter: None, ..x });
         let later = 1_795_428_000_123 + 1000;
         assert_eq!(
             line(&r, later).unwrap(),
-            "ping,stack=s1,region=eu-west-1,agent=bee\\ 1\\,x\\=y,target=::1,status=ok loss=0.1,rtt_min=1,rtt_avg=2,rtt_max=3,rtt_stddev=1 1795428000123"
+            "ping,stack=s1,region=eu-west-1,agent=bee\\ 1\\,x\\=y,target=::1,status=ok loss=0.1,rtt_min=1,rtt_avg=2,rtt_max=3,rtt_stddev=1,schema=1i 1795428000123"
+        );
+        // Schema 2: every field it has.
+        let v2 = record::PingRecord {
+            schema: 2,
+            rtt_ms: record::Rtt::from_samples(&[1.0, 3.0]),
+            sent: Some(2),
+            ttl: Some(64),
+            addr: Some("::1".into()),
+            resolve_ms: Some(1.5),
+            late_ms: Some(0.25),
+            clock_synced: Some(false),
+            ..r.clone()
+        };
+        assert_eq!(
+            line(&v2, later).unwrap(),
+            "ping,stack=s1,region=eu-west-1,agent=bee\\ 1\\,x\\=y,target=::1,status=ok loss=0.1,rtt_min=1,rtt_avg=2,rtt_max=3,rtt_stddev=1,\
+             rtt_p50=1,rtt_p90=3,rtt_p99=3,rtt_jitter=2,schema=2i,sent=2i,ttl=64i,addr=\"::1\",resolve_ms=1.5,late_ms=0.25,clock_synced=false 1795428000123"
         );
         r.status = record::Status::Error;
         r.rtt_ms = None;
@@ -335,7 +385,7 @@ mod tests {
         r.error = Some("cannot resolve \"x\"".into());
         assert_eq!(
             line(&r, later).unwrap(),
-            "ping,stack=s1,agent=bee\\ 1\\,x\\=y,target=::1,status=error loss=0.1,error=\"cannot resolve \\\"x\\\"\" 1795428000123"
+            "ping,stack=s1,agent=bee\\ 1\\,x\\=y,target=::1,status=error loss=0.1,error=\"cannot resolve \\\"x\\\"\",schema=1i 1795428000123"
         );
         // A timestamp past the arrival (a bee's clock ahead) is clamped to the arrival.
         assert!(line(&r, 1_795_428_000_000).unwrap().ends_with(" 1795428000000"));

@@ -16,6 +16,10 @@
 //! on a RAW socket, this process's ICMP identifier and a per-process key), so concurrent
 //! probes never collide, and replies to other pingers on the machine are ignored.
 //!
+//! Besides the round trips a round reports the TTL (IPv4) or hop limit (IPv6) its replies
+//! arrived with (`IP_RECVTTL` ip(7), `IPV6_RECVHOPLIMIT` RFC 3542 §6.3: the kernel hands it
+//! over with each datagram) and how late its probes left against their schedule.
+//!
 //! Only echo replies count as answers: an ICMP error (destination unreachable, time
 //! exceeded) is not one; the probe is lost when its timeout passes (as `ping` counts it).
 
@@ -53,6 +57,8 @@ struct Collected {
     samples: Mutex<Vec<f64>>,
     /// How many answers complete the round (usize::MAX until all probes are sent).
     want: AtomicUsize,
+    /// The lowest TTL / hop limit of the answers (u16::MAX: none known).
+    ttl: AtomicU16,
     /// Told when the round is complete, so it ends without waiting out its timeout.
     done: tokio::sync::Notify,
 }
@@ -121,6 +127,12 @@ fn open_socket(v6: bool) -> io::Result<(OwnedFd, bool)> {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let raw_fd = fd.as_raw_fd();
         setsockopt(raw_fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &1i32)?;
+        // The reply's TTL / hop limit with each datagram; without it records carry no ttl.
+        let _ = if v6 {
+            setsockopt(raw_fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, &1i32)
+        } else {
+            setsockopt(raw_fd, libc::IPPROTO_IP, libc::IP_RECVTTL, &1i32)
+        };
         // Room for bursts of replies (thousands of targets); beyond rmem_max as root.
         let buf: i32 = 8 << 20;
         if setsockopt(raw_fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &buf).is_err() {
@@ -200,6 +212,8 @@ fn ip_of(ss: &libc::sockaddr_storage) -> Option<IpAddr> {
 struct Received {
     from: Option<IpAddr>,
     kernel_ns: Option<i64>,
+    /// The IP TTL (IPv4) or hop limit (IPv6) it arrived with.
+    ttl: Option<u8>,
 }
 
 /// Datagrams taken per recvmmsg(2) call.
@@ -266,6 +280,7 @@ impl Batch {
         let h = &self.hdrs[i];
         let len = (h.msg_len as usize).min(SLOT);
         let mut kernel_ns = None;
+        let mut ttl = None;
         // SAFETY: the control buffer was filled by the kernel for this header; the CMSG_*
         // macros stay within msg_controllen.
         unsafe {
@@ -274,11 +289,16 @@ impl Batch {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
                     let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
                     kernel_ns = Some(ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64);
+                } else if ((*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TTL)
+                    || ((*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_HOPLIMIT)
+                {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32);
+                    ttl = u8::try_from(v).ok();
                 }
                 c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
             }
         }
-        (&self.data[i * SLOT..i * SLOT + len], Received { from: ip_of(&self.names[i]), kernel_ns })
+        (&self.data[i * SLOT..i * SLOT + len], Received { from: ip_of(&self.names[i]), kernel_ns, ttl })
     }
 }
 
@@ -350,6 +370,9 @@ impl Receiver {
                 _ => user,
             };
             if rtt <= p.timeout {
+                if let Some(t) = r.ttl {
+                    p.round.ttl.fetch_min(u16::from(t), Ordering::Relaxed);
+                }
                 let mut samples = p.round.samples.lock().unwrap_or_else(|e| e.into_inner());
                 samples.push(rtt.as_secs_f64() * 1000.0);
                 if samples.len() >= p.round.want.load(Ordering::Acquire) {
@@ -495,6 +518,13 @@ impl Icmp {
     /// the round collects them once its last probe's timeout has passed (no task, timer or
     /// channel per probe, so one core keeps up with many thousands of probes a second).
     pub async fn round(&self, addr: IpAddr, spec: RoundSpec) -> RoundResult {
+        self.round_planned(addr, spec, tokio::time::Instant::now()).await
+    }
+
+    /// [`Icmp::round`] for a round its scheduler planned to start at `planned`: the
+    /// result's `late` is the largest delay of a probe's send past `planned` + its place ×
+    /// `spec.spacing` (probes are still spaced from when the round really starts).
+    pub async fn round_planned(&self, addr: IpAddr, spec: RoundSpec, planned: tokio::time::Instant) -> RoundResult {
         let mut r = RoundResult { sent: spec.probes, ..Default::default() };
         let fam = match addr {
             IpAddr::V4(_) => self.v4.as_ref().ok_or_else(|| self.v4_error.clone().unwrap_or_default()),
@@ -510,6 +540,7 @@ impl Icmp {
         let collected = Arc::new(Collected {
             samples: Mutex::new(Vec::with_capacity(usize::from(spec.probes))),
             want: AtomicUsize::new(usize::MAX),
+            ttl: AtomicU16::new(u16::MAX),
             done: tokio::sync::Notify::new(),
         });
         let mut sent = 0;
@@ -522,6 +553,9 @@ impl Icmp {
             let pending = Pending { round: collected.clone(), addr, sent: Instant::now(), timeout: spec.timeout };
             fam.rx.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, pending);
             ids.push(id);
+            r.late = r
+                .late
+                .max(tokio::time::Instant::now().saturating_duration_since(planned + spec.spacing * u32::from(i)));
             match self.send_echo(fam, addr, id).await {
                 Ok(()) => sent += 1,
                 Err(e) => r.send_error = Some(e),
@@ -547,6 +581,7 @@ impl Icmp {
         }
         r.samples_ms = std::mem::take(&mut *collected.samples.lock().unwrap_or_else(|e| e.into_inner()));
         r.received = r.samples_ms.len() as u16;
+        r.ttl = u8::try_from(collected.ttl.load(Ordering::Relaxed)).ok();
         r
     }
 }
@@ -570,11 +605,35 @@ pub struct RoundResult {
     pub samples_ms: Vec<f64>,
     /// The last send error, if a probe could not be sent.
     pub send_error: Option<String>,
+    /// The lowest TTL / hop limit of the answers; `None` when none came (or the kernel
+    /// did not say).
+    pub ttl: Option<u8>,
+    /// How late the probes left against their schedule ([`Icmp::round_planned`]).
+    pub late: Duration,
 }
 
 /// Probes `addr` as `spec` says ([`Icmp::round`]).
 pub async fn round(icmp: &Arc<Icmp>, addr: IpAddr, spec: RoundSpec) -> RoundResult {
     icmp.round(addr, spec).await
+}
+
+/// Whether the system clock is synchronised (NTP): `ntp_adjtime(2)` read-only (modes 0,
+/// no privilege needed) reports neither `TIME_ERROR` nor the `STA_UNSYNC` status flag —
+/// what `timedatectl` shows as "System clock synchronized". `None` when the call fails.
+pub fn clock_synced() -> Option<bool> {
+    // SAFETY: an all-zero timex (modes 0) only reads the kernel's state into it.
+    let mut tx: libc::timex = unsafe { zeroed() };
+    let rc = unsafe { libc::ntp_adjtime(&mut tx) };
+    (rc >= 0).then_some(rc != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
+}
+
+/// How a round's target was reached, for its record.
+#[derive(Debug, Clone, Default)]
+pub struct Reached {
+    /// The address pinged (`None`: a name that did not resolve).
+    pub addr: Option<IpAddr>,
+    /// How long resolving the name took (`None`: the target is an address).
+    pub resolve: Option<Duration>,
 }
 
 /// Resolves a target: an address literal directly, a name through the system resolver
@@ -605,9 +664,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// The record of one round: `error` when the target did not resolve or no probe could
-    /// be sent; otherwise `ok` with the loss (1.0 when nothing answered) and RTT statistics.
-    pub fn record(&self, target: &str, outcome: Result<RoundResult, String>) -> PingRecord {
+    /// The record of one round (schema [`record::SCHEMA`]): `error` when the target did
+    /// not resolve or no probe could be sent; otherwise `ok` with the loss (1.0 when
+    /// nothing answered) and RTT statistics; with what `reached` says, the round's TTL,
+    /// lateness and probes sent, and whether the clock is synchronised ([`clock_synced`]).
+    pub fn record(&self, target: &str, reached: &Reached, outcome: Result<RoundResult, String>) -> PingRecord {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (sent, ttl, late_ms) = match &outcome {
+            Ok(r) => (Some(r.sent), r.ttl, Some(ms(r.late))),
+            Err(_) => (None, None, None),
+        };
         let (status, loss, rtt_ms, error) = match outcome {
             Err(e) => (Status::Error, 1.0, None, Some(e)),
             Ok(r) if r.sent == 0 => (Status::Error, 1.0, None, Some("no probes sent".to_string())),
@@ -630,6 +696,13 @@ impl Agent {
             loss,
             rtt_ms,
             error,
+            sent,
+            ttl,
+            addr: reached.addr.map(|a| a.to_string()),
+            resolve_ms: reached.resolve.map(ms),
+            late_ms,
+            clock_synced: clock_synced(),
+            ..Default::default()
         }
     }
 }
@@ -644,23 +717,40 @@ mod tests {
 
     #[test]
     fn records_of_outcomes() {
-        let ok = RoundResult { sent: 4, received: 3, samples_ms: vec![1.0, 2.0, 3.0], send_error: None };
-        let r = agent().record("127.0.0.1", Ok(ok));
-        assert_eq!((r.status, r.loss), (Status::Ok, 0.25));
+        let ok = RoundResult {
+            sent: 4,
+            received: 3,
+            samples_ms: vec![1.0, 2.0, 3.0],
+            ttl: Some(63),
+            late: Duration::from_micros(1500),
+            ..Default::default()
+        };
+        let at = Reached { addr: Some("127.0.0.1".parse().unwrap()), resolve: None };
+        let r = agent().record("127.0.0.1", &at, Ok(ok));
+        assert_eq!((r.status, r.loss, r.schema), (Status::Ok, 0.25, record::SCHEMA));
         assert_eq!(r.rtt_ms.unwrap().avg, 2.0);
+        assert_eq!(
+            (r.sent, r.ttl, r.addr.as_deref(), r.late_ms, r.resolve_ms),
+            (Some(4), Some(63), Some("127.0.0.1"), Some(1.5), None)
+        );
+        assert!(r.clock_synced.is_some(), "ntp_adjtime answers");
         r.validate().unwrap();
 
         let lost = RoundResult { sent: 4, ..Default::default() };
-        let r = agent().record("192.0.2.1", Ok(lost));
+        let r = agent().record("192.0.2.1", &Reached::default(), Ok(lost));
         assert_eq!((r.status, r.loss, r.rtt_ms, r.error), (Status::Ok, 1.0, None, None));
 
         let unsendable =
             RoundResult { sent: 4, send_error: Some("Network is unreachable".into()), ..Default::default() };
-        let r = agent().record("2001:db8::1", Ok(unsendable));
+        let r = agent().record("2001:db8::1", &Reached::default(), Ok(unsendable));
         assert_eq!(r.status, Status::Error);
 
-        let r = agent().record("nx.invalid", Err("cannot resolve nx.invalid".into()));
-        assert_eq!((r.status, r.loss), (Status::Error, 1.0));
+        let tried = Reached { addr: None, resolve: Some(Duration::from_millis(20)) };
+        let r = agent().record("nx.invalid", &tried, Err("cannot resolve nx.invalid".into()));
+        assert_eq!(
+            (r.status, r.loss, r.resolve_ms, r.addr.as_deref(), r.sent),
+            (Status::Error, 1.0, Some(20.0), None, None)
+        );
         r.validate().unwrap();
         assert!(r.error.unwrap().contains("resolve"));
     }
@@ -700,6 +790,9 @@ mod tests {
         for a in ["127.0.0.1", "127.0.0.2", "::1"] {
             let r = round(&icmp, a.parse().unwrap(), spec).await;
             assert_eq!((r.sent, r.received), (3, 3), "{a}: {r:?}");
+            // Loopback replies arrive with the TTL / hop limit they left with (Linux: 64).
+            assert_eq!(r.ttl, Some(64), "{a}: {r:?}");
+            assert!(r.late < Duration::from_millis(500), "{a}: {r:?}");
         }
         assert!(resolve(&icmp, "nx.invalid", Duration::from_secs(5)).await.is_err());
         assert_eq!(resolve(&icmp, "::1", Duration::from_secs(1)).await.unwrap(), "::1".parse::<IpAddr>().unwrap());

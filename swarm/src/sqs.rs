@@ -278,6 +278,7 @@ mod tests {
                     loss: 0.0,
                     rtt_ms: None,
                     error: None,
+                    ..Default::default()
                 };
                 serde_json::to_string(&r).unwrap()
             })

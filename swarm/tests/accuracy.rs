@@ -149,7 +149,16 @@ fn run(case: &Case) -> Outcome {
     let got: Vec<f64> = injected.iter().flatten().copied().collect();
     let (inj_avg, inj_sd) = stats(&got);
     let inj_loss = 1.0 - got.len() as f64 / injected.len() as f64;
-    let rtt = bee_rec.rtt_ms.unwrap_or(record::Rtt { min: f64::NAN, avg: f64::NAN, max: f64::NAN, stddev: f64::NAN });
+    let rtt = bee_rec.rtt_ms.unwrap_or(record::Rtt {
+        min: f64::NAN,
+        avg: f64::NAN,
+        max: f64::NAN,
+        stddev: f64::NAN,
+        p50: None,
+        p90: None,
+        p99: None,
+        jitter: None,
+    });
     eprintln!(
         "\n== {}: link {:?} via {} {} (reflector SCHED_FIFO: {}), {} probes each, {:.1} s ==\n\
          {:<26} {:>10} {:>10} {:>8}\n\

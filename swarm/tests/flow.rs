@@ -59,10 +59,23 @@ fn bee_to_sqs_and_influxdb_on_loopback() {
         );
         let rtt = r.rtt_ms.expect("loopback answers");
         assert!(rtt.min > 0.0 && rtt.min <= rtt.avg && rtt.avg <= rtt.max && rtt.max < 100.0, "{rtt:?}");
+        // Schema 2: percentiles within the range, jitter, the reply TTL (Linux sends
+        // with 64; loopback has no hop), the address, the lateness, the clock's state.
+        let (p50, p90, p99, jitter) = (rtt.p50.unwrap(), rtt.p90.unwrap(), rtt.p99.unwrap(), rtt.jitter.unwrap());
+        assert!(rtt.min <= p50 && p50 <= p90 && p90 <= p99 && p99 <= rtt.max && jitter >= 0.0, "{rtt:?}");
+        assert_eq!(
+            (r.schema, r.sent, r.ttl, r.addr.as_deref(), r.resolve_ms),
+            (2, Some(3), Some(64), Some(t), None),
+            "{r:?}"
+        );
+        assert!(r.late_ms.is_some_and(|l| (0.0..1000.0).contains(&l)), "{r:?}");
+        assert_eq!(r.clock_synced, swarm::ping::clock_synced(), "{r:?}");
     }
     let bad = &latest["no-such-host.invalid"];
     assert_eq!((bad.status, bad.loss), (Status::Error, 1.0));
     assert!(bad.error.as_deref().unwrap().contains("resolve"), "{bad:?}");
+    assert_eq!((bad.schema, bad.addr.as_deref(), bad.sent), (2, None, None), "{bad:?}");
+    assert!(bad.resolve_ms.is_some_and(|ms| ms >= 0.0), "the time the failed lookup took: {bad:?}");
     assert!(messages >= 1);
 
     // The same results in InfluxDB, tagged by target and agent.
@@ -80,6 +93,70 @@ fn bee_to_sqs_and_influxdb_on_loopback() {
             assert!(row["last_1"].as_f64().unwrap() > 0.0, "{row:?}");
         }
     }
+
+    // The new fields in InfluxDB.
+    let q = "SELECT rtt_p50, rtt_p99, rtt_jitter, ttl, schema, sent, addr, late_ms, clock_synced FROM ping \
+             WHERE target = '::1' ORDER BY time DESC LIMIT 1";
+    let row = &influx.rows("tyrell", q)[0];
+    assert_eq!(
+        (row["ttl"].as_i64(), row["schema"].as_i64(), row["sent"].as_i64()),
+        (Some(64), Some(2), Some(3)),
+        "{row:?}"
+    );
+    assert_eq!(row["addr"], "::1");
+    assert!(
+        row["rtt_p50"].as_f64().unwrap() > 0.0
+            && row["rtt_jitter"].as_f64().is_some()
+            && row["late_ms"].as_f64().is_some()
+    );
+    assert!(row["clock_synced"].is_boolean(), "{row:?}");
+
+    // Every panel of the Grafana dashboard (roles/metrics/dashboard.json) asks InfluxDB
+    // something it answers from what the indexer wrote: each query with Grafana's
+    // variables filled in runs without error, and every `ping` panel but the one counting
+    // unsynchronised clocks (which counts none when this machine's clock is synchronised)
+    // finds points.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(testkit::workspace_root().join("roles/metrics/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dash["panels"].as_array().unwrap() {
+        let q = panel["targets"][0]["query"].as_str().unwrap();
+        let q = q
+            .replace("$target", ".*")
+            .replace("$agent", ".*")
+            .replace("$timeFilter", "time > now() - 1h")
+            .replace("$__interval", "10s");
+        let v = influx.query("tyrell", &q);
+        assert!(v["results"][0]["error"].is_null(), "{}: {q}: {v}", panel["title"]);
+        let unsynced_only = q.contains("\"clock_synced\" = false");
+        if q.contains("FROM \"ping\"") && !(unsynced_only && swarm::ping::clock_synced() == Some(true)) {
+            let points = influx
+                .rows("tyrell", &q)
+                .iter()
+                .filter(|r| r.iter().any(|(k, v)| k != "time" && v.is_number()))
+                .count();
+            assert!(points > 0, "{}: no points for {q}", panel["title"]);
+        }
+    }
+
+    // A schema-1 record (the original swarm's form: no schema, none of the new fields)
+    // still flows to SQS and to InfluxDB, as schema 1.
+    let old = br#"{"id":"old-schema-1","ts":"2026-11-23T10:00:00.123Z","stack":"swarmtest","region":"r","agent":"bee-old","target":"192.0.2.9","status":"ok","loss":0.5,"rtt_ms":{"min":1.0,"avg":1.5,"max":2.0,"stddev":0.5},"error":null}"#;
+    mqtt_pub(port, "ping/192.0.2.9", old, false);
+    let r = wait_for(Duration::from_secs(30), "the schema-1 record in SQS", || {
+        drain(&sqs).0.into_iter().find(|r| r.id == "old-schema-1")
+    });
+    assert_eq!((r.schema, r.loss, r.rtt_ms.unwrap().avg, r.rtt_ms.unwrap().p50, r.ttl), (1, 0.5, 1.5, None, None));
+    let rows = wait_for(Duration::from_secs(30), "the schema-1 point in InfluxDB", || {
+        let rows = influx.rows("tyrell", "SELECT loss, rtt_avg, schema, ttl FROM ping WHERE target = '192.0.2.9'");
+        (!rows.is_empty()).then_some(rows)
+    });
+    assert_eq!(
+        (rows[0]["loss"].as_f64(), rows[0]["rtt_avg"].as_f64(), rows[0]["schema"].as_i64()),
+        (Some(0.5), Some(1.5), Some(1))
+    );
+    assert!(rows[0]["ttl"].is_null(), "{:?}", rows[0]);
 
     // Malformed messages are logged and skipped; nobody crashes.
     mqtt_pub(port, "ping/127.0.0.1", b"this is not json", false);

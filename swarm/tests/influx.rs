@@ -22,6 +22,7 @@ fn rec(i: usize, stack: &str, error: &str) -> PingRecord {
         loss: 1.0,
         rtt_ms: None,
         error: Some(error.into()),
+        ..Default::default()
     }
 }
 

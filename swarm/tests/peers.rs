@@ -37,6 +37,7 @@ fn record(agent: &str, target: &str, ts: time::OffsetDateTime, status: Status) -
         loss: if status == Status::Ok { 0.0 } else { 1.0 },
         rtt_ms: None,
         error: (status == Status::Error).then(|| "cannot resolve".to_string()),
+        ..Default::default()
     };
     serde_json::to_vec(&r).unwrap()
 }

@@ -56,6 +56,7 @@ fn record_line(i: usize) -> String {
         loss: 0.0,
         rtt_ms: None,
         error: None,
+        ..Default::default()
     };
     serde_json::to_string(&r).unwrap()
 }

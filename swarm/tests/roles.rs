@@ -146,6 +146,10 @@ fn metrics_box_provisions_influxdb_and_grafana() {
         .collect();
     assert!(queries.iter().any(|q| q.contains("rtt_avg") && q.contains("\"target\", \"agent\"")));
     assert!(queries.iter().any(|q| q.contains("loss") && q.contains("\"target\", \"agent\"")));
+    // The record's schema-2 fields (the flow test runs every query against influxd).
+    for field in ["rtt_p99", "rtt_jitter", "ttl", "resolve_ms", "late_ms", "clock_synced"] {
+        assert!(queries.iter().any(|q| q.contains(&format!("\"{field}\""))), "no panel shows {field}");
+    }
     let ds = file(&doc, "/etc/grafana/provisioning/datasources/tyrell.yaml");
     assert!(ds.contains("type: influxdb") && ds.contains("dbName: tyrell") && ds.contains("uid: tyrell-influx"));
     let text = render("metrics", &[]);

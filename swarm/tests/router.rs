@@ -70,6 +70,11 @@ fn watch_latest_bees_and_health() {
             (Some("ok"), Some(agent.as_str()), Some(0.0)),
             "{p}"
         );
+        // The record's schema 2 fields are in the answer.
+        assert_eq!((p["schema"].as_u64(), p["ttl"].as_u64(), p["sent"].as_u64()), (Some(2), Some(64), Some(3)), "{p}");
+        assert_eq!(p["addr"], p["target"], "{p}");
+        assert!(p["rtt_ms"]["p50"].is_f64() && p["rtt_ms"]["p99"].is_f64() && p["rtt_ms"]["jitter"].is_f64(), "{p}");
+        assert!(p["late_ms"].is_f64() && p["clock_synced"].is_boolean(), "{p}");
     }
     let one = get_json(port, "/pings/latest?target=::1");
     assert_eq!(one["target"], "::1");
@@ -83,6 +88,21 @@ fn watch_latest_bees_and_health() {
     });
     let bees = get_json(port, "/bees");
     assert_eq!(bees["alive"][0]["agent"], agent.as_str(), "{bees}");
+
+    // A schema-1 record (no schema, none of the new fields) is still shown, as schema 1.
+    let old = serde_json::json!({"id": "old-1", "ts": swarm::now_ts(), "stack": "s", "region": "r", "agent": agent,
+        "target": "192.0.2.9", "status": "ok", "loss": 0.5, "rtt_ms": {"min": 1.0, "avg": 1.5, "max": 2.0, "stddev": 0.5},
+        "error": null});
+    mqtt_pub(bport, "ping/192.0.2.9", old.to_string().as_bytes(), false);
+    let shown = wait_for(Duration::from_secs(10), "the schema-1 record", || {
+        let (code, body) = http("GET", port, "/pings/latest?target=192.0.2.9", &[], b"").unwrap();
+        (code == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).unwrap())
+    });
+    assert_eq!(
+        (shown["schema"].as_u64(), shown["loss"].as_f64(), shown["rtt_ms"]["avg"].as_f64()),
+        (Some(1), Some(0.5), Some(1.5))
+    );
+    assert!(shown.get("ttl").is_none() && shown["rtt_ms"].get("p50").is_none(), "{shown}");
 
     // Malformed results are skipped by the router too.
     mqtt_pub(bport, "ping/127.0.0.4", b"{broken", false);

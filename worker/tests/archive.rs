@@ -351,3 +351,30 @@ async fn drain_exits_at_once_on_an_empty_queue() {
     assert!(w.started.elapsed() < Duration::from_secs(10));
     assert!(f.objects("").await.is_empty());
 }
+
+#[tokio::test]
+async fn schema_1_2_and_later_lines_are_archived_as_sent() {
+    let f = Fixture::new(30, Some(3)).await;
+    // Schema 1 (the original swarm's form: no schema, none of the new fields); schema 2 with
+    // every field; a later schema with a field this build does not know.
+    let v1 = r#"{"id":"s1","ts":"2026-11-23T10:00:00.123Z","stack":"s","region":"r","agent":"bee-1","target":"example.org","status":"ok","loss":0.1,"rtt_ms":{"min":1.0,"avg":1.5,"max":2.0,"stddev":0.3},"error":null}"#;
+    let v2 = r#"{"schema":2,"id":"s2","ts":"2026-11-23T10:00:01.000Z","stack":"s","region":"r","agent":"bee-1","target":"example.org","status":"ok","loss":0.0,"rtt_ms":{"min":1.0,"avg":1.5,"max":2.0,"stddev":0.3,"p50":1.4,"p90":1.9,"p99":2.0,"jitter":0.2},"error":null,"sent":10,"ttl":57,"addr":"93.184.215.14","resolve_ms":3.2,"late_ms":0.4,"clock_synced":true}"#;
+    let v3 = r#"{"schema":3,"id":"s3","ts":"2026-11-23T10:00:02.000Z","stack":"s","region":"r","agent":"bee-1","target":"example.org","status":"ok","loss":0.0,"rtt_ms":null,"error":null,"hops":[1,2,3]}"#;
+    let body = format!("{v1}\n{v2}\n{v3}\n");
+    f.send(&[(record::encode_body(&body, Encoding::GzipBase64), Encoding::GzipBase64)]).await;
+
+    let mut w = Worker::start(f.worker(&["--drain"]));
+    let status = w.wait(Duration::from_secs(60));
+    assert!(status.success(), "worker failed: {status}\n{}", w.log_text());
+    let objects: Vec<_> = f.objects("").await.into_iter().filter(|(k, _)| k.ends_with(".ndjson.gz")).collect();
+    assert_eq!(objects.len(), 1, "one hour, one object");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::MultiGzDecoder::new(&objects[0].1[..]), &mut text).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(lines, [v1, v2, v3], "every line archived byte for byte, unknown fields included");
+    let schemas: Vec<u32> = f.archived("").await.remove(0).1.iter().map(|r| r.schema).collect();
+    assert_eq!(schemas.len(), 3);
+    assert!(schemas.contains(&1) && schemas.contains(&2) && schemas.contains(&3), "{schemas:?}");
+    assert_eq!(w.exit_counters()["set_aside"].as_u64(), Some(0));
+}

@@ -148,13 +148,19 @@ async fn target_loop(ctx: Arc<Ctx>, target: String) {
     let mut tick = tokio::time::interval(ctx.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let topic = topics::ping(&target);
+    let literal = target.parse::<std::net::IpAddr>().is_ok();
     loop {
-        tick.tick().await;
-        let outcome = match ping::resolve(&ctx.icmp, &target, ctx.resolve_timeout).await {
-            Ok(addr) => Ok(ping::round(&ctx.icmp, addr, ctx.spec).await),
+        let planned = tick.tick().await;
+        let resolving = tokio::time::Instant::now();
+        let resolved = ping::resolve(&ctx.icmp, &target, ctx.resolve_timeout).await;
+        let took = resolving.elapsed();
+        let reached = ping::Reached { addr: resolved.as_ref().ok().copied(), resolve: (!literal).then_some(took) };
+        let outcome = match resolved {
+            // The probes' schedule moves on by the time resolving took: that is not lateness.
+            Ok(addr) => Ok(ctx.icmp.round_planned(addr, ctx.spec, planned + took).await),
             Err(e) => Err(e),
         };
-        let rec = ctx.agent.record(&target, outcome);
+        let rec = ctx.agent.record(&target, &reached, outcome);
         ctx.stats.rounds.inc();
         if rec.status == record::Status::Error {
             ctx.stats.error_records.inc();

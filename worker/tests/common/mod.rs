@@ -188,6 +188,7 @@ pub fn records(tag: &str, n: usize, start: &str, spacing: Duration) -> Vec<PingR
                 loss: 0.0,
                 rtt_ms: Rtt::from_samples(&[1.0 + (i % 5) as f64, 2.5, 3.25]),
                 error: None,
+                ..Default::default()
             }
         })
         .collect()
