@@ -214,6 +214,14 @@ impl View {
         self.others.len() != before
     }
 
+    /// Counts every known bee as heard from at `now`: for a bee cut off from the broker,
+    /// which hears nobody, so that it keeps its share instead of taking every target.
+    pub fn touch(&mut self, now: Instant) {
+        for (_, seen, _) in self.others.values_mut() {
+            *seen = now;
+        }
+    }
+
     /// The live bees, itself included, sorted by agent.
     pub fn bees(&self) -> Vec<Bee> {
         let mut v: Vec<Bee> = self.others.values().map(|(b, _, _)| b.clone()).collect();
@@ -350,7 +358,9 @@ mod tests {
         assert!(!v.rip("me", br#"{"status":"dead"}"#), "never dead to itself");
         assert_eq!(v.presence("x", &p("x", 1000), t0), Ok(true));
         assert!(!v.expire(t0 + Duration::from_millis(3000)));
-        assert!(v.expire(t0 + Duration::from_millis(3001)));
+        v.touch(t0 + Duration::from_millis(2000));
+        assert!(!v.expire(t0 + Duration::from_millis(5000)), "touched: heard from at 2 s");
+        assert!(v.expire(t0 + Duration::from_millis(5001)));
         assert_eq!(v.bees().len(), 1);
         assert_eq!(v.presence("x", &p("x", 1000), t0), Ok(true));
         assert_eq!(v.presence("x", b"", t0), Ok(true), "a clean stop");

@@ -260,9 +260,25 @@ fn k_bees_per_target_through_joins_deaths_and_list_changes() {
     bees.retain(|b| b.agent != "bee-c1");
     after_event(&collector, "bee-c1 stopped", at, &before, &watch, &bees, &watch);
 
+    // The broker goes away for 5 rounds (longer than a presence lives without news) and
+    // comes back: a bee that hears nobody forgets nobody (it does not take every target),
+    // and the same assignment is back once they reconnect.
+    let (dir, conf) = (broker.dir.clone(), std::fs::read_to_string(broker.dir.join("mosquitto.conf")).unwrap());
+    drop(collector);
+    broker.stop();
+    drop(broker);
+    std::thread::sleep(5 * ROUND);
+    let _broker = testkit::servers::Mosquitto::start_with_config(&conf, port, &dir);
+    let collector = Collector::start(port);
+    wait_for(Duration::from_secs(30), "the assignment again once the broker is back", || {
+        let from = Instant::now().checked_sub(3 * ROUND)?;
+        matches(&collector, &watch, &bees, from).is_ok().then_some(())
+    });
     for (agent, p) in &progs {
         let log = p.log_text();
         assert!(!log.contains("panicked"), "{agent}: {log}");
+        assert!(!log.contains("a bee fell silent"), "{agent} forgot bees while the broker was away: {log}");
     }
+    assert!(progs.values().filter(|p| p.log_text().contains("lost the broker connection")).count() >= 3);
     eprintln!("share test took {:?}", t0.elapsed());
 }

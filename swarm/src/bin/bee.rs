@@ -374,13 +374,17 @@ async fn run(args: Args) -> Result<()> {
         }
     });
     if sharing {
-        let expiring = targets.clone();
+        let (expiring, expiry_state) = (targets.clone(), state.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval((every / 2).min(Duration::from_secs(1)));
             loop {
                 tick.tick().await;
                 let mut t = expiring.lock().unwrap();
-                if t.view.expire(std::time::Instant::now()) {
+                if !expiry_state.connected() {
+                    // Cut off, it hears nobody: it keeps its view (and its share) until it
+                    // is back and hears again.
+                    t.view.touch(std::time::Instant::now());
+                } else if t.view.expire(std::time::Instant::now()) {
                     tracing::info!("a bee fell silent");
                     t.bees_changed();
                 }
