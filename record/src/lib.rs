@@ -137,25 +137,32 @@ impl Default for PingRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// The probes were sent (answered or not).
     Ok,
+    /// The target did not resolve, or no probe could be sent.
     Error,
 }
 
 /// Round-trip time statistics of a round's answered probes, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Rtt {
+    /// The shortest round trip.
     pub min: f64,
+    /// The mean round trip.
     pub avg: f64,
+    /// The longest round trip.
     pub max: f64,
     /// Population standard deviation (`ping`'s `mdev`).
     pub stddev: f64,
     /// *Schema 2.* Percentiles by the nearest-rank method (the smallest sample with at
     /// least p% of the samples at or below it): with 10 probes p90 is the 9th smallest
-    /// and p99 the largest.
+    /// and p99 the largest. This one is the median (p50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p50: Option<f64>,
+    /// *Schema 2.* The 90th percentile (nearest rank, as `p50`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p90: Option<f64>,
+    /// *Schema 2.* The 99th percentile (nearest rank, as `p50`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99: Option<f64>,
     /// *Schema 2.* Jitter: the mean absolute difference between consecutive round trips,

@@ -600,8 +600,11 @@ pub struct RoundSpec {
 /// The outcome of one round.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RoundResult {
+    /// Echo requests sent.
     pub sent: u16,
+    /// Echo replies received in time.
     pub received: u16,
+    /// Their round-trip times in ms, in the order the replies were filed.
     pub samples_ms: Vec<f64>,
     /// The last send error, if a probe could not be sent.
     pub send_error: Option<String>,

@@ -87,11 +87,15 @@ pub struct Bee {
 /// `{"agent":"bee-i-0abc","stack":"swarm1","region":"eu-west-1","zone":"eu-west-1a","every_ms":10000}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Presence {
+    /// The bee's agent name; must be the topic's `<agent>`.
     pub agent: String,
+    /// The swarm (`TYRELL_STACK`), for people reading the broker.
     #[serde(default)]
     pub stack: String,
+    /// Its region (`AWS_REGION`): empty or [`valid_place`].
     #[serde(default)]
     pub region: String,
+    /// Its availability zone (`BEE_ZONE`): empty or [`valid_place`].
     #[serde(default)]
     pub zone: String,
     /// How often the bee republishes it, in milliseconds (its `BEE_INTERVAL`).
