@@ -18,6 +18,20 @@ pub const ALIVE_PREFIX: &str = "bees/alive/";
 /// Every bee's presence.
 pub const ALIVE_ALL: &str = "bees/alive/+";
 
+/// Prefix of a broker's announcement, `tyrell/brokers/<instance-id>`: retained, MQTT 5
+/// message expiry 180 s, re-published every 60 s, cleared (empty) when the broker stops;
+/// JSON `{"host": private IP, "port": 1883, "version": V}` ([`crate::mqtt::Announcement`];
+/// published by roles/broker/tyrell-broker-announce, read by tyrell-broker-bridge and the
+/// indexers).
+pub const BROKERS_PREFIX: &str = "tyrell/brokers/";
+/// Every broker's announcement.
+pub const BROKERS_ALL: &str = "tyrell/brokers/+";
+
+/// The broker (instance id) of a `tyrell/brokers/<id>` topic.
+pub fn broker_id(topic: &str) -> Option<&str> {
+    topic.strip_prefix(BROKERS_PREFIX).filter(|a| !a.is_empty() && !a.contains('/'))
+}
+
 /// The result topic of a target, `ping/<target>`; `target` is in its canonical spelling
 /// ([`crate::targets::canonical`]) so that one target has one topic.
 pub fn ping(target: &str) -> String {
@@ -78,6 +92,8 @@ mod tests {
         assert_eq!(ping_target("ping/"), None);
         assert_eq!(rip_agent(&rip("bee-1")), Some("bee-1"));
         assert_eq!(alive_agent(&alive("bee-1")), Some("bee-1"));
+        assert_eq!(broker_id("tyrell/brokers/i-0abc"), Some("i-0abc"));
+        assert_eq!(broker_id("tyrell/brokers/a/b"), None);
         assert_eq!(alive_agent("bees/alive/a/b"), None);
         assert_eq!(shared("indexers", PING_ALL), "$share/indexers/ping/+");
         assert_eq!(shared("", PING_ALL), "ping/+");
