@@ -58,9 +58,10 @@ fn main() -> ExitCode {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
     let started = std::time::Instant::now();
+    let in_flight = commands::output::InFlight::default();
     let result = rt.block_on(async {
         tokio::select! {
-            r = commands::run(&global, lib, inv) => Some(r),
+            r = commands::run(&global, lib, inv, in_flight.clone()) => Some(r),
             _ = tokio::signal::ctrl_c() => None,
         }
     });
@@ -78,12 +79,7 @@ fn main() -> ExitCode {
         }
         None => {
             eprintln!();
-            match commands::output::in_flight() {
-                Some(what) => eprintln!(
-                    "interrupted: stopped waiting, but AWS goes on: {what}.\nLook at it with `aws cloudformation describe-stack-events --stack-name STACK` or the tyrell list commands."
-                ),
-                None => eprintln!("interrupted"),
-            }
+            eprintln!("{}", in_flight.summary());
             ExitCode::from(engine::error::Class::Interrupted.code())
         }
     }

@@ -1,5 +1,8 @@
-//! The names tyrell writes into AWS and reads back: its tags. A leaf module: every layer
-//! may use it, and it uses none of them.
+//! The names tyrell writes into AWS and reads back: its tags, its stack and parameter
+//! names, the fleet template's outputs. A leaf module: every layer may use it, and it
+//! uses none of them.
+
+use std::collections::BTreeMap;
 
 /// On every stack and AMI tyrell makes: the role (`base`, `network`, `bee`, ...).
 pub const TAG_ROLE: &str = "tyrell:role";
@@ -21,3 +24,40 @@ pub const TAG_TIER: &str = "tyrell:tier";
 pub const OUT_ASG: &str = "AutoScalingGroupName";
 /// Output of a role version stack with inbound traffic: its target group's ARN.
 pub const OUT_TARGET_GROUP: &str = "TargetGroupArn";
+
+/// The stack of one role version: `<swarm>-<role>-<version>` (unique per region).
+pub fn stack_name(swarm: &str, role: &str, version: &str) -> String {
+    format!("{swarm}-{role}-{version}")
+}
+
+/// The SSM parameter holding one of a swarm's (or metrics box's) secrets:
+/// `/tyrell/<owner>/<what>`.
+pub fn secret_param(owner: &str, what: &str) -> String {
+    format!("/tyrell/{owner}/{what}")
+}
+
+/// The SSM parameter of a role's traffic lock in a swarm: `/tyrell/<swarm>/locks/<role>`.
+pub fn lock_param(swarm: &str, role: &str) -> String {
+    format!("/tyrell/{swarm}/locks/{role}")
+}
+
+/// A swarm's MQTT broker password ([`secret_param`] `what`).
+pub const BROKER_PASSWORD: &str = "broker-password";
+/// A swarm's router API token ([`secret_param`] `what`).
+pub const ROUTER_TOKEN: &str = "router-token";
+/// A metrics box's Grafana admin password ([`secret_param`] `what`).
+pub const GRAFANA_PASSWORD: &str = "grafana-password";
+
+/// Tags of a stack tyrell creates: role, stack (swarm, network or box name), built-by,
+/// and the version for a role version.
+pub fn tags(role: &str, stack: &str, version: Option<&str>) -> BTreeMap<String, String> {
+    let mut t = BTreeMap::from([
+        (TAG_ROLE.to_string(), role.to_string()),
+        (TAG_STACK.to_string(), stack.to_string()),
+        (TAG_BUILT_BY.to_string(), "tyrell".to_string()),
+    ]);
+    if let Some(v) = version {
+        t.insert(TAG_VERSION.to_string(), v.to_string());
+    }
+    t
+}

@@ -75,6 +75,8 @@ pub async fn image_exists(ec2: &Client, ami: &str) -> Result<bool, AwsError> {
 #[derive(Debug, Clone)]
 pub struct Image {
     pub id: String,
+    /// The region it lives in (AMIs are regional): the client's.
+    pub region: super::Region,
     pub name: String,
     pub state: String,
     /// ISO 8601, e.g. `2026-11-23T10:15:00.000Z` (sorts as time).
@@ -84,9 +86,10 @@ pub struct Image {
     pub snapshots: Vec<String>,
 }
 
-fn to_image(i: &aws_sdk_ec2::types::Image) -> Image {
+fn to_image(i: &aws_sdk_ec2::types::Image, region: &super::Region) -> Image {
     Image {
         id: i.image_id().unwrap_or_default().into(),
+        region: region.clone(),
         name: i.name().unwrap_or_default().into(),
         state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
         created: i.creation_date().unwrap_or_default().into(),
@@ -103,6 +106,11 @@ fn to_image(i: &aws_sdk_ec2::types::Image) -> Image {
     }
 }
 
+/// The region a client talks to (see [`super::Region`]).
+fn client_region(ec2: &Client) -> super::Region {
+    ec2.config().region().and_then(|r| r.as_ref().parse().ok()).unwrap_or_else(super::Region::unnamed)
+}
+
 /// Images owned by this account (`Owners=self`) carrying every given tag with its value.
 pub async fn own_images(ec2: &Client, tags: &[(&str, &str)]) -> Result<Vec<Image>, AwsError> {
     let mut req = ec2.describe_images().owners("self");
@@ -110,11 +118,12 @@ pub async fn own_images(ec2: &Client, tags: &[(&str, &str)]) -> Result<Vec<Image
         req = req.filters(Filter::builder().name(format!("tag:{k}")).values(*v).build());
     }
     // Every page (DescribeImages pages once MaxResults is set, as the paginator does).
+    let region = client_region(ec2);
     let mut images = Vec::new();
     let mut pages = req.into_paginator().send();
     while let Some(page) = pages.next().await {
         let out = page.map_err(|e| describe("cannot list this account's images", e))?;
-        images.extend(out.images().iter().map(to_image));
+        images.extend(out.images().iter().map(|i| to_image(i, &region)));
     }
     // Filter again here: the tag filters are an optimisation, not a contract.
     Ok(images
@@ -126,7 +135,7 @@ pub async fn own_images(ec2: &Client, tags: &[(&str, &str)]) -> Result<Vec<Image
 /// One image owned by this account, or `None`.
 pub async fn own_image(ec2: &Client, ami: &str) -> Result<Option<Image>, AwsError> {
     match ec2.describe_images().owners("self").image_ids(ami).send().await {
-        Ok(out) => Ok(out.images().iter().map(to_image).find(|i| i.id == ami)),
+        Ok(out) => Ok(out.images().iter().map(|i| to_image(i, &client_region(ec2))).find(|i| i.id == ami)),
         Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Ok(None),
         Err(e) => Err(describe(&format!("cannot look up image {ami}"), e)),
     }

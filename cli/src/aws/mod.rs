@@ -10,8 +10,9 @@ pub mod s3;
 pub mod sqs;
 pub mod ssm;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
@@ -28,10 +29,72 @@ pub struct Target {
     pub endpoint_url: Option<String>,
 }
 
-/// One client per service, sharing one configuration and one API-call counter.
+/// An AWS region name (`eu-west-1`), checked by [`is_region`]. Every stack, version and
+/// build tyrell lists carries the region it lives in; client sets are cached per region
+/// ([`Aws::in_region`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Region(String);
+
+impl Region {
+    /// No region: only for a client built without one (mocked SDK clients in tests).
+    pub(crate) fn unnamed() -> Region {
+        Region(String::new())
+    }
+}
+
+impl std::str::FromStr for Region {
+    type Err = AwsError;
+    /// Errors: [`AwsError::BadRegion`] when `s` is not one region name.
+    fn from_str(s: &str) -> Result<Region, AwsError> {
+        if is_region(s) {
+            Ok(Region(s.to_string()))
+        } else {
+            Err(AwsError::BadRegion(s.to_string()))
+        }
+    }
+}
+
+impl std::fmt::Display for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An AWS account id: 12 digits, as ARNs carry it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Account(String);
+
+impl Account {
+    /// The account id when `s` is 12 digits.
+    pub fn parse(s: &str) -> Option<Account> {
+        (s.len() == 12 && s.chars().all(|c| c.is_ascii_digit())).then(|| Account(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The region and account of an ARN (`arn:PARTITION:SERVICE:REGION:ACCOUNT:...`); each
+/// `None` when the ARN has none (global resources) or is not an ARN.
+pub fn arn_place(arn: &str) -> (Option<Region>, Option<Account>) {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    if parts.len() < 6 || parts[0] != "arn" {
+        return (None, None);
+    }
+    (parts[3].parse().ok(), Account::parse(parts[4]))
+}
+
+/// One client per service for one region, sharing one configuration and one API-call
+/// counter with every other region's set. Obtained from [`Clouds::region`].
 #[derive(Clone)]
 pub struct Aws {
-    pub region: String,
+    /// The region these clients talk to.
+    pub region: Region,
     pub cfn: aws_sdk_cloudformation::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub asg: aws_sdk_autoscaling::Client,
@@ -40,6 +103,19 @@ pub struct Aws {
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
     calls: Arc<AtomicUsize>,
+}
+
+/// The client sets of every region, for one configuration (profile, credentials,
+/// endpoint): each region's [`Aws`] is built on first use and cached for the process.
+/// Clones share the cache. [`Clouds::home`] is the region the configuration names
+/// (`--region`, `AWS_REGION`, the profile's).
+#[derive(Clone)]
+pub struct Clouds {
+    home: Region,
+    conf: aws_config::SdkConfig,
+    path_style: bool,
+    calls: Arc<AtomicUsize>,
+    by_region: Arc<Mutex<BTreeMap<Region, Aws>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,13 +228,13 @@ fn defined_profiles() -> (Vec<String>, Vec<String>) {
     (names, vec![config, creds])
 }
 
-impl Aws {
+impl Clouds {
     /// Loads the standard AWS chain with the given overrides.
     ///
     /// Errors: [`AwsError::NoProfile`] when a profile is named (`--profile` or
     /// `AWS_PROFILE`) that neither shared file defines, [`AwsError::BadRegion`] when the
     /// region is not one region name, [`AwsError::NoRegion`] when none is configured.
-    pub async fn connect(target: &Target) -> Result<Aws, AwsError> {
+    pub async fn connect(target: &Target) -> Result<Clouds, AwsError> {
         if let Some(r) = &target.region {
             if !is_region(r) {
                 return Err(AwsError::BadRegion(r.clone()));
@@ -190,40 +266,62 @@ impl Aws {
             loader = loader.endpoint_url(e);
         }
         let conf = loader.load().await;
-        let region = conf.region().ok_or(AwsError::NoRegion)?.to_string();
-        if !is_region(&region) {
-            return Err(AwsError::BadRegion(region));
-        }
-        let calls = Arc::new(AtomicUsize::new(0));
+        let region: Region = conf.region().ok_or(AwsError::NoRegion)?.to_string().parse()?;
+        // Path-style addressing when an endpoint is given: an emulator on localhost has
+        // no bucket.localhost names (../shared/EMULATOR.md); AWS itself takes both.
+        let path_style = target.endpoint_url.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+        Ok(Clouds {
+            home: region,
+            conf,
+            path_style,
+            calls: Arc::new(AtomicUsize::new(0)),
+            by_region: Arc::new(Mutex::new(BTreeMap::new())),
+        })
+    }
+
+    /// The region the configuration names.
+    pub fn home(&self) -> &Region {
+        &self.home
+    }
+
+    /// The client set of `region`: this configuration and call counter, talking to that
+    /// region. Built on first use, then the same set for the rest of the process.
+    pub fn region(&self, region: &Region) -> Aws {
+        let mut cache = self.by_region.lock().unwrap_or_else(|e| e.into_inner());
+        cache.entry(region.clone()).or_insert_with(|| self.build(region)).clone()
+    }
+
+    fn build(&self, region: &Region) -> Aws {
+        let conf = self.conf.to_builder().region(aws_config::Region::new(region.0.clone())).build();
+        let calls = self.calls.clone();
         macro_rules! client {
             ($krate:ident) => {{
                 let c = $krate::config::Builder::from(&conf).interceptor(CountCalls(calls.clone())).build();
                 $krate::Client::from_conf(c)
             }};
         }
-        Ok(Aws {
-            region,
+        Aws {
+            region: region.clone(),
             cfn: client!(aws_sdk_cloudformation),
             ec2: client!(aws_sdk_ec2),
             asg: client!(aws_sdk_autoscaling),
             elb: client!(aws_sdk_elasticloadbalancingv2),
             ssm: client!(aws_sdk_ssm),
-            // Path-style addressing when an endpoint is given: an emulator on localhost has
-            // no bucket.localhost names (../shared/EMULATOR.md); AWS itself takes both.
             s3: {
-                let path_style = target.endpoint_url.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
                 let c = aws_sdk_s3::config::Builder::from(&conf)
                     .interceptor(CountCalls(calls.clone()))
-                    .force_path_style(path_style)
+                    .force_path_style(self.path_style)
                     .build();
                 aws_sdk_s3::Client::from_conf(c)
             },
             sqs: client!(aws_sdk_sqs),
             calls,
-        })
+        }
     }
+}
 
-    /// AWS API calls made so far (retries included).
+impl Aws {
+    /// AWS API calls made so far in every region (retries included).
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::Relaxed)
     }
@@ -232,6 +330,39 @@ impl Aws {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arns_say_their_region_and_account() {
+        let (r, a) = arn_place("arn:aws:cloudformation:eu-west-1:123456789012:stack/sw1/0f1e");
+        assert_eq!(r.map(|r| r.to_string()), Some("eu-west-1".into()));
+        assert_eq!(a.map(|a| a.to_string()), Some("123456789012".into()));
+        assert_eq!(arn_place("arn:aws:iam::123456789012:role/x").0, None);
+        assert_eq!(arn_place("sw1"), (None, None));
+        assert!("eu-west-1,us-east-1".parse::<Region>().is_err());
+    }
+
+    /// One client set per region, built once and shared: the second region's clients
+    /// talk to that region, the first's are unchanged, and both count into one counter.
+    #[tokio::test]
+    async fn client_sets_are_cached_per_region() {
+        let clouds = Clouds::connect(&Target {
+            region: Some("eu-west-1".into()),
+            profile: None,
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+        })
+        .await
+        .unwrap();
+        let eu = clouds.region(&clouds.home().clone());
+        let us: Region = "us-east-1".parse().unwrap();
+        let other = clouds.region(&us);
+        assert_eq!((eu.region.to_string(), other.region.to_string()), ("eu-west-1".into(), "us-east-1".into()));
+        assert_eq!(other.cfn.config().region().map(|r| r.to_string()), Some("us-east-1".into()));
+        assert_eq!(eu.cfn.config().region().map(|r| r.to_string()), Some("eu-west-1".into()));
+        assert!(Arc::ptr_eq(&other.calls, &eu.calls));
+        // The same set again, from any clone of the cache.
+        assert!(Arc::ptr_eq(&clouds.clone().region(&us).calls, &other.calls));
+        assert_eq!(clouds.by_region.lock().unwrap().len(), 2);
+    }
 
     #[test]
     fn region_names() {

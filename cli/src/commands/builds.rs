@@ -143,6 +143,7 @@ impl Outcome for List {
             .map(|b| {
                 vec![
                     b.ami.clone(),
+                    b.region.to_string(),
                     b.role.clone(),
                     b.version.clone(),
                     b.created.clone(),
@@ -151,7 +152,7 @@ impl Outcome for List {
                 ]
             })
             .collect();
-        table(&["AMI", "ROLE", "VERSION", "CREATED", "NAME", "IN USE BY"], &rows)
+        table(&["AMI", "REGION", "ROLE", "VERSION", "CREATED", "NAME", "IN USE BY"], &rows)
     }
 }
 

@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use super::output::{key_values, table, Outcome, Printed};
 use crate::engine::error::Error;
-use crate::engine::fleet::{share, CreateVersion, Plan, Pruning, ScheduleChoice, VersionInfo};
+use crate::engine::fleet::{share, CreateVersion, Plan, Pruning, ScheduleChoice};
 use crate::engine::library::Manifest;
+use crate::engine::model::VersionInfo;
 use crate::engine::values::{AmiRef, SwarmName, Version};
 use crate::engine::Engine;
 
@@ -180,6 +181,7 @@ impl Outcome for List {
             .map(|v| {
                 vec![
                     v.swarm.clone(),
+                    v.region.to_string(),
                     v.version.clone(),
                     v.ami.clone(),
                     v.instance_type.clone(),
@@ -197,7 +199,7 @@ impl Outcome for List {
                 ]
             })
             .collect();
-        table(&["SWARM", "VERSION", "AMI", "TYPE", "DESIRED / IN SERVICE", "CREATED", "ACTIVE"], &rows)
+        table(&["SWARM", "REGION", "VERSION", "AMI", "TYPE", "DESIRED / IN SERVICE", "CREATED", "ACTIVE"], &rows)
     }
 }
 

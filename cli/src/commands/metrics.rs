@@ -4,7 +4,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::output::{key_values, table, Outcome, Printed};
-use crate::engine::metrics::{CreateMetrics, MetricsBox};
+use crate::engine::metrics::CreateMetrics;
+use crate::engine::model::MetricsBox;
 use crate::engine::values::AmiRef;
 use crate::engine::Engine;
 
@@ -75,6 +76,7 @@ impl Outcome for List {
             .map(|m| {
                 vec![
                     m.name.clone(),
+                    m.region.to_string(),
                     m.vpc_id.clone(),
                     m.instance_id.clone(),
                     m.private_ip.clone(),
@@ -83,7 +85,7 @@ impl Outcome for List {
                 ]
             })
             .collect();
-        table(&["NAME", "VPC", "INSTANCE", "PRIVATE IP", "GRAFANA", "STATUS"], &rows)
+        table(&["NAME", "REGION", "VPC", "INSTANCE", "PRIVATE IP", "GRAFANA", "STATUS"], &rows)
     }
 }
 

@@ -16,10 +16,10 @@ use std::time::Duration;
 use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 use crate::aws::cfn::WaitOptions;
-use crate::aws::{Aws, Target};
+use crate::aws::{Clouds, Target};
 use crate::engine::library::Library;
 use crate::engine::Engine;
-use output::{Format, Printed, StderrReporter};
+use output::{Format, InFlight, Printed, StderrReporter};
 
 const AFTER_HELP: &str = "\
 A swarm, start to finish:
@@ -146,7 +146,30 @@ pub fn command(lib: &Library) -> clap::Command {
             .after_help(fleet::after_help(m));
         cmd = cmd.subcommand(<fleet::FleetArgs as Args>::augment_args(sub));
     }
-    cmd
+    // The role names and shift strategies `traffic` takes come from the role manifests and
+    // the `Shift` strategy itself, never a hand-written list.
+    let aliases: Vec<String> = lib
+        .roles()
+        .iter()
+        .flat_map(|m| m.traffic.aliases.iter().map(move |a| format!("{a} (the {})", m.noun)))
+        .collect();
+    let nouns: Vec<&str> = lib.roles().iter().map(|m| m.noun.as_str()).collect();
+    let role_help = match aliases.is_empty() {
+        true => format!("Which role: a role noun: {}", nouns.join(", ")),
+        false => format!("Which role: {}, or a role noun: {}", aliases.join(", "), nouns.join(", ")),
+    };
+    let shift_help = format!(
+        "How traffic moves once the gate passes: {} (weighted steps: ALB only)",
+        crate::engine::traffic::plan::SHIFT_FORMS
+    );
+    // `mut_args` edits in place: `mut_arg` would move a positional behind the others.
+    cmd.mut_subcommand("traffic", |t| {
+        t.mut_args(|a| match a.get_id().as_str() {
+            "role" => a.help(role_help.clone()),
+            "shift" => a.help(shift_help.clone()),
+            _ => a,
+        })
+    })
 }
 
 pub fn parse(lib: &Library, matches: &clap::ArgMatches) -> Result<(Global, Invocation), clap::Error> {
@@ -162,21 +185,35 @@ pub fn parse(lib: &Library, matches: &clap::ArgMatches) -> Result<(Global, Invoc
 }
 
 /// Connects to AWS (lazily, per command: `roles` needs no AWS at all).
-pub async fn engine(global: &Global, lib: Library) -> anyhow::Result<Engine> {
-    let aws = Aws::connect(&Target {
+pub async fn engine(global: &Global, lib: Library, in_flight: InFlight) -> anyhow::Result<Engine> {
+    let clouds = Clouds::connect(&Target {
         region: global.region.clone(),
         profile: global.profile.clone(),
         endpoint_url: global.endpoint_url.clone(),
     })
     .await?;
-    Ok(Engine { aws, lib, wait: WaitOptions::with_timeout(global.timeout), report: Box::new(StderrReporter::new()) })
+    let home = clouds.home().clone();
+    Ok(Engine::new(
+        &clouds,
+        &home,
+        lib,
+        WaitOptions::with_timeout(global.timeout),
+        Box::new(StderrReporter::new(in_flight)),
+    ))
 }
 
-pub async fn run(global: &Global, lib: Library, inv: Invocation) -> anyhow::Result<(Printed, Option<usize>)> {
+/// Runs one command; its reporter keeps what AWS is doing in `in_flight` (for `main`'s
+/// Ctrl-C summary). Returns what to print and how many AWS calls it made.
+pub async fn run(
+    global: &Global,
+    lib: Library,
+    inv: Invocation,
+    in_flight: InFlight,
+) -> anyhow::Result<(Printed, Option<usize>)> {
     if let Invocation::Static(Command::Roles(r)) = inv {
         return Ok((roles::run(&lib, r)?, None));
     }
-    let mut e = engine(global, lib).await?;
+    let mut e = engine(global, lib, in_flight).await?;
     let printed = match inv {
         Invocation::Static(Command::Network(a)) => network::run(&mut e, a).await?,
         Invocation::Static(Command::Stacks(a)) => stacks::run(&mut e, a).await?,

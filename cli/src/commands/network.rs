@@ -4,7 +4,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::output::{key_values, table, Outcome, Printed};
-use crate::engine::network::{CreateNetwork, Network};
+use crate::engine::model::Network;
+use crate::engine::network::CreateNetwork;
 use crate::engine::Engine;
 
 #[derive(Args, Debug)]
@@ -40,7 +41,7 @@ enum NetworkCmd {
     Remove { name: String },
 }
 
-const HEADERS: &[&str] = &["NAME", "VPC", "CIDR", "PUBLIC SUBNETS", "PRIVATE SUBNETS", "STATUS"];
+const HEADERS: &[&str] = &["NAME", "REGION", "VPC", "CIDR", "PUBLIC SUBNETS", "PRIVATE SUBNETS", "STATUS"];
 
 /// `network create`: the network; renders its VPC id (what `stacks create -v` takes).
 #[derive(Serialize)]
@@ -70,6 +71,7 @@ impl Outcome for List {
             .map(|n| {
                 vec![
                     n.name.clone(),
+                    n.region.to_string(),
                     n.vpc_id.clone(),
                     n.cidr.clone(),
                     n.public_subnets.join(","),

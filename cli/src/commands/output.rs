@@ -83,11 +83,13 @@ pub struct StderrReporter {
     tty: bool,
     live: bool,
     last: String,
+    in_flight: InFlight,
 }
 
 impl StderrReporter {
-    pub fn new() -> StderrReporter {
-        StderrReporter { tty: std::io::stderr().is_terminal(), live: false, last: String::new() }
+    /// A reporter on stderr that keeps what is in flight in `in_flight`.
+    pub fn new(in_flight: InFlight) -> StderrReporter {
+        StderrReporter { tty: std::io::stderr().is_terminal(), live: false, last: String::new(), in_flight }
     }
 
     fn clear(&mut self) {
@@ -98,18 +100,26 @@ impl StderrReporter {
     }
 }
 
-/// What the process was waiting on when it stopped, as the last reporter heard it: the
-/// Ctrl-C summary `main` prints.
-static IN_FLIGHT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+/// What AWS is still doing, as the reporter last heard it ([`cfn::Progress::in_flight`]),
+/// for the Ctrl-C summary. `main` keeps a clone; the reporter it hands the engine writes it.
+#[derive(Clone, Default)]
+pub struct InFlight(std::sync::Arc<std::sync::Mutex<Option<String>>>);
 
-/// Takes what was in flight (see [`cfn::Progress::in_flight`]).
-pub fn in_flight() -> Option<String> {
-    IN_FLIGHT.lock().map(|mut g| g.take()).unwrap_or(None)
+impl InFlight {
+    /// The Ctrl-C summary, one or two lines: what AWS goes on doing, and where to look.
+    pub fn summary(&self) -> String {
+        match self.0.lock().map(|mut g| g.take()).unwrap_or(None) {
+            Some(what) => format!(
+                "interrupted: stopped waiting, but AWS goes on: {what}.\nLook at it with `aws cloudformation describe-stack-events --stack-name STACK` or the tyrell list commands."
+            ),
+            None => "interrupted".into(),
+        }
+    }
 }
 
 impl cfn::Progress for StderrReporter {
     fn in_flight(&mut self, what: Option<String>) {
-        if let Ok(mut g) = IN_FLIGHT.lock() {
+        if let Ok(mut g) = self.in_flight.0.lock() {
             *g = what;
         }
     }

@@ -6,7 +6,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::output::{key_values, table, Outcome, Printed};
-use crate::engine::base::{next_steps, Base, CreateBase};
+use crate::engine::base::{next_steps, CreateBase};
+use crate::engine::model::{Base, Region};
 use crate::engine::values::SwarmName;
 use crate::engine::{Engine, TAG_ROLE};
 
@@ -56,13 +57,11 @@ enum StacksCmd {
 #[serde(transparent)]
 pub struct Created {
     pub base: Base,
-    #[serde(skip)]
-    pub region: String,
 }
 
 impl Outcome for Created {
     fn render(&self) -> String {
-        key_values(&next_steps(&self.base, &self.region))
+        key_values(&next_steps(&self.base))
     }
 }
 
@@ -77,6 +76,8 @@ pub struct RoleVersions {
 #[derive(Serialize)]
 pub struct SwarmRow {
     pub name: String,
+    /// The region its base stack lives in.
+    pub region: Region,
     pub vpc_id: String,
     pub status: String,
     /// By role name.
@@ -106,10 +107,10 @@ impl Outcome for List {
                         format!("{role}:{}{active}", r.versions.len())
                     })
                     .collect();
-                vec![w.name.clone(), w.vpc_id.clone(), w.status.clone(), cells.join("  ")]
+                vec![w.name.clone(), w.region.to_string(), w.vpc_id.clone(), w.status.clone(), cells.join("  ")]
             })
             .collect();
-        table(&["NAME", "VPC", "STATUS", "VERSIONS (ACTIVE)"], &rows)
+        table(&["NAME", "REGION", "VPC", "STATUS", "VERSIONS (ACTIVE)"], &rows)
     }
 }
 
@@ -123,13 +124,11 @@ pub struct Described {
     /// (stack, role) of each version, for the text.
     #[serde(skip)]
     pub roles: Vec<(String, String)>,
-    #[serde(skip)]
-    pub region: String,
 }
 
 impl Outcome for Described {
     fn render(&self) -> String {
-        let mut pairs = next_steps(&self.base, &self.region);
+        let mut pairs = next_steps(&self.base);
         pairs.push((
             "versions".into(),
             if self.roles.is_empty() {
@@ -159,7 +158,7 @@ pub async fn run(e: &mut Engine, a: StacksArgs) -> anyhow::Result<Printed> {
         StacksCmd::Create { name, vpc, allow_cidr, certificate_arn, metrics } => {
             let req = CreateBase { name, vpc_id: vpc, allow_cidrs: allow_cidr, certificate_arn, metrics };
             let base = e.create_base(&req).await?;
-            Printed::of(&Created { base, region: e.aws.region.clone() })
+            Printed::of(&Created { base })
         }
         StacksCmd::List => {
             let stacks = e
@@ -167,6 +166,7 @@ pub async fn run(e: &mut Engine, a: StacksArgs) -> anyhow::Result<Printed> {
                 .await?
                 .into_iter()
                 .map(|w| SwarmRow {
+                    region: w.base.region.clone(),
                     vpc_id: w.base.parameters.get("VpcId").cloned().unwrap_or_default(),
                     status: w.base.status.as_str().to_string(),
                     name: w.base.name,
@@ -189,7 +189,6 @@ pub async fn run(e: &mut Engine, a: StacksArgs) -> anyhow::Result<Printed> {
                 base,
                 versions: versions.iter().map(|v| v.name.clone()).collect(),
                 roles: versions.iter().map(|v| (v.name.clone(), v.tag(TAG_ROLE).unwrap_or("?").to_string())).collect(),
-                region: e.aws.region.clone(),
             })
         }
         StacksCmd::Remove { name, all } => Printed::of(&Removed { removed: e.remove_base(&name, all).await? }),

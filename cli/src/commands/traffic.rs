@@ -40,7 +40,7 @@ switch finishes it (or --rollback undoes it). --force-unlock breaks anyone's loc
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct TrafficArgs {
-    /// Which role: elb (the routers behind the ALB), or a role noun: routers, brokers, bees, indexers, workers
+    /// Which role (the help lists the role nouns and `[traffic] aliases` of roles/*/role.toml)
     role: String,
     /// The swarm (base stack)
     stack: SwarmName,
@@ -57,8 +57,7 @@ pub struct TrafficArgs {
     /// same as --shift steps:10,50
     #[arg(long, value_delimiter = ',', value_name = "PCT,PCT", value_parser = clap::value_parser!(u8).range(1..=99), conflicts_with = "shift")]
     canary: Vec<u8>,
-    /// How traffic moves once the gate passes: all-at-once, steps:PCT,PCT... or linear:PCT
-    /// (weighted steps: ALB only)
+    /// How traffic moves once the gate passes (the help lists `plan::SHIFT_FORMS`)
     #[arg(long, value_name = "STRATEGY", value_parser = clap::builder::ValueParser::new(parse_shift), default_value = "all-at-once")]
     shift: Shift,
     /// How long to hold each canary step while watching health, e.g. 300, 5m (0: no hold)

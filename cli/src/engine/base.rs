@@ -3,18 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::error::Error;
-use super::render::secret_param;
+use super::model::{Base, Secrets, Swarm};
 use super::values::SwarmName;
 use super::{admin_cidrs_param, generate_secret, tags, validate, Engine, TAG_ROLE, TAG_STACK};
 use crate::aws::cfn::{self, StackInfo, StackSpec, StackStatus};
 use crate::aws::{ec2, s3, sqs, ssm};
 
 pub const ROLE: &str = "base";
-pub const BROKER_PASSWORD: &str = "broker-password";
-pub const ROUTER_TOKEN: &str = "router-token";
 
 /// `tyrell stacks create`, as asked.
 pub struct CreateBase {
@@ -24,77 +20,6 @@ pub struct CreateBase {
     pub certificate_arn: Option<String>,
     /// A metrics box to accept this swarm's indexers; `None` picks the one in the VPC, if any.
     pub metrics: Option<String>,
-}
-
-/// The secrets a swarm's boxes read at boot, by SSM parameter name.
-///
-/// JSON (`stacks create`/`describe`): `[broker_password, router_token]`, the array it
-/// has always been.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Secrets {
-    /// The MQTT broker's password (`/tyrell/<swarm>/broker-password`).
-    pub broker_password: String,
-    /// The router's API token (`/tyrell/<swarm>/router-token`).
-    pub router_token: String,
-}
-
-impl Secrets {
-    /// A swarm's secret parameter names.
-    pub fn of(swarm: &str) -> Secrets {
-        Secrets {
-            broker_password: secret_param(swarm, BROKER_PASSWORD),
-            router_token: secret_param(swarm, ROUTER_TOKEN),
-        }
-    }
-
-    /// Both names, broker password first.
-    pub fn names(&self) -> [String; 2] {
-        [self.broker_password.clone(), self.router_token.clone()]
-    }
-}
-
-impl Serialize for Secrets {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.names().serialize(s)
-    }
-}
-
-/// A swarm as listed: its base stack and, per role, its versions (oldest first).
-pub struct Swarm {
-    pub base: StackInfo,
-    pub roles: Vec<(String, Vec<super::fleet::VersionInfo>)>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Base {
-    pub name: String,
-    pub status: String,
-    pub vpc_id: String,
-    pub url: String,
-    pub broker: String,
-    pub queue_url: String,
-    pub dead_letter_queue_url: String,
-    pub bucket: String,
-    pub secrets: Secrets,
-    pub metrics_security_group: Option<String>,
-}
-
-impl From<&StackInfo> for Base {
-    fn from(s: &StackInfo) -> Base {
-        let o = |k: &str| s.output(k).unwrap_or_default().to_string();
-        Base {
-            name: s.name.clone(),
-            status: s.status.as_str().to_string(),
-            vpc_id: s.parameters.get("VpcId").cloned().unwrap_or_default(),
-            url: o("AlbUrl"),
-            broker: format!("{}:{}", o("BrokerHost"), o("BrokerPort")),
-            queue_url: o("QueueUrl"),
-            dead_letter_queue_url: o("DeadLetterQueueUrl"),
-            bucket: o("BucketName"),
-            secrets: Secrets::of(&s.name),
-            metrics_security_group: s.parameters.get("MetricsSecurityGroupId").filter(|x| !x.is_empty()).cloned(),
-        }
-    }
 }
 
 impl Engine {
@@ -115,7 +40,7 @@ impl Engine {
         self.ensure_free(&req.name).await?;
         let vpc = ec2::vpc(&self.aws.ec2, &req.vpc_id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("VPC {} does not exist in {}", req.vpc_id, self.aws.region)))?;
+            .ok_or_else(|| Error::NotFound(format!("VPC {} does not exist in {}", req.vpc_id, self.region())))?;
         let subnets = ec2::subnets(&self.aws.ec2, &vpc.id).await?;
         let public: Vec<_> = subnets.iter().filter(|s| s.public).collect();
         let mut private: Vec<_> = subnets.iter().filter(|s| !s.public).collect();
@@ -298,7 +223,8 @@ impl Engine {
 }
 
 /// What an operator needs next, for `stacks describe`.
-pub fn next_steps(b: &Base, region: &str) -> Vec<(String, String)> {
+pub fn next_steps(b: &Base) -> Vec<(String, String)> {
+    let region = &b.region;
     let mut v = vec![
         ("swarm".into(), b.name.clone()),
         ("status".into(), b.status.clone()),

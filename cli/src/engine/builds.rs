@@ -27,6 +27,8 @@ const CLEANUP_GRACE: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Serialize)]
 pub struct Build {
     pub ami: String,
+    /// The region the AMI lives in (AMIs are regional).
+    pub region: crate::aws::Region,
     pub role: String,
     pub version: String,
     pub name: String,
@@ -42,6 +44,7 @@ impl From<&ec2::Image> for Build {
         let tag = |k: &str| i.tags.get(k).cloned().unwrap_or_default();
         Build {
             ami: i.id.clone(),
+            region: i.region.clone(),
             role: tag(TAG_ROLE),
             version: tag(TAG_VERSION),
             name: i.name.clone(),
@@ -304,7 +307,7 @@ impl Engine {
         validate::ami(ami)?;
         let image = ec2::own_image(&self.aws.ec2, ami)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("this account owns no AMI {ami} in {}", self.aws.region)))?;
+            .ok_or_else(|| Error::NotFound(format!("this account owns no AMI {ami} in {}", self.region())))?;
         if !is_build(&image) {
             crate::refuse!(
                 NotFound,
@@ -362,7 +365,7 @@ impl Engine {
         let mut variables = BTreeMap::from([
             ("role".to_string(), role.clone()),
             ("version".to_string(), version.clone()),
-            ("region".to_string(), self.aws.region.clone()),
+            ("region".to_string(), self.region().to_string()),
             ("source_commit".to_string(), git(root, &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into())),
             ("binaries_dir".to_string(), std::path::absolute(&binaries)?.display().to_string()),
         ]);
@@ -387,7 +390,7 @@ impl Engine {
         Ok(BuildPlan {
             role,
             version,
-            region: self.aws.region.clone(),
+            region: self.region().to_string(),
             template: template.display().to_string(),
             variables,
             command,
@@ -442,8 +445,12 @@ impl Engine {
             Ok(status) => status?,
             Err(_) => {
                 self.report.step("timed out: interrupting packer so it removes its temporary instance");
-                if let Some(pid) = child.id() {
-                    let _ = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status();
+                if let Some(pid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
+                    // SIGINT is Packer's "clean up and stop" (as Ctrl-C): it deletes its
+                    // temporary instance, key pair and security group before it exits.
+                    // SAFETY: kill(2) takes any pid and signal number; a pid that has
+                    // exited meanwhile makes it fail with ESRCH, which is ignored.
+                    let _ = unsafe { libc::kill(pid, libc::SIGINT) };
                 }
                 if tokio::time::timeout(CLEANUP_GRACE, child.wait()).await.is_err() {
                     let _ = child.kill().await;

@@ -7,58 +7,14 @@ use serde::Serialize;
 
 use super::error::Error;
 use super::library::{Manifest, Via};
+use super::model::{Base, VersionInfo};
 use super::render::{self, Vars};
 use super::values::{AmiRef, SwarmName, Version};
-use super::{base, tags, validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK, TAG_VERSION};
+use super::{tags, validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK, TAG_VERSION};
 use crate::aws::cfn::{self, StackInfo, StackSpec};
 use crate::aws::{asg, ec2, elb};
+pub use crate::names::stack_name;
 use crate::names::{OUT_ASG, OUT_TARGET_GROUP};
-
-/// One version of one role in one swarm, as listed.
-#[derive(Debug, Clone, Serialize)]
-pub struct VersionInfo {
-    pub role: String,
-    pub swarm: String,
-    pub version: String,
-    pub stack_name: String,
-    pub status: String,
-    pub ami: String,
-    pub instance_type: String,
-    pub desired: i32,
-    pub in_service: usize,
-    pub created: String,
-    pub active: bool,
-    /// Share of traffic in whole percent (ALB/NLB roles), or 100/0 for the active/inactive
-    /// versions of the rest; the shares add up to 100 and a version with any traffic shows
-    /// at least 1 ([`apportion`]).
-    pub weight: i32,
-    /// The weight the listener's default action gives this version's target group, as
-    /// set (ALB/NLB roles; 0 when it is not among the targets), or 1/0 for the
-    /// active/inactive versions of the rest. Decisions read this, never the percentage.
-    #[serde(skip)]
-    pub forward: i32,
-    /// Share of traffic in tenths of a percent (the shares add up to 1000).
-    #[serde(skip)]
-    pub share_tenths: i32,
-    /// The listener rules (other than the default action) that forward to this version,
-    /// e.g. `rule 10: path /legacy/*`.
-    #[serde(skip)]
-    pub rules: Vec<String>,
-    #[serde(skip)]
-    pub stack: StackInfo,
-}
-
-impl VersionInfo {
-    /// Its schedule as the stack was given it (`ScaleUpCron`, `ScaleDownCron`,
-    /// `ScaleUpSize`), whether or not it is on the group now; `None`: no schedule.
-    pub fn schedule(&self) -> Option<(String, String, i32)> {
-        let p = &self.stack.parameters;
-        let up = p.get("ScaleUpCron").filter(|c| !c.is_empty())?;
-        let down = p.get("ScaleDownCron").cloned().unwrap_or_default();
-        let size = p.get("ScaleUpSize").and_then(|n| n.parse().ok()).unwrap_or(1);
-        Some((up.clone(), down, size))
-    }
-}
 
 /// Pure: splits `total` units among raw weights in proportion (largest remainder), so the
 /// parts add up to `total` exactly (when any weight is above 0) and, as far as `total`
@@ -128,10 +84,6 @@ pub struct CreateVersion {
     /// Default: generated from the time ([`new_version`]).
     pub version: Option<Version>,
     pub schedule: ScheduleChoice,
-}
-
-pub fn stack_name(swarm: &str, role: &str, version: &str) -> String {
-    format!("{swarm}-{role}-{version}")
 }
 
 /// A fresh version id: `v` + UTC creation time to the second, bumped past any taken id,
@@ -209,7 +161,7 @@ impl Engine {
         let name = stack_name(&req.swarm, &m.role, &version);
         self.ensure_free(&name).await?;
         if !ec2::image_exists(&self.aws.ec2, &ami).await? {
-            crate::refuse!(NotFound, "AMI {} does not exist in {}", ami, self.aws.region);
+            crate::refuse!(NotFound, "AMI {} does not exist in {}", ami, self.region());
         }
 
         let vars = self.vars_for(&base, &m.role, &version).await?;
@@ -266,13 +218,13 @@ impl Engine {
 
     /// The cloud-init values of a swarm, read back from its base stack and metrics box.
     pub async fn vars_for(&self, base: &StackInfo, role: &str, version: &str) -> anyhow::Result<Vars> {
-        let b = base::Base::from(base);
+        let b = Base::from(base);
         let metrics = match &b.metrics_security_group {
             Some(sg) => self.metrics_boxes().await?.into_iter().find(|m| &m.security_group == sg),
             None => None,
         };
         Ok(Vars {
-            region: self.aws.region.clone(),
+            region: self.region().to_string(),
             stack: base.name.clone(),
             role: role.into(),
             version: version.into(),
@@ -348,6 +300,7 @@ impl Engine {
                 infos.push(VersionInfo {
                     role: m.role.clone(),
                     swarm: w.clone(),
+                    region: s.region.clone(),
                     stack_name: s.name.clone(),
                     status: s.status.as_str().to_string(),
                     ami: s.parameters.get("AmiId").cloned().unwrap_or_default(),
@@ -537,7 +490,7 @@ impl Engine {
             if !v.rules.is_empty() {
                 why.push(format!("listener {} forwards to it", v.rules.join(", ")));
             }
-            if rollback.as_deref() == Some(v.version.as_str()) {
+            if rollback.as_ref() == Some(&v.key()) {
                 why.push("it is what --rollback returns to".to_string());
             }
             if why.is_empty() {

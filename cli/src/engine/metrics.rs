@@ -2,47 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::error::Error;
-use super::render::{self, secret_param, Vars};
+use super::model::{Base, MetricsBox};
+use super::render::{self, Vars};
 use super::values::AmiRef;
-use super::{admin_cidrs_param, base, generate_secret, tags, validate, Engine};
-use crate::aws::cfn::{self, StackInfo, StackSpec};
+use super::{admin_cidrs_param, generate_secret, tags, validate, Engine};
+use crate::aws::cfn::{self, StackSpec};
 use crate::aws::{ec2, ssm};
+use crate::names::{secret_param, GRAFANA_PASSWORD};
 
 pub const ROLE: &str = "metrics";
-pub const GRAFANA_PASSWORD: &str = "grafana-password";
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MetricsBox {
-    pub name: String,
-    pub status: String,
-    pub vpc_id: String,
-    pub instance_id: String,
-    pub private_ip: String,
-    pub security_group: String,
-    pub grafana_url: String,
-    pub influx_url: String,
-    pub grafana_password_param: String,
-}
-
-impl From<&StackInfo> for MetricsBox {
-    fn from(s: &StackInfo) -> MetricsBox {
-        let o = |k: &str| s.output(k).unwrap_or_default().to_string();
-        MetricsBox {
-            name: s.name.clone(),
-            status: s.status.as_str().to_string(),
-            vpc_id: s.parameters.get("VpcId").cloned().unwrap_or_default(),
-            instance_id: o("InstanceId"),
-            private_ip: o("PrivateIp"),
-            security_group: o("SecurityGroupId"),
-            grafana_url: o("GrafanaUrl"),
-            influx_url: o("InfluxUrl"),
-            grafana_password_param: secret_param(&s.name, GRAFANA_PASSWORD),
-        }
-    }
-}
 
 /// `tyrell metrics create`, as asked.
 pub struct CreateMetrics {
@@ -67,9 +36,9 @@ impl Engine {
         self.ensure_free(&req.name).await?;
         let vpc = ec2::vpc(&self.aws.ec2, &req.vpc_id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("VPC {} does not exist in {}", req.vpc_id, self.aws.region)))?;
+            .ok_or_else(|| Error::NotFound(format!("VPC {} does not exist in {}", req.vpc_id, self.region())))?;
         if !ec2::image_exists(&self.aws.ec2, &ami).await? {
-            crate::refuse!(NotFound, "AMI {} does not exist in {}", ami, self.aws.region);
+            crate::refuse!(NotFound, "AMI {} does not exist in {}", ami, self.region());
         }
         let subnets = ec2::subnets(&self.aws.ec2, &vpc.id).await?;
         let subnet = subnets
@@ -79,7 +48,7 @@ impl Engine {
             .ok_or_else(|| Error::Invalid(format!("VPC {} has no subnets", vpc.id)))?;
         let password = secret_param(&req.name, GRAFANA_PASSWORD);
         let mut vars = Vars::sample(ROLE);
-        vars.region = self.aws.region.clone();
+        vars.region = self.region().to_string();
         vars.stack = req.name.clone();
         vars.version = String::new();
         vars.grafana_password_param = password.clone();
@@ -131,7 +100,7 @@ impl Engine {
             .bases()
             .await?
             .iter()
-            .map(base::Base::from)
+            .map(Base::from)
             .filter(|b| b.metrics_security_group.as_deref() == Some(m.security_group.as_str()))
             .map(|b| b.name)
             .collect();

@@ -8,19 +8,18 @@ pub mod fleet;
 pub mod library;
 pub mod limits;
 pub mod metrics;
+pub mod model;
 pub mod network;
 pub mod render;
 pub mod traffic;
 pub mod validate;
 pub mod values;
 
-use std::collections::BTreeMap;
-
 use crate::aws::cfn::{self, Op, StackInfo, StackSpec, WaitOptions};
-use crate::aws::Aws;
+use crate::aws::{Aws, Clouds, Region};
 use library::Library;
 
-pub use crate::names::{TAG_ACTIVE, TAG_BUILT_BY, TAG_ROLE, TAG_STACK, TAG_VERSION};
+pub use crate::names::{tags, TAG_ACTIVE, TAG_BUILT_BY, TAG_ROLE, TAG_STACK, TAG_VERSION};
 
 /// Receives progress: stack events and status (through [`cfn::Progress`]) and steps.
 pub trait Reporter: cfn::Progress + Send {
@@ -28,24 +27,13 @@ pub trait Reporter: cfn::Progress + Send {
     fn step(&mut self, msg: &str);
 }
 
+/// The deployer, working in one region: `aws` is that region's client set (from
+/// [`Clouds::region`]; an engine per region shares one cache of clients).
 pub struct Engine {
     pub aws: Aws,
     pub lib: Library,
     pub wait: WaitOptions,
     pub report: Box<dyn Reporter>,
-}
-
-/// Tags of a stack tyrell creates.
-pub fn tags(role: &str, stack: &str, version: Option<&str>) -> BTreeMap<String, String> {
-    let mut t = BTreeMap::from([
-        (TAG_ROLE.to_string(), role.to_string()),
-        (TAG_STACK.to_string(), stack.to_string()),
-        (TAG_BUILT_BY.to_string(), "tyrell".to_string()),
-    ]);
-    if let Some(v) = version {
-        t.insert(TAG_VERSION.to_string(), v.to_string());
-    }
-    t
 }
 
 /// Pads admin CIDRs to the fixed four entries the templates take.
@@ -59,6 +47,16 @@ pub fn admin_cidrs_param(cidrs: &[String]) -> anyhow::Result<String> {
 }
 
 impl Engine {
+    /// An engine working in `region`, with that region's clients from `clouds`.
+    pub fn new(clouds: &Clouds, region: &Region, lib: Library, wait: WaitOptions, report: Box<dyn Reporter>) -> Engine {
+        Engine { aws: clouds.region(region), lib, wait, report }
+    }
+
+    /// The region this engine works in; every stack it lists carries it.
+    pub fn region(&self) -> &Region {
+        &self.aws.region
+    }
+
     /// Creates a stack and waits for it, reporting progress; returns it complete.
     ///
     /// The spec is checked against its template's parameter constraints and

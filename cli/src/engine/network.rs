@@ -2,39 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
+use super::model::Network;
 use super::{tags, validate, Engine, TAG_ROLE};
-use crate::aws::cfn::{self, StackInfo, StackSpec};
+use crate::aws::cfn::{self, StackSpec};
 
 pub const ROLE: &str = "network";
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Network {
-    pub name: String,
-    pub status: String,
-    pub vpc_id: String,
-    pub cidr: String,
-    pub public_subnets: Vec<String>,
-    pub private_subnets: Vec<String>,
-}
-
-pub fn split_list(s: Option<&str>) -> Vec<String> {
-    s.unwrap_or_default().split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
-}
-
-impl From<&StackInfo> for Network {
-    fn from(s: &StackInfo) -> Network {
-        Network {
-            name: s.name.clone(),
-            status: s.status.as_str().to_string(),
-            vpc_id: s.output("VpcId").unwrap_or_default().into(),
-            cidr: s.output("VpcCidr").or(s.parameters.get("Cidr").map(String::as_str)).unwrap_or_default().into(),
-            public_subnets: split_list(s.output("PublicSubnetIds")),
-            private_subnets: split_list(s.output("PrivateSubnetIds")),
-        }
-    }
-}
 
 pub struct CreateNetwork {
     pub name: String,

@@ -50,10 +50,7 @@ impl Vars {
     }
 }
 
-/// The SSM parameter holding one of a swarm's (or metrics box's) secrets.
-pub fn secret_param(owner: &str, what: &str) -> String {
-    format!("/tyrell/{owner}/{what}")
-}
+pub use crate::names::secret_param;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {

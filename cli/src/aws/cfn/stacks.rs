@@ -6,13 +6,18 @@ pub use aws_sdk_cloudformation::types::StackStatus;
 use aws_sdk_cloudformation::types::{Capability, OnFailure, Parameter, Tag};
 use aws_sdk_cloudformation::Client;
 
-use crate::aws::{describe, AwsError};
+use crate::aws::{arn_place, describe, Account, AwsError, Region};
 
-/// A stack as tyrell sees it.
+/// A stack as tyrell sees it. Stack names are unique only per region and account, so a
+/// stack is known by (`account`, `region`, `name`); `id` is its ARN.
 #[derive(Debug, Clone)]
 pub struct StackInfo {
     pub name: String,
     pub id: String,
+    /// The region it lives in (from its ARN, else the client's).
+    pub region: Region,
+    /// The account that owns it (from its ARN), if the ARN says.
+    pub account: Option<Account>,
     /// CloudFormation's status (the SDK enum; `as_str()` is AWS's spelling).
     pub status: StackStatus,
     pub reason: Option<String>,
@@ -31,10 +36,20 @@ impl StackInfo {
     }
 }
 
-fn to_info(s: &aws_sdk_cloudformation::types::Stack) -> StackInfo {
+/// The region a client talks to; an empty name only for a client built without one,
+/// which [`crate::aws::Aws`] never makes.
+fn client_region(cfn: &Client) -> Region {
+    cfn.config().region().and_then(|r| r.as_ref().parse().ok()).unwrap_or_else(Region::unnamed)
+}
+
+fn to_info(s: &aws_sdk_cloudformation::types::Stack, region: &Region) -> StackInfo {
+    let id = s.stack_id().unwrap_or_default().to_string();
+    let (arn_region, account) = arn_place(&id);
     StackInfo {
         name: s.stack_name().unwrap_or_default().to_string(),
-        id: s.stack_id().unwrap_or_default().to_string(),
+        region: arn_region.unwrap_or_else(|| region.clone()),
+        account,
+        id,
         status: s.stack_status().cloned().unwrap_or_else(|| StackStatus::from("")),
         reason: s.stack_status_reason().map(str::to_string),
         created: s.creation_time().map(|t| t.to_string()),
@@ -59,7 +74,11 @@ fn to_info(s: &aws_sdk_cloudformation::types::Stack) -> StackInfo {
 /// One stack, or `None` when it does not exist (or is fully deleted).
 pub async fn get(cfn: &Client, name: &str) -> Result<Option<StackInfo>, AwsError> {
     match cfn.describe_stacks().stack_name(name).send().await {
-        Ok(out) => Ok(out.stacks().first().map(to_info).filter(|s| s.status != StackStatus::DeleteComplete)),
+        Ok(out) => Ok(out
+            .stacks()
+            .first()
+            .map(|st| to_info(st, &client_region(cfn)))
+            .filter(|s| s.status != StackStatus::DeleteComplete)),
         Err(e) if is_missing(&e) => Ok(None),
         Err(e) => Err(describe(&format!("cannot read stack {name}"), e)),
     }
@@ -83,11 +102,12 @@ fn is_missing<R>(
 /// Every live stack carrying tag `tyrell:role` (any value when `role` is `None`).
 pub async fn list_tyrell(cfn: &Client, role: Option<&str>) -> Result<Vec<StackInfo>, AwsError> {
     let mut out = Vec::new();
+    let region = client_region(cfn);
     let mut pages = cfn.describe_stacks().into_paginator().send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| describe("cannot list CloudFormation stacks", e))?;
         for s in page.stacks() {
-            let info = to_info(s);
+            let info = to_info(s, &region);
             if info.status == StackStatus::DeleteComplete {
                 continue;
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::aws::asg::{self, LifecycleState};
 use crate::aws::elb::{self, TargetState};
-use crate::engine::fleet::VersionInfo;
+use crate::engine::model::VersionInfo;
 use crate::engine::Engine;
 use crate::names::{OUT_ASG, OUT_TARGET_GROUP};
 

@@ -110,10 +110,7 @@ impl std::fmt::Display for Held {
     }
 }
 
-/// The SSM parameter of a role's lock in a swarm.
-pub fn lock_param(swarm: &str, role: &str) -> String {
-    format!("/tyrell/{swarm}/locks/{role}")
-}
+pub use crate::names::lock_param;
 
 /// Pure: a lock is stale when its holder ran on this host and that process is gone.
 /// A holder on another host (or an unreadable lock, [`Held::Unreadable`]) cannot be

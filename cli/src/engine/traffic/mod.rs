@@ -22,8 +22,8 @@ pub mod switch;
 use serde::Serialize;
 
 use super::error::Error;
-use super::fleet::VersionInfo;
 use super::library::{Manifest, Via};
+use super::model::{Region, VersionInfo, VersionKey};
 use super::Engine;
 use crate::aws::asg;
 use crate::names::OUT_ASG;
@@ -59,6 +59,8 @@ pub struct VersionTraffic {
 pub struct TrafficState {
     pub role: String,
     pub swarm: String,
+    /// The region of the swarm's stacks (and its lock).
+    pub region: Region,
     pub via: Via,
     pub active: Option<String>,
     pub versions: Vec<VersionTraffic>,
@@ -110,19 +112,27 @@ impl Engine {
         }
         let active = versions.iter().filter(|v| v.info.active).max_by_key(|v| v.weight).map(|v| v.version.clone());
         let lock = self.read_lock(swarm, &m.role).await?;
-        Ok(TrafficState { role: m.role.clone(), swarm: swarm.to_string(), via: m.traffic.via, active, versions, lock })
+        Ok(TrafficState {
+            role: m.role.clone(),
+            swarm: swarm.to_string(),
+            region: self.region().clone(),
+            via: m.traffic.via,
+            active,
+            versions,
+            lock,
+        })
     }
 
     /// The version `--rollback` returns to: the one that stopped being active most recently
     /// (tag `tyrell:inactive-since`), else the newest version older than the active one.
-    pub async fn previous(&self, versions: &[VersionInfo]) -> anyhow::Result<Option<String>> {
-        let mut best: Option<(String, String)> = None;
+    pub async fn previous(&self, versions: &[VersionInfo]) -> anyhow::Result<Option<VersionKey>> {
+        let mut best: Option<(String, VersionKey)> = None;
         for v in versions.iter().filter(|v| v.forward == 0) {
             let Some(name) = v.stack.output(OUT_ASG) else { continue };
             if let Some(g) = asg::group(&self.aws.asg, name).await? {
                 if let Some(t) = g.tags.get(TAG_INACTIVE_SINCE) {
                     if best.as_ref().is_none_or(|(b, _)| t > b) {
-                        best = Some((t.clone(), v.version.clone()));
+                        best = Some((t.clone(), v.key()));
                     }
                 }
             }
@@ -131,6 +141,6 @@ impl Engine {
             return Ok(Some(v));
         }
         let active = versions.iter().position(|v| v.active);
-        Ok(active.and_then(|i| versions[..i].last()).map(|v| v.version.clone()))
+        Ok(active.and_then(|i| versions[..i].last()).map(VersionInfo::key))
     }
 }

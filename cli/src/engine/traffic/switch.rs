@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::engine::error::Error;
-use crate::engine::fleet::{stack_name, VersionInfo};
+use crate::engine::fleet::stack_name;
 use crate::engine::library::{Manifest, Via};
+use crate::engine::model::VersionInfo;
 use crate::engine::values::SwarmName;
 use crate::engine::{validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK};
 use crate::names::{OUT_ASG, OUT_TARGET_GROUP};
@@ -202,7 +203,7 @@ impl Engine {
             (Target::Rollback, None) => self.previous(&versions).await?,
             _ => None,
         };
-        let (from, to) = choose(&req.target, intent, &weights, previous.as_deref())
+        let (from, to) = choose(&req.target, intent, &weights, previous.as_ref().map(|k| k.version.as_str()))
             .map_err(|e| Error::NotFound(format!("cannot roll back {} in swarm {swarm}: {e}", m.role)))?;
         // Undoing an interrupted switch (going back to the version it came from): the
         // version it was going to never became the live one, so it does not become what
