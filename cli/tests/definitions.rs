@@ -46,13 +46,30 @@ fn cfn_lint(files: &[&Path]) {
     );
 }
 
+/// A manifest's top-level `key = "value"` (role.toml is flat where these keys live).
+fn manifest_value(role: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(root().join("roles").join(role).join("role.toml")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim().strip_prefix('"')?.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("roles/{role}/role.toml has no {key}"))
+        .to_string()
+}
+
+/// The roles are what roles/ holds (no list of them here): each directory's manifest
+/// names itself, `tyrell roles` lists exactly those, with their nouns.
 #[test]
 fn every_role_directory_is_complete() {
     let roles = roles();
-    assert_eq!(roles, vec!["bee", "broker", "indexer", "router", "worker"]);
+    assert!(roles.len() >= 5, "broker, router, bee, indexer and worker at least: {roles:?}");
+    for r in &roles {
+        assert_eq!(&manifest_value(r, "role"), r, "roles/{r}/role.toml names another role");
+    }
     let listed = json(&["roles"]);
+    let names: Vec<&str> = listed["roles"].as_array().unwrap().iter().map(|r| r["role"].as_str().unwrap()).collect();
+    assert_eq!(names, roles);
     let nouns: Vec<&str> = listed["roles"].as_array().unwrap().iter().map(|r| r["noun"].as_str().unwrap()).collect();
-    assert_eq!(nouns, vec!["bees", "brokers", "indexers", "routers", "workers"]);
+    let want: Vec<String> = roles.iter().map(|r| manifest_value(r, "noun")).collect();
+    assert_eq!(nouns, want);
     for r in roles.iter().chain(["metrics".to_string()].iter()) {
         assert!(root().join("roles").join(r).join("cloud-init.yaml").exists(), "roles/{r} has no cloud-init.yaml");
     }
@@ -87,7 +104,9 @@ fn rendered_cloud_init_is_valid_for_every_role() {
         let text = ok(&["roles", "render", r, "--set", "version=vcheck", "--set", "stack=checkswarm"]);
         assert!(text.starts_with("#cloud-config\n"), "{r}: no #cloud-config header");
         assert!(text.contains("vcheck") && text.contains("checkswarm"), "{r}: the values were not rendered in");
-        assert!(!text.contains("{{") && !text.contains("}}"), "{r}: unrendered handlebars left");
+        // Every handlebars expression opens with `{{`; a lone `}}` is JSON closing two
+        // objects (the dashboard, one panel per line).
+        assert!(!text.contains("{{"), "{r}: unrendered handlebars left");
         let p = dir.path().join(format!("{r}.yaml"));
         std::fs::write(&p, &text).unwrap();
         // YAML that parses, with a mapping at the top.
@@ -130,6 +149,41 @@ fn roles_dir_on_disk_works_without_a_templates_directory() {
     let out = tyrell().env("TYRELL_ROLES_DIR", &roles).args(["roles", "render", "bee"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("#cloud-config\n"));
+}
+
+/// The help names what the role definitions define, not a hand-written list: a new role
+/// in a test library shows up as a noun of `tyrell --help` and, with its `[traffic]
+/// aliases`, in `tyrell traffic --help`; the shift strategies come from `Shift` itself.
+#[test]
+fn help_lists_the_roles_of_the_library_it_runs_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let roles = dir.path().join("roles");
+    let status = Command::new("cp").arg("-r").arg(root().join("roles")).arg(&roles).status().unwrap();
+    assert!(status.success());
+    std::fs::create_dir(roles.join("api")).unwrap();
+    std::fs::copy(roles.join("router/cloud-init.yaml"), roles.join("api/cloud-init.yaml")).unwrap();
+    let manifest = std::fs::read_to_string(roles.join("router/role.toml"))
+        .unwrap()
+        .replace("role = \"router\"", "role = \"api\"")
+        .replace("noun = \"routers\"", "noun = \"apis\"")
+        .replace("listener = \"AlbListenerArn\"", "listener = \"ApiListenerArn\"")
+        .replace("aliases = [\"elb\", \"alb\"]", "aliases = [\"api-lb\"]");
+    std::fs::write(roles.join("api/role.toml"), manifest).unwrap();
+    let help = |args: &[&str]| {
+        let out = tyrell().env("TYRELL_ROLES_DIR", &roles).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&["--help"]);
+    assert!(top.lines().any(|l| l.trim_start().starts_with("apis ")), "{top}");
+    let traffic = help(&["traffic", "--help"]);
+    assert!(traffic.contains("api-lb (the apis)") && traffic.contains("elb (the routers)"), "{traffic}");
+    for noun in ["apis", "brokers", "bees", "indexers", "routers", "workers"] {
+        assert!(traffic.contains(noun), "{noun} missing: {traffic}");
+    }
+    assert!(traffic.contains("linear:PCT") && traffic.contains("all-at-once"), "{traffic}");
+    // The embedded library has no such role.
+    assert!(!ok(&["traffic", "--help"]).contains("apis"));
 }
 
 /// Clients reach the broker through its internal NLB, whose addresses are in the VPC but
