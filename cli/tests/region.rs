@@ -42,3 +42,28 @@ fn one_name_in_two_regions_is_two_networks_each_knowing_its_region() {
         assert_eq!(row.split_whitespace().nth(1), Some(region), "{table}");
     }
 }
+
+/// A swarm's listings carry the region its stacks live in: the base stack (with its
+/// account, from the stack's ARN), each role version, the traffic view; another region
+/// has none of them.
+#[test]
+fn a_swarm_and_its_versions_are_listed_with_their_region() {
+    let home = emulator().region.clone();
+    let (sw, _) = swarm("rv");
+    ok(&["workers", "create", "-a", &ami(), "-s", "1", "--version", "w1", &sw]);
+    let described = json(&["stacks", "describe", &sw]);
+    assert_eq!(described["region"], home.as_str(), "{described}");
+    // The emulator's fixed account, read from the stack's ARN.
+    assert_eq!(described["account"], "123456789012", "{described}");
+    let listed = json(&["stacks"]);
+    assert_eq!(names_in(&listed, "stacks", &sw), [home.as_str()], "{listed}");
+    let versions = json(&["workers", &sw]);
+    let v = &versions["versions"][0];
+    assert_eq!((v["version"].as_str(), v["region"].as_str()), (Some("w1"), Some(home.as_str())), "{versions}");
+    assert_eq!(json(&["traffic", "workers", &sw])["region"], home.as_str());
+    // Elsewhere the swarm does not exist.
+    let away = "eu-central-1";
+    assert!(names_in(&json(&["--region", away, "stacks"]), "stacks", &sw).is_empty());
+    let err = fails(exit::NOT_FOUND, &["--region", away, "workers", &sw]);
+    assert!(err.contains(&format!("no swarm (base stack) named \"{sw}\"")), "{err}");
+}
