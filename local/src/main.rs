@@ -35,7 +35,8 @@ enum Command {
     /// Bake a role's image (the local `tyrell builds create ROLE`) and register it in the
     /// emulator as an AMI with a Packer build's tags. Prints the AMI id.
     Bake {
-        /// The role: broker, router, bee, indexer, worker, metrics.
+        /// The role: a directory of roles/ with its packer/scripts/role-ROLE.sh (`tyrell roles`
+        /// lists the fleet roles; `metrics` is the metrics box).
         role: String,
         /// Directory holding bee, indexer, router and tyrell-worker.
         #[arg(long, default_value = "target/release")]
