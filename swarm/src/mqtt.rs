@@ -141,8 +141,47 @@ impl MqttArgs {
         Ok(o)
     }
 
+    /// The same options for the broker at `host`:`port` (an indexer's direct connection
+    /// to an announced broker, [`Announcement`]).
+    pub fn at(&self, host: &str, port: u16) -> MqttArgs {
+        MqttArgs { broker_host: host.to_string(), broker_port: port, ..self.clone() }
+    }
+
     fn backoff(&self) -> Backoff {
         Backoff::new(Duration::from_millis(250), self.broker_max_backoff.max(Duration::from_millis(250)))
+    }
+}
+
+/// How long a broker's announcement lives when it carries no MQTT 5 message expiry: what
+/// roles/broker/tyrell-broker-announce sets (it re-publishes every 60 s).
+pub const ANNOUNCEMENT_EXPIRY: Duration = Duration::from_secs(180);
+
+/// A broker's announcement, the retained JSON on `tyrell/brokers/<instance-id>`
+/// ([`crate::topics::BROKERS_PREFIX`]): `{"host": "10.0.1.5", "port": 1883, "version":
+/// "v261123101500"}` — its private address and MQTT port. Published by the broker itself
+/// (roles/broker/tyrell-broker-announce) with an MQTT 5 message expiry (MQTT 5.0
+/// §3.3.2.3.3), so the announcement of a broker that died unannounced disappears; an
+/// empty payload means the broker stopped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Announcement {
+    /// Address (IPv4/IPv6 literal) or host name.
+    pub host: String,
+    /// MQTT port: 1 to 65535.
+    pub port: u16,
+    /// The broker's release (informational).
+    #[serde(default)]
+    pub version: String,
+}
+
+impl Announcement {
+    /// Parses a non-empty announcement; errors name what is wrong (not JSON, no host,
+    /// port 0).
+    pub fn parse(payload: &[u8]) -> Result<Announcement, String> {
+        let a: Announcement = serde_json::from_slice(payload).map_err(|e| format!("not a broker announcement: {e}"))?;
+        if a.host.trim().is_empty() || a.port == 0 {
+            return Err(format!("broker announcement without a host or port: {a:?}"));
+        }
+        Ok(a)
     }
 }
 
@@ -397,6 +436,15 @@ mod tests {
         assert_eq!(loss_v4(&rumqttc::ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp)), Loss::Other);
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(loss_v4(&rumqttc::ConnectionError::Io(refused)), Loss::Other);
+    }
+
+    #[test]
+    fn announcements() {
+        let a = Announcement::parse(br#"{"host":"10.0.1.5","port":1883,"version":"v1"}"#).unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.version.as_str()), ("10.0.1.5", 1883, "v1"));
+        assert!(Announcement::parse(br#"{"host":"","port":1883}"#).is_err());
+        assert!(Announcement::parse(br#"{"host":"h","port":0}"#).is_err());
+        assert!(Announcement::parse(b"nope").unwrap_err().contains("not a broker announcement"));
     }
 
     #[test]

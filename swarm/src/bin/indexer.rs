@@ -1,6 +1,13 @@
 //! indexer: takes the bees' results from the broker (an MQTT 5 shared subscription, so
 //! several indexers split the load) and delivers them to the SQS queue (many records per
 //! message) and to InfluxDB on the metrics box.
+//!
+//! Multi-homed for broker releases: besides its connection through the broker host name
+//! (the NLB), it keeps a direct connection — own persistent session `<client id>-<broker>`,
+//! the same share group — to every broker announced on `tyrell/brokers/<id>`
+//! ([`swarm::mqtt::Announcement`]), and drains and drops it when the announcement is
+//! cleared or expires. So a new broker has the indexers' shared subscription before any
+//! bee moves to it, and an old one is drained by its own subscribers until it goes.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +22,7 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use swarm::config::{self, duration_in, int_in, Check};
 use swarm::influx::{Influx, InfluxSink};
-use swarm::mqtt::{self, ConnState, MqttArgs, Msg};
+use swarm::mqtt::{self, Announcement, ConnState, MqttArgs, Msg};
 use swarm::sink::Buffer;
 use swarm::sqs::SqsSink;
 use swarm::stats::{Counter, Snapshot};
@@ -87,6 +94,12 @@ struct Args {
     #[arg(long, env = "INDEXER_DRAIN_TIMEOUT", default_value = "20s",
           value_parser = duration_in("INDEXER_DRAIN_TIMEOUT (--drain-timeout)", Duration::ZERO, Duration::from_secs(3600), false))]
     drain_timeout: Duration,
+    /// How long a bee's last will waits for the bee to show up live again (its presence,
+    /// published every round) before it counts as a death: a will fires too when a
+    /// broker stops or a bee moves brokers. At least 2 bee rounds; 0s (report at once) to 1h.
+    #[arg(long, env = "INDEXER_RIP_GRACE", default_value = "30s",
+          value_parser = duration_in("INDEXER_RIP_GRACE (--rip-grace)", Duration::ZERO, Duration::from_secs(3600), false))]
+    rip_grace: Duration,
     /// Log the counters this often: 0 (never) or 100ms to 24h.
     #[arg(long, env = "STATS_INTERVAL", default_value = "60s", value_parser = config::stats_interval())]
     stats_interval: Duration,
@@ -120,7 +133,12 @@ impl Check for Args {
 struct IndexerStats {
     received: Counter,
     malformed: Counter,
+    /// Bees reported dead (a will, and no live presence within the grace).
     rips: Counter,
+    /// Wills of bees that were live again within the grace (moved brokers).
+    moves: Counter,
+    /// Direct connections to announced brokers.
+    direct: AtomicU64,
     /// Records whose `ts` was past their arrival (a bee's clock ahead).
     clock_ahead: Counter,
     /// The minute (since the epoch) a clock-ahead warning was last logged.
@@ -137,6 +155,8 @@ impl Snapshot for IndexerStats {
             ("received", self.received.get()),
             ("malformed", self.malformed.get()),
             ("rips", self.rips.get()),
+            ("moves", self.moves.get()),
+            ("brokers_direct", self.direct.load(Ordering::Relaxed)),
             ("clock_ahead", self.clock_ahead.get()),
         ];
         for (b, names) in [
@@ -183,43 +203,48 @@ impl Snapshot for IndexerStats {
     }
 }
 
-/// The QoS 1 messages not yet acknowledged, by tag. A message is acknowledged on the
-/// connection it came on only: after a reconnection the broker sends the unacknowledged
-/// ones again (same session) and the packet ids of the old connection mean nothing.
+/// The QoS 1 messages not yet acknowledged, by tag, over every broker connection ([`Link`]).
+/// A message is acknowledged on the connection it came on, and only while that connection
+/// is the one it came on: after a reconnection the broker sends the unacknowledged ones
+/// again (same session) and the packet ids of the old connection mean nothing.
 #[derive(Default)]
 struct Acks {
     next: AtomicU64,
-    connection: AtomicU64,
-    held: Mutex<HashMap<u64, (u64, Publish)>>,
+    /// tag → (link, connection epoch of that link, the message).
+    held: Mutex<HashMap<u64, (u64, u64, Publish)>>,
+    /// link → its client and its current connection epoch.
+    links: Mutex<HashMap<u64, (rumqttc::v5::AsyncClient, Arc<AtomicU64>)>>,
 }
 
 impl Acks {
-    fn connected(&self) {
-        self.connection.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Keeps a message for acknowledging later; returns its tag.
-    fn hold(&self, p: &Publish) -> u64 {
+    /// Keeps a message that came on `link` in connection `epoch`; returns its tag.
+    fn hold(&self, link: u64, epoch: u64, p: &Publish) -> u64 {
         let tag = self.next.fetch_add(1, Ordering::Relaxed);
-        let conn = self.connection.load(Ordering::Relaxed);
-        self.held.lock().unwrap().insert(tag, (conn, p.clone()));
+        self.held.lock().unwrap().insert(tag, (link, epoch, p.clone()));
         tag
     }
 
+    /// Messages of `link` still waiting for their record to reach SQS.
+    fn held_for(&self, link: u64) -> usize {
+        self.held.lock().unwrap().values().filter(|(l, _, _)| *l == link).count()
+    }
+
     /// Acknowledges the messages whose tags come in on `done`.
-    async fn run(
-        self: Arc<Self>,
-        client: rumqttc::v5::AsyncClient,
-        mut done: tokio::sync::mpsc::UnboundedReceiver<Vec<u64>>,
-    ) {
+    async fn run(self: Arc<Self>, mut done: tokio::sync::mpsc::UnboundedReceiver<Vec<u64>>) {
         while let Some(tags) = done.recv().await {
-            let conn = self.connection.load(Ordering::Relaxed);
-            let ready: Vec<Publish> = {
+            let ready: Vec<(rumqttc::v5::AsyncClient, Publish)> = {
+                let links = self.links.lock().unwrap();
                 let mut held = self.held.lock().unwrap();
-                tags.iter().filter_map(|t| held.remove(t)).filter(|(c, _)| *c == conn).map(|(_, p)| p).collect()
+                tags.iter()
+                    .filter_map(|t| held.remove(t))
+                    .filter_map(|(l, e, p)| {
+                        let (c, epoch) = links.get(&l)?;
+                        (epoch.load(Ordering::Relaxed) == e).then(|| (c.clone(), p))
+                    })
+                    .collect()
             };
-            for p in ready {
-                if let Err(e) = client.ack(&p).await {
+            for (c, p) in ready {
+                if let Err(e) = c.ack(&p).await {
                     tracing::warn!(error = %e, "cannot acknowledge a message (the broker sends it again)");
                 }
             }
@@ -301,7 +326,6 @@ async fn run(args: Args) -> Result<()> {
         tokio::spawn(sink.run());
     }
     let stats = Arc::new(stats);
-    let stats_ref = stats.clone();
     swarm::stats::spawn_logger("indexer", stats.clone(), args.stats_interval);
     if !args.metrics_addr.is_empty() {
         let (addr, s) = (args.metrics_addr.clone(), stats.clone());
@@ -311,25 +335,154 @@ async fn run(args: Args) -> Result<()> {
             }
         });
     }
+    tokio::spawn(acks.clone().run(done_rx));
+    let (events, mut announced) = tokio::sync::mpsc::unbounded_channel::<Announced>();
+    let ctx = Arc::new(Ctx {
+        password,
+        session_expiry: args.session_expiry,
+        max_unacked: args.max_unacked,
+        shared: vec![
+            topics::shared(&args.share_group, topics::PING_ALL),
+            topics::shared(&args.share_group, topics::RIP_ALL),
+        ],
+        rip_grace: args.rip_grace,
+        stats: stats.clone(),
+        done_tx,
+        acks,
+        events,
+        alive: Mutex::new(HashMap::new()),
+        pending_rips: Mutex::new(std::collections::HashSet::new()),
+    });
+    tracing::info!(client_id = %client_id, subscriptions = ?ctx.shared, sqs = !args.queue_url.is_empty(), influxdb = !args.influx_url.is_empty(), "indexer starting");
+    // The connection through the broker host name (the NLB: whichever broker is live), and
+    // one direct connection per announced broker (managed below).
+    let nlb = open_link(&ctx, 0, "nlb", args.mqtt.clone(), client_id.clone(), Some(conn))?;
+    let mut direct: HashMap<String, (Link, Announcement, tokio::time::Instant)> = HashMap::new();
+    let mut next_link = 1u64;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                if nlb.driver.is_finished() {
+                    bail!("the MQTT driver stopped");
+                }
+                let now = tokio::time::Instant::now();
+                let expired: Vec<String> = direct.iter().filter(|(_, (_, _, d))| *d <= now).map(|(k, _)| k.clone()).collect();
+                for id in expired {
+                    let (link, _, _) = direct.remove(&id).expect("listed");
+                    tracing::warn!(broker = %id, "the broker's announcement expired: dropping the direct connection");
+                    tokio::spawn(drain_links(ctx.clone(), vec![link], args.drain_timeout));
+                }
+            }
+            Some(a) = announced.recv() => {
+                let now = tokio::time::Instant::now();
+                match a.announcement {
+                    None => {
+                        if let Some((link, _, _)) = direct.remove(&a.id) {
+                            tracing::info!(broker = %a.id, "the broker stopped announcing itself: draining the direct connection");
+                            tokio::spawn(drain_links(ctx.clone(), vec![link], args.drain_timeout));
+                        }
+                    }
+                    Some(ann) => {
+                        let deadline = now + a.expiry;
+                        if let Some((_, have, d)) = direct.get_mut(&a.id).filter(|(_, have, _)| *have == ann) {
+                            let _ = have;
+                            *d = deadline;
+                            continue;
+                        }
+                        if let Some((old, _, _)) = direct.remove(&a.id) {
+                            tokio::spawn(drain_links(ctx.clone(), vec![old], args.drain_timeout));
+                        }
+                        let id = next_link;
+                        next_link += 1;
+                        let cid = format!("{client_id}-{}", a.id);
+                        tracing::info!(broker = %a.id, host = %ann.host, port = ann.port, version = %ann.version, client_id = %cid, "a broker announced itself: connecting to it directly");
+                        match open_link(&ctx, id, &a.id, args.mqtt.at(&ann.host, ann.port), cid, None) {
+                            Ok(link) => {
+                                direct.insert(a.id.clone(), (link, ann, deadline));
+                            }
+                            Err(e) => tracing::error!(broker = %a.id, error = format!("{e:#}"), "cannot connect to an announced broker"),
+                        }
+                    }
+                }
+                stats.direct.store(direct.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    // Drain (a scale-in's termination hook, or a stop), every connection at once.
+    let mut links = vec![nlb];
+    links.extend(direct.into_values().map(|(l, _, _)| l));
+    drain_links(ctx, links, args.drain_timeout).await;
+    Ok(())
+}
 
-    let mut opts = args.mqtt.v5(&client_id, password.as_deref(), args.session_expiry)?;
+/// What the indexer keeps for every broker connection.
+struct Ctx {
+    password: Option<String>,
+    session_expiry: u32,
+    max_unacked: u16,
+    /// The shared subscriptions (results and wills), the same on every connection.
+    shared: Vec<String>,
+    rip_grace: Duration,
+    stats: Arc<IndexerStats>,
+    done_tx: tokio::sync::mpsc::UnboundedSender<Vec<u64>>,
+    acks: Arc<Acks>,
+    /// Broker announcements heard on any connection.
+    events: tokio::sync::mpsc::UnboundedSender<Announced>,
+    /// When a live (not retained) presence of each bee last arrived.
+    alive: Mutex<HashMap<String, std::time::Instant>>,
+    /// Bees whose will arrived and waits out [`Ctx::rip_grace`].
+    pending_rips: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A broker announcement heard on some connection: `None` = cleared.
+struct Announced {
+    id: String,
+    announcement: Option<Announcement>,
+    /// Its remaining MQTT 5 message expiry, else [`mqtt::ANNOUNCEMENT_EXPIRY`].
+    expiry: Duration,
+}
+
+/// One broker connection: through the NLB (link 0), or direct to an announced broker.
+struct Link {
+    id: u64,
+    name: String,
+    client: rumqttc::v5::AsyncClient,
+    conn: Arc<ConnState>,
+    /// Set when it drains: its shared subscriptions are given up, also across reconnects.
+    draining: Arc<AtomicBool>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+/// Connects to one broker (persistent session `client_id`, manual acks, the shared
+/// subscriptions plus the announcements and the bees' presence).
+fn open_link(
+    ctx: &Arc<Ctx>,
+    id: u64,
+    name: &str,
+    mqtt: MqttArgs,
+    client_id: String,
+    conn: Option<Arc<ConnState>>,
+) -> Result<Link> {
+    let mut opts = mqtt.v5(&client_id, ctx.password.as_deref(), ctx.session_expiry)?;
     opts.set_manual_acks(true);
-    opts.set_receive_maximum(Some(args.max_unacked));
+    opts.set_receive_maximum(Some(ctx.max_unacked));
     let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, 1000);
-    tokio::spawn(acks.clone().run(client.clone(), done_rx));
-    let subs =
-        [topics::shared(&args.share_group, topics::PING_ALL), topics::shared(&args.share_group, topics::RIP_ALL)];
-    tracing::info!(client_id = %client_id, subscriptions = ?subs, sqs = !args.queue_url.is_empty(), influxdb = !args.influx_url.is_empty(), "indexer starting");
-    let mqtt_client = client.clone();
-    // Set on SIGTERM: the subscriptions are given up and stay so across a reconnection.
+    let epoch = Arc::new(AtomicU64::new(0));
+    ctx.acks.links.lock().unwrap().insert(id, (client.clone(), epoch.clone()));
+    let conn = conn.unwrap_or_default();
     let draining = Arc::new(AtomicBool::new(false));
-    let (draining_ref, subs_ref, acks_ref) = (draining.clone(), subs.clone(), acks.clone());
+    let (c, d, e, x) = (client.clone(), draining.clone(), epoch.clone(), ctx.clone());
     let on_message = move |m: Msg<'_>| match m {
         Msg::Connected => {
-            acks.connected();
-            let (c, subs, draining) = (client.clone(), subs.clone(), draining.clone());
+            e.fetch_add(1, Ordering::Relaxed);
+            let (c, draining, x) = (c.clone(), d.clone(), x.clone());
             tokio::spawn(async move {
-                for s in subs {
+                let plain = [topics::BROKERS_ALL.to_string(), topics::ALIVE_ALL.to_string()];
+                for s in x.shared.iter().chain(plain.iter()) {
                     let r = if draining.load(Ordering::SeqCst) {
                         c.unsubscribe(s.clone()).await
                     } else {
@@ -341,97 +494,54 @@ async fn run(args: Args) -> Result<()> {
                 }
             });
         }
-        Msg::Publish { topic, payload, v5, .. } => {
-            // Acknowledged at once unless its record goes to SQS (InfluxDB is best effort).
-            let tag = v5.map(|p| acks.hold(p));
-            let mut ack_now = tag;
-            if let Some(target) = topics::ping_target(topic) {
-                stats.received.inc();
-                match parse_ping(target, payload) {
-                    Ok(r) => {
-                        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-                        if swarm::ts_millis(&r.ts)
-                            .is_some_and(|ts| ts > now_ms + swarm::router::CLOCK_TOLERANCE.as_millis() as i64)
-                        {
-                            stats.clock_ahead.inc();
-                            let secs = now_ms / 1000;
-                            if stats.clock_ahead_logged.swap(secs / 60, Ordering::Relaxed) != secs / 60 {
-                                tracing::warn!(agent = %r.agent, ts = %r.ts, "a bee's clock runs ahead of the indexer's: its InfluxDB points are written at their arrival time");
-                            }
-                        }
-                        if let Some(b) = &stats.influx {
-                            match swarm::influx::line(&r, now_ms) {
-                                Some(l) => b.push(l),
-                                None => b.stats.rejected.inc(),
-                            }
-                        }
-                        if let Some(b) = &stats.sqs {
-                            b.push_tagged(serde_json::to_string(&r).expect("a record serialises"), tag);
-                            ack_now = None;
-                        }
-                    }
-                    Err(e) => {
-                        stats.malformed.inc();
-                        tracing::warn!(topic, error = %e, payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]), "malformed ping message skipped");
-                    }
-                }
-            } else if let Some(agent) = topics::rip_agent(topic) {
-                if payload.is_empty() {
-                    done_tx.send(ack_now.into_iter().collect()).ok();
-                    return; // a bee cleared its will: it is back
-                }
-                stats.rips.inc();
-                tracing::warn!(agent, payload = %String::from_utf8_lossy(&payload[..payload.len().min(300)]), "a bee died");
-                if let Some(b) = &stats.influx {
-                    b.push(swarm::influx::rip_line(agent, time::OffsetDateTime::now_utc().unix_timestamp() * 1000));
-                }
-            } else {
-                tracing::debug!(topic, "unexpected message");
-            }
-            if let Some(t) = ack_now {
-                done_tx.send(vec![t]).ok();
-            }
+        Msg::Publish { topic, payload, retain, v5 } => {
+            on_publish(&x, id, e.load(Ordering::Relaxed), topic, payload, retain, v5);
         }
     };
-    let mqtt_args = args.mqtt.clone();
-    let mut driver = tokio::spawn(async move { mqtt::drive_v5(&mqtt_args, eventloop, conn, on_message).await });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = &mut driver => bail!("the MQTT driver stopped: {r:?}"),
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    // Drain (a scale-in's termination hook, or a stop): give up the shared subscriptions
-    // first, so the broker routes new results to the other indexers instead of queueing
-    // them in this session (where they would wait for a box that never returns); keep the
-    // connection while what is held goes to SQS and each message is acknowledged; then go.
-    draining_ref.store(true, Ordering::SeqCst);
-    let deadline = tokio::time::Instant::now() + args.drain_timeout;
-    let acked_before = stats_ref.conn.unsubacks.load(Ordering::Relaxed);
-    for s in &subs_ref {
-        if let Err(e) = mqtt_client.unsubscribe(s.clone()).await {
-            tracing::warn!(error = %e, subscription = %s, "cannot unsubscribe");
+    let (driver_conn, name_s) = (conn.clone(), name.to_string());
+    let driver = tokio::spawn(async move { mqtt::drive_v5(&mqtt, eventloop, driver_conn, on_message).await });
+    Ok(Link { id, name: name_s, client, conn, draining, driver })
+}
+
+/// Gives up `links` the way a stopping indexer does (drain on scale-in, docs/ARCHITECTURE.md):
+/// the shared subscriptions first, so the broker routes new results to the other
+/// connections instead of queueing them in a session that may never return (an UNSUBACK
+/// means nothing more comes for that filter, MQTT 5.0 §3.10.4); then what they delivered
+/// goes to SQS and is acknowledged; then DISCONNECT. Bounded by `timeout`.
+async fn drain_links(ctx: Arc<Ctx>, links: Vec<Link>, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut wanted = Vec::new();
+    for l in &links {
+        l.draining.store(true, Ordering::SeqCst);
+        wanted.push(l.conn.unsubacks.load(Ordering::Relaxed) + ctx.shared.len() as u64);
+        for s in &ctx.shared {
+            if let Err(e) = l.client.unsubscribe(s.clone()).await {
+                tracing::warn!(broker = %l.name, error = %e, subscription = %s, "cannot unsubscribe");
+            }
         }
     }
     // Whatever the broker sent before its UNSUBACKs has arrived (and is held) by then.
-    let wanted = acked_before + subs_ref.len() as u64;
-    while stats_ref.conn.unsubacks.load(Ordering::Relaxed) < wanted
+    while links
+        .iter()
+        .zip(&wanted)
+        .any(|(l, w)| l.conn.unsubacks.load(Ordering::Relaxed) < *w && !l.driver.is_finished())
         && tokio::time::Instant::now() < deadline
-        && !driver.is_finished()
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::info!("draining: subscriptions given up; delivering what is held");
-    let buffers: Vec<Arc<Buffer>> = [&stats_ref.sqs, &stats_ref.influx].into_iter().flatten().cloned().collect();
+    let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+    tracing::info!(brokers = ?names, "draining: subscriptions given up; delivering what is held");
+    let buffers: Vec<Arc<Buffer>> = [&ctx.stats.sqs, &ctx.stats.influx].into_iter().flatten().cloned().collect();
     buffers.iter().for_each(|b| b.flush());
+    let everything = links.iter().any(|l| l.id == 0);
     loop {
-        let left: usize = buffers.iter().map(|b| b.outstanding()).sum();
-        let unacked = acks_ref.held.lock().map(|h| h.len()).unwrap_or(0);
+        let unacked: usize = links.iter().map(|l| ctx.acks.held_for(l.id)).sum();
+        let left: usize = if everything { buffers.iter().map(|b| b.outstanding()).sum() } else { 0 };
         if left == 0 && unacked == 0 {
-            tracing::info!("stopping: everything delivered and acknowledged");
+            tracing::info!(brokers = ?names, "stopping: everything delivered and acknowledged");
             break;
         }
-        if tokio::time::Instant::now() >= deadline || driver.is_finished() {
+        if tokio::time::Instant::now() >= deadline || links.iter().all(|l| l.driver.is_finished()) {
             for b in &buffers {
                 if b.outstanding() > 0 {
                     tracing::error!(
@@ -447,10 +557,146 @@ async fn run(args: Args) -> Result<()> {
     }
     // Let the last acknowledgements leave before the DISCONNECT.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = mqtt_client.disconnect().await;
+    for l in &links {
+        let _ = l.client.disconnect().await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    driver.abort();
-    Ok(())
+    for l in links {
+        l.driver.abort();
+        ctx.acks.links.lock().unwrap().remove(&l.id);
+    }
+}
+
+/// One message from link `link` (connection `epoch`).
+fn on_publish(ctx: &Arc<Ctx>, link: u64, epoch: u64, topic: &str, payload: &[u8], retain: bool, v5: Option<&Publish>) {
+    let stats = &ctx.stats;
+    let done_tx = &ctx.done_tx;
+    if let Some(id) = topics::broker_id(topic) {
+        let expiry = v5
+            .and_then(|p| p.properties.as_ref())
+            .and_then(|p| p.message_expiry_interval)
+            .map(|s| Duration::from_secs(s.into()))
+            .unwrap_or(mqtt::ANNOUNCEMENT_EXPIRY);
+        let announcement = if payload.is_empty() {
+            None
+        } else {
+            match Announcement::parse(payload) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "skipping a malformed broker announcement");
+                    ack_at_once(ctx, v5, link, epoch);
+                    return;
+                }
+            }
+        };
+        ctx.events.send(Announced { id: id.to_string(), announcement, expiry }).ok();
+        ack_at_once(ctx, v5, link, epoch);
+        return;
+    }
+    if let Some(agent) = topics::alive_agent(topic) {
+        // A live presence (not a stored copy sent on subscribing): the bee is connected.
+        if !retain && !payload.is_empty() {
+            ctx.alive.lock().unwrap().insert(agent.to_string(), std::time::Instant::now());
+        }
+        ack_at_once(ctx, v5, link, epoch);
+        return;
+    }
+    // Acknowledged at once unless its record goes to SQS (InfluxDB is best effort).
+    let tag = v5.map(|p| ctx.acks.hold(link, epoch, p));
+    let mut ack_now = tag;
+    if let Some(target) = topics::ping_target(topic) {
+        stats.received.inc();
+        match parse_ping(target, payload) {
+            Ok(r) => {
+                let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+                if swarm::ts_millis(&r.ts)
+                    .is_some_and(|ts| ts > now_ms + swarm::router::CLOCK_TOLERANCE.as_millis() as i64)
+                {
+                    stats.clock_ahead.inc();
+                    let secs = now_ms / 1000;
+                    if stats.clock_ahead_logged.swap(secs / 60, Ordering::Relaxed) != secs / 60 {
+                        tracing::warn!(agent = %r.agent, ts = %r.ts, "a bee's clock runs ahead of the indexer's: its InfluxDB points are written at their arrival time");
+                    }
+                }
+                if let Some(b) = &stats.influx {
+                    match swarm::influx::line(&r, now_ms) {
+                        Some(l) => b.push(l),
+                        None => b.stats.rejected.inc(),
+                    }
+                }
+                if let Some(b) = &stats.sqs {
+                    b.push_tagged(serde_json::to_string(&r).expect("a record serialises"), tag);
+                    ack_now = None;
+                }
+            }
+            Err(e) => {
+                stats.malformed.inc();
+                tracing::warn!(topic, error = %e, payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]), "malformed ping message skipped");
+            }
+        }
+    } else if let Some(agent) = topics::rip_agent(topic) {
+        if payload.is_empty() {
+            done_tx.send(ack_now.into_iter().collect()).ok();
+            return; // a bee cleared its will: it is back
+        }
+        if let Some(t) = ack_now {
+            done_tx.send(vec![t]).ok();
+        }
+        rip(ctx, agent, payload);
+        return;
+    } else {
+        tracing::debug!(topic, "unexpected message");
+    }
+    if let Some(t) = ack_now {
+        done_tx.send(vec![t]).ok();
+    }
+}
+
+/// Acknowledges a message that needs nothing delivered.
+fn ack_at_once(ctx: &Ctx, v5: Option<&Publish>, link: u64, epoch: u64) {
+    if let Some(p) = v5 {
+        let t = ctx.acks.hold(link, epoch, p);
+        ctx.done_tx.send(vec![t]).ok();
+    }
+}
+
+/// A bee's last will arrived. A will also fires when a bee's broker goes away under it
+/// (mosquitto sends every connected client's will when it stops, even one with an MQTT 5
+/// will delay — measured, swarm/tests/broker_move.rs) or closes its connection, and
+/// after a move it comes again through the bridge: so it is a death only if the bee
+/// publishes no live presence within [`Ctx::rip_grace`] (it does every round while it is
+/// connected, wherever). Copies of one will within the grace count once.
+fn rip(ctx: &Arc<Ctx>, agent: &str, payload: &[u8]) {
+    let at = std::time::Instant::now();
+    let report = {
+        let payload = String::from_utf8_lossy(&payload[..payload.len().min(300)]).to_string();
+        move |ctx: &Ctx, agent: &str| {
+            ctx.stats.rips.inc();
+            tracing::warn!(agent, payload = %payload, "a bee died");
+            if let Some(b) = &ctx.stats.influx {
+                b.push(swarm::influx::rip_line(agent, time::OffsetDateTime::now_utc().unix_timestamp() * 1000));
+            }
+        }
+    };
+    if ctx.rip_grace.is_zero() {
+        report(ctx, agent);
+        return;
+    }
+    if !ctx.pending_rips.lock().unwrap().insert(agent.to_string()) {
+        return; // another copy of a will that waits already
+    }
+    let (ctx, agent) = (ctx.clone(), agent.to_string());
+    tokio::spawn(async move {
+        tokio::time::sleep(ctx.rip_grace).await;
+        ctx.pending_rips.lock().unwrap().remove(&agent);
+        let back = ctx.alive.lock().unwrap().get(&agent).is_some_and(|t| *t > at);
+        if back {
+            ctx.stats.moves.inc();
+            tracing::info!(agent = %agent, "a bee's will fired, but it is live again (it moved brokers): not a death");
+        } else {
+            report(&ctx, &agent);
+        }
+    });
 }
 
 fn main() -> Result<()> {
