@@ -139,12 +139,12 @@ impl Engine {
         let instance_type = req.instance_type.clone().unwrap_or_else(|| m.instance_type.clone());
         validate::instance_type(&instance_type)?;
         let size = req.size.unwrap_or(m.size);
-        validate::size(size)?;
+        validate::role_size(&m.role, size)?;
         let (up, down, up_size) = parse_cron_choice(m, &req.schedule);
         if !up.is_empty() {
             validate_cron(&up)?;
             validate_cron(&down)?;
-            validate::size(up_size)?;
+            validate::role_size(&m.role, up_size)?;
         }
         let base = self.base(&req.swarm).await?;
         let existing = self.versions(m, Some(&req.swarm)).await?;
@@ -418,7 +418,7 @@ impl Engine {
         version: &str,
         n: i32,
     ) -> anyhow::Result<VersionInfo> {
-        validate::size(n)?;
+        validate::role_size(&m.role, n)?;
         let v = self.version_info(m, swarm, version).await?;
         let group = v
             .stack

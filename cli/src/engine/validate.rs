@@ -123,9 +123,32 @@ pub fn size(n: i32) -> Result<(), Invalid> {
     }
 }
 
+/// A size for a version of `role`: [`size`], and one box for brokers. A broker version's
+/// boxes behind the NLB are not bridged to each other (tyrell-broker-bridge bridges a
+/// booting broker only to those announced before it, and never the results `ping/+`), so
+/// a bee on one box and a router on another would not hear each other (issue 11 item 1;
+/// docs/ARCHITECTURE.md, "Broker releases").
+pub fn role_size(role: &str, n: i32) -> Result<(), Invalid> {
+    size(n)?;
+    if role == "broker" && n > 1 {
+        return bad(format!(
+            "invalid size {n} for brokers (-s/--size): a broker version runs 1 box, since boxes behind one NLB are not bridged to each other and would split publishers from subscribers"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broker_versions_run_one_box() {
+        assert!(role_size("broker", 1).is_ok() && role_size("broker", 0).is_ok() && role_size("bee", 5).is_ok());
+        let e = role_size("broker", 2).unwrap_err().to_string();
+        assert!(e.contains("runs 1 box") && e.contains("not bridged"), "{e}");
+        assert!(role_size("bee", MAX_SIZE + 1).is_err());
+    }
 
     #[test]
     fn names() {

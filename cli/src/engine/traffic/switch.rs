@@ -100,7 +100,7 @@ impl Engine {
         let swarm = req.swarm.as_str();
         validate::name("swarm", swarm)?;
         if let Some(n) = req.size {
-            validate::size(n)?;
+            validate::role_size(&m.role, n)?;
         }
         if req.shift.is_weighted() && m.traffic.via != Via::Alb {
             crate::refuse!(
