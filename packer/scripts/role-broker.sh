@@ -5,3 +5,5 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get -y -q install --no-install-recommends mosquitto mosquitto-clients
 systemctl disable --now mosquitto.service
+# The bridges to other brokers go here (tyrell-broker-bridge, at every start; may stay empty).
+install -d -m 0755 /etc/mosquitto/tyrell.d

@@ -169,6 +169,11 @@ fn broker_config(port: u16, dir: &std::path::Path) -> String {
             Some("password_file") => format!("password_file {}", dir.join("passwd").display()),
             Some("persistence_location") => format!("persistence_location {}/", dir.join("data").display()),
             Some("pid_file") => format!("pid_file {}", dir.join("mosquitto.pid").display()),
+            // The bridges tyrell-broker-bridge writes (none here: the first broker).
+            Some("include_dir") => {
+                std::fs::create_dir_all(dir.join("tyrell.d")).unwrap();
+                format!("include_dir {}", dir.join("tyrell.d").display())
+            }
             _ => l.to_string(),
         })
         .collect::<Vec<_>>()
