@@ -520,11 +520,12 @@ async fn drain_links(ctx: Arc<Ctx>, links: Vec<Link>, timeout: Duration) {
             }
         }
     }
-    // Whatever the broker sent before its UNSUBACKs has arrived (and is held) by then.
+    // Whatever the broker sent before its UNSUBACKs has arrived (and is held) by then. A
+    // connection that is down (its broker gone) sends nothing more: no wait for it.
     while links
         .iter()
         .zip(&wanted)
-        .any(|(l, w)| l.conn.unsubacks.load(Ordering::Relaxed) < *w && !l.driver.is_finished())
+        .any(|(l, w)| l.conn.connected() && l.conn.unsubacks.load(Ordering::Relaxed) < *w && !l.driver.is_finished())
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
