@@ -5,6 +5,8 @@
 //!   isolate themselves by using [`unique`] names, never by resetting it.
 //! * [`bin`]: the path of a workspace binary (built by `cargo build --workspace --bins`).
 //! * [`free_port`], [`wait_for_port`].
+//! * [`throttle::ThrottlingProxy`]: a proxy in front of the emulator answering chosen
+//!   calls with AWS's throttling errors.
 //!
 //! Nothing here skips: a missing tool fails the test with the command that installs it.
 
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub mod proc;
 pub mod servers;
+pub mod throttle;
 
 /// The workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
