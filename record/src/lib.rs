@@ -44,6 +44,14 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// body (a gzip bomb) reaches this; it bounds the memory one message can take.
 pub const MAX_DECODED_BYTES: usize = 64 * MAX_MESSAGE_BYTES;
 
+/// The gzip level of every gzip this project writes: SQS bodies ([`encode_body`]) and the
+/// worker's archive objects. Level 1 (zlib's fastest): on schema-2 ping NDJSON it costs
+/// about a fifth of level 6's CPU for about a fifth more bytes (ratio ~4.2 instead of ~5.2
+/// on varied records, measured for issue 13; benchmarks in worker/README.md and
+/// swarm/README.md). Compressing is most of what the indexer and the worker spend per
+/// record; the bytes it saves are priced in SQS 64 KiB chunks and S3 storage, both small.
+pub const GZIP_LEVEL: u32 = 1;
+
 /// The schema the producers of this crate write (the record's `schema` field).
 pub const SCHEMA: u32 = 2;
 
@@ -219,6 +227,12 @@ impl PingRecord {
     /// offset, [`parse_ts`]), a loss fraction in 0..=1, non-empty id/agent/target,
     /// no negative `resolve_ms`/`late_ms`. The error is one sentence.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_utc().map(|_| ())
+    }
+
+    /// [`PingRecord::validate`], returning the record's time in UTC ([`parse_ts`]) so it
+    /// need not be parsed again.
+    pub fn validate_utc(&self) -> Result<OffsetDateTime, String> {
         if self.schema == 0 {
             return Err("schema 0 (schemas start at 1)".into());
         }
@@ -231,11 +245,11 @@ impl PingRecord {
         if self.agent.is_empty() || self.target.is_empty() {
             return Err("empty agent or target".into());
         }
-        parse_ts(&self.ts)?;
+        let utc = parse_ts(&self.ts)?;
         if !(0.0..=1.0).contains(&self.loss) {
             return Err(format!("loss {} outside 0..1", self.loss));
         }
-        Ok(())
+        Ok(utc)
     }
 }
 
@@ -333,6 +347,8 @@ pub struct Line {
     pub record: PingRecord,
     /// The line as it was in the body, without its line ending (`\n` or `\r\n`).
     pub raw: String,
+    /// The record's `ts` as an instant in UTC ([`parse_ts`]), read once by validation.
+    pub utc: OffsetDateTime,
 }
 
 /// A line of a body that is not a valid record, set aside on its own.
@@ -371,7 +387,10 @@ pub fn encode_body(ndjson: &str, encoding: Encoding) -> String {
     match encoding {
         Encoding::Ndjson => ndjson.to_string(),
         Encoding::GzipBase64 => {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(ndjson.len() / 4),
+                flate2::Compression::new(GZIP_LEVEL),
+            );
             gz.write_all(ndjson.as_bytes()).expect("writing to memory");
             let bytes = gz.finish().expect("writing to memory");
             base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -424,7 +443,7 @@ pub fn decode_lines(body: &str, encoding: Encoding) -> Result<Decoded, DecodeErr
             continue;
         }
         match parse_record(text) {
-            Ok(record) => decoded.lines.push(Line { record, raw: text.to_string() }),
+            Ok((record, utc)) => decoded.lines.push(Line { record, raw: text.to_string(), utc }),
             Err(reason) => decoded.rejected.push(Rejected { line, raw: text.to_string(), reason }),
         }
     }
@@ -435,10 +454,10 @@ pub fn decode_lines(body: &str, encoding: Encoding) -> Result<Decoded, DecodeErr
 }
 
 /// One NDJSON line as a valid record; the error is one sentence.
-fn parse_record(line: &str) -> Result<PingRecord, String> {
+fn parse_record(line: &str) -> Result<(PingRecord, OffsetDateTime), String> {
     let record: PingRecord = serde_json::from_str(line).map_err(|e| format!("not a ping record: {e}"))?;
-    record.validate()?;
-    Ok(record)
+    let utc = record.validate_utc()?;
+    Ok((record, utc))
 }
 
 /// Decodes a body that must be valid throughout (for producers checking their own output,

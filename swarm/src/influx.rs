@@ -22,6 +22,7 @@
 //! by line protocol": InfluxDB would read the last one as escaping the separator after
 //! it and refuse the point); a tag whose value ends up empty is left out.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,21 +40,37 @@ use crate::Backoff;
 /// Escapes a tag key, a tag value or a field key (see the module documentation); the
 /// result never ends in a backslash, and may be empty (then the tag is left out).
 pub fn escape_tag(s: &str) -> String {
-    let mut o = escape(s, &[',', '=', ' ']);
-    let kept = o.trim_end_matches('\\').len();
-    o.truncate(kept);
+    let mut o = String::with_capacity(s.len() + 4);
+    push_tag(&mut o, s);
     o
 }
 
 /// Escapes the inside of a double-quoted string field value (see the module documentation).
 pub fn escape_str_field(s: &str) -> String {
-    escape(s, &['"', '\\'])
+    let mut o = String::with_capacity(s.len() + 4);
+    push_escaped(&mut o, s, &['"', '\\']);
+    o
 }
 
-/// A backslash before each of `special`; control characters as `\t`, `\n`, `\f`, `\r`
-/// (what Telegraf writes: the line protocol cannot carry them raw).
-fn escape(s: &str, special: &[char]) -> String {
-    let mut o = String::with_capacity(s.len() + 4);
+/// Appends `s` escaped as a tag value ([`escape_tag`]) to `o`; returns whether anything
+/// was appended (an empty result means the tag is left out).
+fn push_tag(o: &mut String, s: &str) -> bool {
+    let start = o.len();
+    push_escaped(o, s, &[',', '=', ' ']);
+    let kept = o[start..].trim_end_matches('\\').len();
+    o.truncate(start + kept);
+    kept > 0
+}
+
+/// Appends `s` to `o` with a backslash before each of `special` (all ASCII); control
+/// characters as `\t`, `\n`, `\f`, `\r` (what Telegraf writes: the line protocol cannot
+/// carry them raw). Text with none of them (the usual case) is copied as it is.
+fn push_escaped(o: &mut String, s: &str, special: &[char]) {
+    let needs = |b: u8| matches!(b, b'\t' | b'\n' | b'\x0c' | b'\r') || special.contains(&char::from(b));
+    if !s.bytes().any(needs) {
+        o.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             c if special.contains(&c) => {
@@ -67,73 +84,86 @@ fn escape(s: &str, special: &[char]) -> String {
             _ => o.push(c),
         }
     }
-    o
 }
 
 /// The line-protocol line of a record received at `received_ms` (ms since the epoch, the
 /// indexer's clock); `None` when its timestamp is unreadable. The point's time is the
 /// record's `ts`, but never later than `received_ms`: a bee whose clock runs ahead
 /// would otherwise put points in the future, where they stay the "last" value.
+///
+/// Built in one string, without a temporary per field (the indexer writes one line per
+/// record: benchmark in swarm/README.md).
 pub fn line(r: &PingRecord, received_ms: i64) -> Option<String> {
     let ts = crate::ts_millis(&r.ts)?.min(received_ms);
-    let mut l = String::from("ping");
+    let mut l = String::with_capacity(320);
+    l.push_str("ping");
     for (k, v) in [("stack", &r.stack), ("region", &r.region), ("agent", &r.agent), ("target", &r.target)] {
-        let v = escape_tag(v);
-        if !v.is_empty() {
-            l.push_str(&format!(",{k}={v}"));
+        let start = l.len();
+        l.push(',');
+        l.push_str(k);
+        l.push('=');
+        if !push_tag(&mut l, v) {
+            l.truncate(start);
         }
     }
     let status = match r.status {
         record::Status::Ok => "ok",
         record::Status::Error => "error",
     };
-    l.push_str(&format!(",status={status} loss={}", fmt_f(r.loss)));
+    l.push_str(",status=");
+    l.push_str(status);
+    field_f(&mut l, " loss=", r.loss);
     if let Some(rtt) = r.rtt_ms {
-        l.push_str(&format!(
-            ",rtt_min={},rtt_avg={},rtt_max={},rtt_stddev={}",
-            fmt_f(rtt.min),
-            fmt_f(rtt.avg),
-            fmt_f(rtt.max),
-            fmt_f(rtt.stddev)
-        ));
-    }
-    if let Some(rtt) = r.rtt_ms {
-        for (k, v) in [("rtt_p50", rtt.p50), ("rtt_p90", rtt.p90), ("rtt_p99", rtt.p99), ("rtt_jitter", rtt.jitter)] {
+        field_f(&mut l, ",rtt_min=", rtt.min);
+        field_f(&mut l, ",rtt_avg=", rtt.avg);
+        field_f(&mut l, ",rtt_max=", rtt.max);
+        field_f(&mut l, ",rtt_stddev=", rtt.stddev);
+        for (k, v) in
+            [(",rtt_p50=", rtt.p50), (",rtt_p90=", rtt.p90), (",rtt_p99=", rtt.p99), (",rtt_jitter=", rtt.jitter)]
+        {
             if let Some(v) = v {
-                l.push_str(&format!(",{k}={}", fmt_f(v)));
+                field_f(&mut l, k, v);
             }
         }
     }
     if let Some(e) = &r.error {
-        l.push_str(&format!(",error=\"{}\"", escape_str_field(e)));
+        l.push_str(",error=\"");
+        push_escaped(&mut l, e, &['"', '\\']);
+        l.push('"');
     }
-    l.push_str(&format!(",schema={}i", r.schema));
+    // Writing to a String cannot fail.
+    let _ = write!(l, ",schema={}i", r.schema);
     if let Some(n) = r.sent {
-        l.push_str(&format!(",sent={n}i"));
+        let _ = write!(l, ",sent={n}i");
     }
     if let Some(n) = r.ttl {
-        l.push_str(&format!(",ttl={n}i"));
+        let _ = write!(l, ",ttl={n}i");
     }
     if let Some(a) = &r.addr {
-        l.push_str(&format!(",addr=\"{}\"", escape_str_field(a)));
+        l.push_str(",addr=\"");
+        push_escaped(&mut l, a, &['"', '\\']);
+        l.push('"');
     }
-    for (k, v) in [("resolve_ms", r.resolve_ms), ("late_ms", r.late_ms)] {
+    for (k, v) in [(",resolve_ms=", r.resolve_ms), (",late_ms=", r.late_ms)] {
         if let Some(v) = v {
-            l.push_str(&format!(",{k}={}", fmt_f(v)));
+            field_f(&mut l, k, v);
         }
     }
     if let Some(b) = r.clock_synced {
-        l.push_str(&format!(",clock_synced={b}"));
+        let _ = write!(l, ",clock_synced={b}");
     }
-    l.push_str(&format!(" {ts}"));
+    let _ = write!(l, " {ts}");
     Some(l)
 }
 
-fn fmt_f(v: f64) -> String {
+/// Appends `key` (with its separator and `=`) and a float field value: Rust's shortest
+/// round-trip form, `0` for NaN and infinities (the line protocol has no such values).
+fn field_f(l: &mut String, key: &str, v: f64) {
+    l.push_str(key);
     if v.is_finite() {
-        format!("{v}")
+        let _ = write!(l, "{v}");
     } else {
-        "0".into()
+        l.push('0');
     }
 }
 

@@ -55,8 +55,19 @@ pub fn encode_entries(lines: &[String], enc: Encoding, limit: usize) -> (Vec<Ent
             let mut entries = Vec::new();
             let mut oversized = oversized_raw;
             for chunk in chunks {
+                // The chunk is already NDJSON: compress it as it is; only a chunk whose
+                // encoding is too large is cut into lines and halved.
+                let body = encode_body(&chunk, Encoding::GzipBase64);
                 let chunk_lines: Vec<&str> = chunk.lines().collect();
-                gzip_split(&chunk_lines, budget, &mut entries, &mut oversized, lines);
+                if body.len() <= budget {
+                    entries.push(Entry { body, records: chunk_lines.len(), tags: Vec::new() });
+                } else if chunk_lines.len() == 1 {
+                    gzip_split(&chunk_lines, budget, &mut entries, &mut oversized, lines);
+                } else {
+                    let (a, b) = chunk_lines.split_at(chunk_lines.len() / 2);
+                    gzip_split(a, budget, &mut entries, &mut oversized, lines);
+                    gzip_split(b, budget, &mut entries, &mut oversized, lines);
+                }
             }
             oversized.sort_unstable();
             (entries, oversized)
