@@ -69,7 +69,12 @@ fn main() -> ExitCode {
         Some(Ok((printed, calls))) => {
             printed.print(global.output);
             if let Some(n) = calls {
-                tracing::info!("{n} AWS API calls in {:.1}s", started.elapsed().as_secs_f64());
+                tracing::info!(
+                    "{} AWS API calls in {:.1}s ({} of them retries)",
+                    n.requests,
+                    started.elapsed().as_secs_f64(),
+                    n.retries
+                );
             }
             ExitCode::SUCCESS
         }

@@ -14,8 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use aws_sdk_cloudformation::config::retry::{ClientRateLimiter, RetryConfig, RetryPartition, TokenBucket};
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
@@ -102,7 +105,25 @@ pub struct Aws {
     pub ssm: aws_sdk_ssm::Client,
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
-    calls: Arc<AtomicUsize>,
+    calls: Arc<Counts>,
+}
+
+/// What every client of one [`Clouds`] has sent: operations asked for and HTTP requests
+/// made (an operation the SDK retried makes more than one request).
+#[derive(Debug, Default)]
+struct Counts {
+    operations: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+/// AWS API calls made so far by every client of one [`Clouds`], in every region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Calls {
+    /// HTTP requests sent to AWS, retries included.
+    pub requests: usize,
+    /// Of those, requests that repeated an earlier one the SDK retried (after throttling,
+    /// a transient error or a lost connection): `requests` minus the operations asked for.
+    pub retries: usize,
 }
 
 /// The client sets of every region, for one configuration (profile, credentials,
@@ -114,7 +135,9 @@ pub struct Clouds {
     home: Region,
     conf: aws_config::SdkConfig,
     path_style: bool,
-    calls: Arc<AtomicUsize>,
+    /// The one retry budget of every client in every region (see [`Clouds::connect`]).
+    retry: RetryPartition,
+    calls: Arc<Counts>,
     by_region: Arc<Mutex<BTreeMap<Region, Aws>>>,
 }
 
@@ -128,16 +151,51 @@ pub enum AwsError {
     NoProfile { name: String, files: String, known: String },
     #[error("{0}")]
     Api(String),
+    /// AWS refused the call for its rate (a throttling error code, [`THROTTLING_CODES`])
+    /// after the SDK's retries ran out: the call may well succeed later.
+    #[error("{0}")]
+    Throttled(String),
+}
+
+/// The error codes AWS uses to say "slow down", as the AWS SDKs classify them (the list
+/// of aws-runtime 1.10, `retries::classifiers::THROTTLING_ERRORS`; AWS SDKs and Tools
+/// Reference Guide, "Retry behavior"). CloudFormation, Auto Scaling and ELBv2 answer
+/// `Throttling` (HTTP 400), EC2 `RequestLimitExceeded` (HTTP 503), JSON services
+/// `ThrottlingException`.
+pub const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+];
+
+impl AwsError {
+    /// Whether AWS refused the call for its rate (retrying later may succeed).
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, AwsError::Throttled(_))
+    }
 }
 
 /// Turns any SDK error into one readable sentence: the service's code and message when
-/// it answered, the transport problem when it did not.
+/// it answered, the transport problem when it did not. A throttling code
+/// ([`THROTTLING_CODES`]) gives [`AwsError::Throttled`], anything else [`AwsError::Api`].
 pub fn describe<E, R>(context: &str, err: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> AwsError
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
     use aws_smithy_runtime_api::client::result::SdkError;
+    let throttled = error_code(&err).is_some_and(|c| THROTTLING_CODES.contains(&c));
     let detail = match &err {
         SdkError::ServiceError(e) => {
             let e = e.err();
@@ -157,7 +215,12 @@ where
         SdkError::TimeoutError(_) => "the request to AWS timed out".into(),
         other => common::error_chain(other),
     };
-    AwsError::Api(format!("{context}: {detail}"))
+    let sentence = format!("{context}: {detail}");
+    if throttled {
+        AwsError::Throttled(format!("{sentence} (AWS throttled the call and every retry)"))
+    } else {
+        AwsError::Api(sentence)
+    }
 }
 
 /// Error code of a service error, if the service answered.
@@ -171,12 +234,21 @@ where
     }
 }
 
+/// Counts operations (once each) and requests (once per attempt, retries included).
 #[derive(Debug)]
-struct CountCalls(Arc<AtomicUsize>);
+struct CountCalls(Arc<Counts>);
 
 impl Intercept for CountCalls {
     fn name(&self) -> &'static str {
         "CountCalls"
+    }
+    fn read_before_execution(
+        &self,
+        _ctx: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.operations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
     fn read_before_transmit(
         &self,
@@ -184,7 +256,7 @@ impl Intercept for CountCalls {
         _rc: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -231,6 +303,16 @@ fn defined_profiles() -> (Vec<String>, Vec<String>) {
 impl Clouds {
     /// Loads the standard AWS chain with the given overrides.
     ///
+    /// Retries: every client of every region this `Clouds` builds shares one retry
+    /// budget — one SDK [`RetryPartition`] holding one retry token bucket and one
+    /// client-side rate limiter — in the SDK's adaptive retry mode (the configured
+    /// `max_attempts`, default 3). Standard mode retries throttling and transient errors
+    /// with exponential backoff and jitter, each retry paid from the token bucket; adaptive
+    /// mode adds a rate limiter that slows every sender down once AWS throttles one (AWS
+    /// SDKs and Tools Reference Guide, "Retry behavior"; aws-smithy-runtime
+    /// `RetryPartition::custom`). So a throttled DescribeStacks in one region slows the
+    /// Auto Scaling and ELB calls too, instead of each client finding AWS's limit alone.
+    ///
     /// Errors: [`AwsError::NoProfile`] when a profile is named (`--profile` or
     /// `AWS_PROFILE`) that neither shared file defines, [`AwsError::BadRegion`] when the
     /// region is not one region name, [`AwsError::NoRegion`] when none is configured.
@@ -266,6 +348,13 @@ impl Clouds {
             loader = loader.endpoint_url(e);
         }
         let conf = loader.load().await;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let retry = RetryPartition::custom("tyrell")
+            .token_bucket(TokenBucket::default())
+            .client_rate_limiter(ClientRateLimiter::new(now.as_secs_f64()))
+            .build();
+        let attempts = conf.retry_config().map_or(RetryConfig::standard().max_attempts(), |r| r.max_attempts());
+        let conf = conf.to_builder().retry_config(RetryConfig::adaptive().with_max_attempts(attempts)).build();
         let region: Region = conf.region().ok_or(AwsError::NoRegion)?.to_string().parse()?;
         // Path-style addressing when an endpoint is given: an emulator on localhost has
         // no bucket.localhost names (../shared/EMULATOR.md); AWS itself takes both.
@@ -274,7 +363,8 @@ impl Clouds {
             home: region,
             conf,
             path_style,
-            calls: Arc::new(AtomicUsize::new(0)),
+            retry,
+            calls: Arc::new(Counts::default()),
             by_region: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
@@ -296,7 +386,10 @@ impl Clouds {
         let calls = self.calls.clone();
         macro_rules! client {
             ($krate:ident) => {{
-                let c = $krate::config::Builder::from(&conf).interceptor(CountCalls(calls.clone())).build();
+                let c = $krate::config::Builder::from(&conf)
+                    .interceptor(CountCalls(calls.clone()))
+                    .retry_partition(self.retry.clone())
+                    .build();
                 $krate::Client::from_conf(c)
             }};
         }
@@ -310,6 +403,7 @@ impl Clouds {
             s3: {
                 let c = aws_sdk_s3::config::Builder::from(&conf)
                     .interceptor(CountCalls(calls.clone()))
+                    .retry_partition(self.retry.clone())
                     .force_path_style(self.path_style)
                     .build();
                 aws_sdk_s3::Client::from_conf(c)
@@ -321,9 +415,11 @@ impl Clouds {
 }
 
 impl Aws {
-    /// AWS API calls made so far in every region (retries included).
-    pub fn calls(&self) -> usize {
-        self.calls.load(Ordering::Relaxed)
+    /// AWS API calls made so far by every client of its [`Clouds`], in every region.
+    pub fn calls(&self) -> Calls {
+        let requests = self.calls.requests.load(Ordering::Relaxed);
+        let operations = self.calls.operations.load(Ordering::Relaxed);
+        Calls { requests, retries: requests.saturating_sub(operations) }
     }
 }
 
@@ -359,6 +455,16 @@ mod tests {
         assert_eq!(other.cfn.config().region().map(|r| r.to_string()), Some("us-east-1".into()));
         assert_eq!(eu.cfn.config().region().map(|r| r.to_string()), Some("eu-west-1".into()));
         assert!(Arc::ptr_eq(&other.calls, &eu.calls));
+        // One retry budget: every client of every region carries the partition this
+        // `Clouds` made (a clone shares its token bucket and rate limiter), in adaptive mode.
+        let partition = |c: Option<&RetryPartition>| c.map(|p| p.to_string());
+        assert_eq!(partition(eu.cfn.config().retry_partition()), Some("tyrell".into()));
+        assert_eq!(partition(other.asg.config().retry_partition()), Some("tyrell".into()));
+        assert_eq!(partition(other.s3.config().retry_partition()), Some("tyrell".into()));
+        assert_eq!(
+            other.elb.config().retry_config().map(|r| r.mode()),
+            Some(aws_sdk_cloudformation::config::retry::RetryMode::Adaptive)
+        );
         // The same set again, from any clone of the cache.
         assert!(Arc::ptr_eq(&clouds.clone().region(&us).calls, &other.calls));
         assert_eq!(clouds.by_region.lock().unwrap().len(), 2);

@@ -209,7 +209,7 @@ pub async fn run(
     lib: Library,
     inv: Invocation,
     in_flight: InFlight,
-) -> anyhow::Result<(Printed, Option<usize>)> {
+) -> anyhow::Result<(Printed, Option<crate::aws::Calls>)> {
     if let Invocation::Static(Command::Roles(r)) = inv {
         return Ok((roles::run(&lib, r)?, None));
     }

@@ -146,7 +146,7 @@ pub fn class_of(e: &anyhow::Error) -> Class {
         if let Some(x) = cause.downcast_ref::<AwsError>() {
             return match x {
                 AwsError::NoRegion | AwsError::BadRegion(_) | AwsError::NoProfile { .. } => Class::Usage,
-                AwsError::Api(_) => Class::Aws,
+                AwsError::Api(_) | AwsError::Throttled(_) => Class::Aws,
             };
         }
         if cause.downcast_ref::<WaitError>().is_some() {

@@ -161,13 +161,36 @@ pub async fn wait(
     let mut last_status = String::new();
     let mut events_supported = true;
     loop {
-        let info = get(cfn, stack).await?;
+        // A poll AWS throttled (after the SDK's own retries) says nothing about the
+        // stack: the operation goes on in CloudFormation, so wait and ask again rather than
+        // report a finished operation failed. Only the timeout ends a run of them.
+        let info = match get(cfn, stack).await {
+            Ok(info) => info,
+            Err(e) if e.is_throttled() => {
+                let shown = format!("{} (status unknown: AWS throttled the last poll)", or_unknown(&last_status));
+                progress.status(display, &shown, start.elapsed());
+                if start.elapsed() >= opts.timeout {
+                    return Err(WaitError::Timeout {
+                        stack: display.to_string(),
+                        verb: op.verb(),
+                        status: shown,
+                        waited: opts.timeout,
+                    });
+                }
+                let left = opts.timeout.saturating_sub(start.elapsed());
+                tokio::time::sleep(backoff.next_delay().min(left)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let status = info.as_ref().map(|s| s.status.clone());
         progress.in_flight(Some(format!("stack {display} is {}", status.as_ref().map_or("gone", |s| s.as_str()))));
         if events_supported {
             match new_events(cfn, stack, &mut seen, first && op != Op::Create).await {
                 Ok(evs) => evs.iter().for_each(|e| progress.event(display, e)),
                 Err(_) if info.is_none() => {}
+                // Throttled: the next poll reads what this one missed.
+                Err(e) if e.is_throttled() => {}
                 Err(_) => events_supported = false,
             }
         }
@@ -208,6 +231,15 @@ pub async fn wait(
         let delay = backoff.next_delay();
         let left = opts.timeout.saturating_sub(start.elapsed());
         tokio::time::sleep(delay.min(left)).await;
+    }
+}
+
+/// The last status seen, or `UNKNOWN` before the first.
+fn or_unknown(last: &str) -> &str {
+    if last.is_empty() {
+        "UNKNOWN"
+    } else {
+        last
     }
 }
 
