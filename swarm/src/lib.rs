@@ -50,17 +50,6 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let d: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
-        assert!((100..125).contains(&d[0]) && (200..250).contains(&d[1]), "{d:?}");
-        assert!((350..438).contains(&d[2]) && (350..438).contains(&d[3]), "{d:?}");
-        b.reset();
-        assert!(b.next_delay() < Duration::from_millis(125));
-    }
 
     #[test]
     fn timestamps_are_record_shaped() {
