@@ -7,13 +7,21 @@
 //! bounded by the emulator; the worker's own cost is measured from its counted API calls
 //! and its CPU time (wait4 rusage).
 //!
+//! Beside the worker's CPU it prints, measured in the same run on the same bodies, what
+//! the unavoidable part costs alone in this process: base64 + gunzip of every body and gzip
+//! of the NDJSON into 5 MiB objects, at the worker's level ([`record::GZIP_LEVEL`]) and at
+//! zlib's default level 6 (the level before issue 13) with the ratio each gives.
+//!
 //! Run: `cargo bench -p tyrell-worker --bench throughput` (TYRELL_BENCH_RECORDS to change
-//! the count).
+//! the count; TYRELL_BENCH_WORKER=path runs another worker build, e.g. an older one).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
+
+use base64::Engine as _;
 
 use common::{records, Fixture, Worker};
 use record::Encoding;
@@ -26,6 +34,41 @@ const FIREHOSE_ROUNDING: usize = 5 * 1024;
 const SQS_CHUNK: usize = 64 * 1024;
 /// Messages kept in the queue (visible) while feeding.
 const FEED_DEPTH: u64 = 10;
+
+/// CPU seconds this thread has used (user + system).
+fn thread_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
+}
+
+/// The part of the worker's job no implementation avoids, alone: every body base64-decoded
+/// and gunzipped, the NDJSON gzipped at `level` in 5 MiB objects (the worker's flush size).
+/// Returns (CPU seconds, NDJSON bytes, gzip bytes).
+fn floor(msgs: &[(String, Encoding)], level: u32) -> (f64, usize, usize) {
+    const OBJECT: usize = 5 << 20;
+    let gzip = |data: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap().len()
+    };
+    let c0 = thread_cpu();
+    let (mut part, mut raw, mut packed) = (Vec::with_capacity(OBJECT * 2), 0, 0);
+    for (body, _) in msgs {
+        let gz = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+        flate2::read::MultiGzDecoder::new(&gz[..]).read_to_end(&mut part).unwrap();
+        if part.len() >= OBJECT {
+            (raw, packed) = (raw + part.len(), packed + gzip(&part));
+            part.clear();
+        }
+    }
+    if !part.is_empty() {
+        (raw, packed) = (raw + part.len(), packed + gzip(&part));
+    }
+    (thread_cpu() - c0, raw, packed)
+}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -55,7 +98,11 @@ async fn bench() {
 
     // Production settings (5 MiB / 60 s buffers, 4 receivers), except a shorter long poll
     // so --drain notices the end of the feed sooner.
-    let mut cmd = f.worker(&["--drain", "--wait-seconds", "3", "--flush-seconds", "60", "--stats-seconds", "10"]);
+    let program = std::env::var_os("TYRELL_BENCH_WORKER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tyrell-worker").into());
+    let mut cmd =
+        f.worker_at(&program, &["--drain", "--wait-seconds", "3", "--flush-seconds", "60", "--stats-seconds", "10"]);
     cmd.env("RUST_LOG", "warn,tyrell_worker=info");
     let mut worker = Worker::start(cmd);
     let started = Instant::now();
@@ -118,6 +165,22 @@ async fn bench() {
         get("objects"),
         get("bytes_in") / 1e6,
         get("bytes_out") / 1e6
+    );
+    let (fast_cpu, fast_in, fast_out) = floor(&msgs, record::GZIP_LEVEL);
+    let (six_cpu, _, six_out) = floor(&msgs, 6);
+    println!(
+        "  same run    worker {:.2} CPU s per million records (goal: at most 1.00: {}) ({})",
+        cpu / m,
+        if cpu / m <= 1.0 { "met" } else { "not met" },
+        program.display()
+    );
+    println!(
+        "              beside, in this process: base64 + gunzip + gzip level {} alone {:.2} CPU s per million (ratio {:.1}); at level 6 {:.2} (ratio {:.1})",
+        record::GZIP_LEVEL,
+        fast_cpu / m,
+        fast_in as f64 / fast_out.max(1) as f64,
+        six_cpu / m,
+        fast_in as f64 / six_out.max(1) as f64
     );
     println!("  cost per million records at list prices (SQS $0.40/M requests, S3 $0.005/1000 PUTs, Firehose $0.029/GB in 5 KB steps):");
     println!(

@@ -23,6 +23,8 @@ pub struct Part {
     pub records: usize,
     /// The earliest record time, `YYYY-MM-DDTHH:MM:SS` (fractions dropped).
     pub first_ts: String,
+    /// The earliest record time, whole (`first_ts` is it formatted).
+    pub first: Option<time::OffsetDateTime>,
 }
 
 /// The lines of one message that are not valid records, with what identifies the message:
@@ -65,31 +67,26 @@ pub struct Buffer {
 impl Buffer {
     /// Adds one message: its records go to the part of their UTC hour, its lines that are
     /// not records (`set_aside`, which also names the message) to an errors/ object; all of
-    /// them end up in the next [`Batch`]. A record whose `ts` cannot be read (not one that
-    /// [`record::decode_lines`] returns) is set aside too, as line 0 (unknown).
-    pub fn add(&mut self, lines: Vec<Line>, mut set_aside: SetAside, now: Instant) {
+    /// them end up in the next [`Batch`]. The hour is that of [`Line::utc`] (the time
+    /// [`record::decode_lines`] read when it validated the record).
+    pub fn add(&mut self, lines: Vec<Line>, set_aside: SetAside, now: Instant) {
         for line in lines {
-            let t = match line.record.utc() {
-                Ok(t) => t,
-                Err(reason) => {
-                    set_aside.lines.push(Rejected { line: 0, raw: line.raw, reason });
-                    continue;
-                }
-            };
+            let t = line.utc;
             // parse_ts keeps the year in 0000..=9999.
             let hour = (t.year() as u16, t.month() as u8, t.day(), t.hour());
             let part = self.parts.entry(hour).or_default();
-            let ts = format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-                t.year(),
-                t.month() as u8,
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            );
-            if part.first_ts.is_empty() || ts < part.first_ts {
-                part.first_ts = ts;
+            // Formatted only when it is the earliest so far (not once per record).
+            if part.first.is_none_or(|f| t < f) {
+                part.first = Some(t);
+                part.first_ts = format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                    t.year(),
+                    t.month() as u8,
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                );
             }
             part.ndjson.extend_from_slice(line.raw.as_bytes());
             part.ndjson.push(b'\n');

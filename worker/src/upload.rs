@@ -167,8 +167,10 @@ impl Store {
     }
 }
 
+/// `data` as one gzip member at [`record::GZIP_LEVEL`] (see there for the ratio it trades).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 6), flate2::Compression::default());
+    let mut gz =
+        flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::new(record::GZIP_LEVEL));
     gz.write_all(data).expect("writing to memory");
     gz.finish().expect("writing to memory")
 }

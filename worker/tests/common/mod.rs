@@ -61,7 +61,12 @@ impl Fixture {
     /// The worker binary pointed at this queue and bucket through the emulator, with the
     /// knobs that make it fast in tests (1 s polls, 0.5 s flushes, 1 s stats).
     pub fn worker(&self, extra: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tyrell-worker"));
+        self.worker_at(env!("CARGO_BIN_EXE_tyrell-worker").as_ref(), extra)
+    }
+
+    /// As [`Fixture::worker`], with another build of the worker (`program`: its path).
+    pub fn worker_at(&self, program: &std::path::Path, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         Emulator::shared().apply(&mut cmd);
         cmd.args(["--queue-url", &self.queue_url, "--bucket", &self.bucket, "--stack", "swarm1"])
             .args(["--worker-id", "w1", "--wait-seconds", "1", "--flush-seconds", "0.5", "--stats-seconds", "1"])
