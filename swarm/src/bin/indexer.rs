@@ -533,8 +533,13 @@ async fn drain_links(ctx: Arc<Ctx>, links: Vec<Link>, timeout: Duration) {
     let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
     tracing::info!(brokers = ?names, "draining: subscriptions given up; delivering what is held");
     let buffers: Vec<Arc<Buffer>> = [&ctx.stats.sqs, &ctx.stats.influx].into_iter().flatten().cloned().collect();
-    buffers.iter().for_each(|b| b.flush());
+    // Only a stopping indexer sends without lingering from now on: a direct connection
+    // dropped because its broker retired leaves the buffers shared by the others as they
+    // are (its held records go out at the next linger).
     let everything = links.iter().any(|l| l.id == 0);
+    if everything {
+        buffers.iter().for_each(|b| b.flush());
+    }
     loop {
         let unacked: usize = links.iter().map(|l| ctx.acks.held_for(l.id)).sum();
         let left: usize = if everything { buffers.iter().map(|b| b.outstanding()).sum() } else { 0 };
