@@ -199,6 +199,9 @@ pub struct ConnState {
     /// sends nothing more for that filter (MQTT 5.0 §3.10.4), and what it sent before
     /// arrived ahead of the UNSUBACK on the same connection.
     pub unsubacks: AtomicU64,
+    /// Times the broker asked this client to move to the live broker version
+    /// ([`crate::topics::MOVE`]).
+    pub moves: AtomicU64,
 }
 
 impl ConnState {
@@ -339,22 +342,65 @@ fn on_connected(state: &ConnState, policy: &mut Reconnect, broker: &str) {
 }
 
 /// Drives an MQTT 3.1.1 event loop forever, reconnecting with backoff ([`Reconnect`]).
+///
+/// The MQTT 3.1.1 clients (bees, routers) reach the broker through the swarm's NLB, so this
+/// driver also follows broker releases: it subscribes to [`crate::topics::MOVE`] at every
+/// connection and, when its broker says another version is live, ends the connection
+/// with a DISCONNECT (the broker then discards the client's last will: MQTT 3.1.1 §3.14.4,
+/// so no bee is reported dead by a move) and connects again at once through the NLB.
+///
+/// QoS 1 messages are delivered at least once across reconnections: rumqttc drops the
+/// messages it had not seen acknowledged when the new connection has no session (a clean
+/// session, or another broker), so the driver keeps them and sends them again on the new
+/// connection (a broker that had them already delivers them twice: records carry an `id`).
 pub async fn drive_v4(args: &MqttArgs, mut ev: rumqttc::EventLoop, state: Arc<ConnState>, mut on: impl FnMut(Msg<'_>)) {
-    use rumqttc::{Event, Packet};
+    use rumqttc::{Event, Packet, Request};
     let mut policy = Reconnect::new(args.backoff());
     let broker = format!("{}:{}", args.broker_host, args.broker_port);
     let client_id = ev.mqtt_options.client_id();
+    let mut unacked: Vec<Request> = Vec::new();
+    let mut moving = false;
     loop {
         match ev.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 on_connected(&state, &mut policy, &broker);
+                if !unacked.is_empty() {
+                    tracing::info!(
+                        broker,
+                        messages = unacked.len(),
+                        "sending again what the last connection did not see acknowledged"
+                    );
+                }
+                ev.pending.extend(unacked.drain(..));
+                ev.pending.push_front(Request::Subscribe(rumqttc::Subscribe::new(
+                    crate::topics::MOVE,
+                    rumqttc::QoS::AtLeastOnce,
+                )));
                 on(Msg::Connected);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == crate::topics::MOVE => {
+                if !moving {
+                    moving = true;
+                    state.moves.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(broker, says = %String::from_utf8_lossy(&p.payload),
+                        "this broker's version is no longer live: disconnecting to connect again through {broker}");
+                    ev.pending.push_back(Request::Disconnect(rumqttc::Disconnect));
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 on(Msg::Publish { topic: &p.topic, payload: &p.payload, retain: p.retain, v5: None });
             }
             Ok(_) => {}
-            Err(e) => on_error(&state, &mut policy, &e, loss_v4(&e), &client_id, &broker).await,
+            Err(e) => {
+                // poll() moved what was in flight (and queued) into `pending`; keep the messages.
+                unacked.extend(ev.pending.drain(..).filter(|r| matches!(r, Request::Publish(_))));
+                if std::mem::take(&mut moving) && state.connected.swap(false, Ordering::Relaxed) {
+                    tracing::info!(broker, "disconnected for the move; connecting again");
+                    policy.connected_at = None;
+                    continue;
+                }
+                on_error(&state, &mut policy, &e, loss_v4(&e), &client_id, &broker).await
+            }
         }
     }
 }

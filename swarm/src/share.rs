@@ -100,6 +100,11 @@ pub struct Presence {
     pub zone: String,
     /// How often the bee republishes it, in milliseconds (its `BEE_INTERVAL`).
     pub every_ms: u64,
+    /// The bee is handing over before it stops (`BEE_HANDOVER`): it still pings its
+    /// targets, but the others no longer count it, so they take its share now; it stops
+    /// once one of them has been live for a round. Absent: `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
 }
 
 /// A presence is forgotten after this many of its periods (`every_ms`) without a new one.
@@ -171,7 +176,8 @@ pub fn mine(watch: &[String], bees: &[Bee], me: &str, k: ShareK) -> Vec<String> 
 #[derive(Debug)]
 pub struct View {
     me: Bee,
-    others: BTreeMap<String, (Bee, Instant, Duration)>,
+    /// Agent → (the bee, last heard, presence lifetime, first heard).
+    others: BTreeMap<String, (Bee, Instant, Duration, Instant)>,
 }
 
 impl View {
@@ -196,11 +202,28 @@ impl View {
         if p.agent != agent || !valid_place(&p.region) || !valid_place(&p.zone) || p.every_ms == 0 {
             return Err(format!("presence of {agent:?} is not valid (agent, region, zone or every_ms)"));
         }
+        if p.stopping {
+            // Handing over: no longer counted, so its share goes to the others now.
+            return Ok(self.others.remove(agent).is_some());
+        }
         let bee = Bee { agent: p.agent, region: p.region, zone: p.zone };
         let ttl = Duration::from_millis(p.every_ms.saturating_mul(u64::from(PRESENCE_MISSES)));
-        let changed = self.others.get(agent).is_none_or(|(b, _, _)| *b != bee);
-        self.others.insert(agent.to_string(), (bee, now, ttl));
+        let (changed, first) = match self.others.get(agent) {
+            Some((b, _, _, first)) => (*b != bee, *first),
+            None => (true, now),
+        };
+        self.others.insert(agent.to_string(), (bee, now, ttl, first));
         Ok(changed)
+    }
+
+    /// For a bee handing over (`BEE_HANDOVER`): a live bee, not itself and not stopping,
+    /// heard at or after `since` (when the hand-over began) and live for at least `round`
+    /// (so it has measured a whole round), if there is one.
+    pub fn successor(&self, since: Instant, now: Instant, round: Duration) -> Option<&str> {
+        self.others
+            .iter()
+            .find(|(_, (_, seen, _, first))| *seen >= since && now.saturating_duration_since(*first) >= round)
+            .map(|(a, _)| a.as_str())
     }
 
     /// A message on `rip/agent/<agent>`: a last will (or `reason: stopped`) removes the
@@ -214,21 +237,21 @@ impl View {
     /// whether any was forgotten.
     pub fn expire(&mut self, now: Instant) -> bool {
         let before = self.others.len();
-        self.others.retain(|_, (_, seen, ttl)| now.saturating_duration_since(*seen) <= *ttl);
+        self.others.retain(|_, (_, seen, ttl, _)| now.saturating_duration_since(*seen) <= *ttl);
         self.others.len() != before
     }
 
     /// Counts every known bee as heard from at `now`: for a bee cut off from the broker,
     /// which hears nobody, so that it keeps its share instead of taking every target.
     pub fn touch(&mut self, now: Instant) {
-        for (_, seen, _) in self.others.values_mut() {
+        for (_, seen, _, _) in self.others.values_mut() {
             *seen = now;
         }
     }
 
     /// The live bees, itself included, sorted by agent.
     pub fn bees(&self) -> Vec<Bee> {
-        let mut v: Vec<Bee> = self.others.values().map(|(b, _, _)| b.clone()).collect();
+        let mut v: Vec<Bee> = self.others.values().map(|(b, _, _, _)| b.clone()).collect();
         v.push(self.me.clone());
         v.sort();
         v
@@ -349,6 +372,7 @@ mod tests {
                 region: "r".into(),
                 zone: "b".into(),
                 every_ms,
+                stopping: false,
             })
             .unwrap()
         };
@@ -369,5 +393,40 @@ mod tests {
         assert_eq!(v.presence("x", &p("x", 1000), t0), Ok(true));
         assert_eq!(v.presence("x", b"", t0), Ok(true), "a clean stop");
         assert_eq!(v.bees().len(), 1);
+    }
+
+    #[test]
+    fn a_handing_over_bee_waits_for_a_successor_live_for_a_round() {
+        let t0 = Instant::now();
+        let round = Duration::from_secs(1);
+        let mut v = View::new(bee("old", "r", "a"));
+        let p = |agent: &str, stopping: bool| {
+            serde_json::to_vec(&Presence {
+                agent: agent.into(),
+                stack: "s".into(),
+                region: "r".into(),
+                zone: "a".into(),
+                every_ms: 1000,
+                stopping,
+            })
+            .unwrap()
+        };
+        // Another old bee handing over too is no successor, and it leaves the view.
+        assert_eq!(v.presence("old2", &p("old2", false), t0), Ok(true));
+        assert_eq!(v.presence("old2", &p("old2", true), t0), Ok(true));
+        assert!(!String::from_utf8(p("old2", true)).unwrap().is_empty());
+        assert!(!String::from_utf8(p("x", false)).unwrap().contains("stopping"), "absent when false");
+        let since = t0 + Duration::from_millis(100);
+        assert_eq!(v.successor(since, since, round), None);
+        // A new bee: heard after the hand-over began, but not yet live for a round.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(v.presence("new", &p("new", false), t1), Ok(true));
+        assert_eq!(v.successor(since, t1, round), None);
+        // Its next presence, a round later: it has measured a round.
+        let t2 = t1 + round;
+        assert_eq!(v.presence("new", &p("new", false), t2), Ok(false));
+        assert_eq!(v.successor(since, t2, round), Some("new"));
+        // One last heard before the hand-over began does not count (it may be gone).
+        assert_eq!(v.successor(t2 + Duration::from_millis(1), t2 + round, round), None);
     }
 }

@@ -27,6 +27,16 @@ pub const BROKERS_PREFIX: &str = "tyrell/brokers/";
 /// Every broker's announcement.
 pub const BROKERS_ALL: &str = "tyrell/brokers/+";
 
+/// Not retained, never bridged, sent by a broker to its own clients only: "another broker
+/// version is live, move to it" (roles/broker: `tyrell-broker-state move`, run every 10 s
+/// while this broker's version is not the one `tyrell traffic brokers` made live). JSON
+/// `{"live": V, "this": V}`. The clients that reach the broker through the NLB (bees,
+/// routers: [`crate::mqtt::drive_v4`]) end their connection cleanly (DISCONNECT, so no last
+/// will fires) and connect again through the NLB, which forwards to the live version. The
+/// MQTT 5 way, a server DISCONNECT with reason 0x9C "Use another server" (MQTT 5.0
+/// §4.11), is not something mosquitto can be told to send.
+pub const MOVE: &str = "tyrell/move";
+
 /// The broker (instance id) of a `tyrell/brokers/<id>` topic.
 pub fn broker_id(topic: &str) -> Option<&str> {
     topic.strip_prefix(BROKERS_PREFIX).filter(|a| !a.is_empty() && !a.contains('/'))

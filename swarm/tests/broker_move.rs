@@ -218,6 +218,16 @@ fn counter(p: &Program, name: &str) -> u64 {
     counters(p).and_then(|c| c[name].as_u64()).unwrap_or(0)
 }
 
+/// How the bees leave the old broker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Move {
+    /// The old broker is retired before it asked them: it stops and their connections drop.
+    Retired,
+    /// The old broker asks them to move (`tyrell-broker-announce --move LIVE`, what its box
+    /// runs every 10 s once another version is live) while it still runs; retired after.
+    Asked,
+}
+
 /// Bees moved from an old broker to a new one (the old one stops the way its box does:
 /// announcement cleared, then SIGTERM; the NLB, a relay here, sends new connections to
 /// the new one) under a steady ping load: 2 bees × 50 loopback targets, 1 s rounds, 2
@@ -226,6 +236,20 @@ fn counter(p: &Program, name: &str) -> u64 {
 /// the move gets the watch list from the new broker and pings every target.
 #[test]
 fn bees_move_brokers_under_load_without_loss_or_false_deaths() {
+    move_under_load(Move::Retired);
+}
+
+/// The deliberate move: the old broker asks its clients to move while it still runs; the
+/// bees disconnect cleanly (the broker discards their wills: not one fires, not even one
+/// taken as a move) and reconnect through the NLB to the new broker before the old one is
+/// retired. The same counts as above: every record in SQS by id, no target unmeasured for
+/// more than one round.
+#[test]
+fn bees_asked_to_move_leave_the_old_broker_cleanly_under_load() {
+    move_under_load(Move::Asked);
+}
+
+fn move_under_load(how: Move) {
     let t0 = Instant::now();
     let sqs = Sqs::new("broker-move");
     let old = broker();
@@ -265,9 +289,26 @@ fn bees_move_brokers_under_load_without_loss_or_false_deaths() {
     wait_for(Duration::from_secs(20), "the late bee pinging every target", || {
         (counter(&late, "targets") == TARGETS as u64 && counter(&late, "published") >= 2 * TARGETS as u64).then_some(())
     });
-    // The old box retires: its announcement cleared (ExecStop), then mosquitto stops
-    // (SIGTERM); its bees reconnect through the NLB to the new broker.
     let moved_at = Instant::now();
+    if how == Move::Asked {
+        // The old box's timer found another version live: it asks its clients to move.
+        let out = Command::new(script("tyrell-broker-announce"))
+            .args(["--move", "vlive", "i-old", "127.0.0.1", &old.port.to_string(), "vtest"])
+            .env("BROKER_USERNAME", USER)
+            .env("BROKER_PASSWORD", PASSWORD)
+            .output()
+            .expect("tyrell-broker-announce --move");
+        assert!(out.status.success(), "--move failed: {}", String::from_utf8_lossy(&out.stderr));
+        for b in &bees {
+            wait_for(Duration::from_secs(20), "a bee moved to the new broker", || {
+                (b.log_text().contains("no longer live")
+                    && b.log_text().matches("connected to the broker").count() >= 2)
+                    .then_some(())
+            });
+        }
+    }
+    // The old box retires: its announcement cleared (ExecStop), then mosquitto stops
+    // (SIGTERM); bees still on it reconnect through the NLB to the new broker.
     announce(old.port, "i-old", true);
     old.stop();
     let stopped = moved_at.elapsed();
@@ -339,11 +380,18 @@ fn bees_move_brokers_under_load_without_loss_or_false_deaths() {
     let rips: u64 = indexers.iter().map(|i| counter(i, "rips")).sum();
     let moves: u64 = indexers.iter().map(|i| counter(i, "moves")).sum();
     assert_eq!(rips, 0, "bees reported dead by a move");
+    if how == Move::Asked {
+        // They left cleanly: the old broker had no will to fire when it stopped.
+        assert_eq!(moves, 0, "wills fired although every bee had disconnected cleanly");
+        for b in &bees {
+            assert_eq!(b.log_text().matches("connected to the broker").count(), 2, "a bee moved more than once");
+        }
+    }
     let after: usize =
         records.values().filter(|r| r.agent == late_agent).map(|r| &r.target).collect::<HashSet<_>>().len();
     assert_eq!(after, TARGETS, "the late bee measured {after} targets");
     eprintln!(
-        "broker move: {total} records published by 3 bees, {} in SQS by id ({messages} messages), 0 lost; \
+        "broker move ({how:?}): {total} records published by 3 bees, {} in SQS by id ({messages} messages), 0 lost; \
          worst gap between two measurements of a target {} ms ({}); {rips} false deaths, {moves} wills taken as moves; \
          the late bee on the new broker {:?} after the NLB switch; the old broker stopped in {stopped:?}, its bees back \
          {reconnected:?} after the stop began; test took {:?}",

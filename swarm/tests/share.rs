@@ -282,3 +282,86 @@ fn k_bees_per_target_through_joins_deaths_and_list_changes() {
     assert!(progs.values().filter(|p| p.log_text().contains("lost the broker connection")).count() >= 3);
     eprintln!("share test took {:?}", t0.elapsed());
 }
+
+/// A bee with `BEE_HANDOVER`, at 1 s rounds (2 probes), sharing `k`.
+fn handing_over_bee(port: u16, agent: &str, k: &str, handover: &str) -> Program {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bee"));
+    broker_env(&mut cmd, port);
+    cmd.env("BEE_AGENT", agent)
+        .env("TYRELL_STACK", "swarmtest")
+        .env("AWS_REGION", "us-east-1")
+        .env("BEE_ZONE", "us-east-1a")
+        .env("BEE_SHARE_K", k)
+        .env("BEE_PROBES", "2")
+        .env("BEE_INTERVAL", "1s")
+        .env("BEE_HANDOVER", handover)
+        .env("STATS_INTERVAL", "0");
+    Program::start(cmd, agent)
+}
+
+/// Bees overlap in a release (issue 11 item 3): the old bee is stopped (SIGTERM, what its
+/// box's drain does on scale-in) before the new one has even started; it keeps pinging
+/// until the new one has been live for a round, so no target goes unmeasured for more than
+/// one round across the release — with every bee pinging everything (`k = all`) and with
+/// shared targets (`k = 1`: the new bee takes the old one's share while it still pings).
+/// And a bee with nobody to hand over to stops after `BEE_HANDOVER`.
+#[test]
+fn a_stopping_bee_pings_until_its_successor_has_measured_a_round() {
+    let t0 = Instant::now();
+    let broker = broker();
+    let port = broker.port;
+    let collector = Collector::start(port);
+    let watch: Vec<String> = (1..=50).map(|i| format!("127.0.0.{i}")).collect();
+    mqtt_pub(port, "watch", watch.join(" ").as_bytes(), true);
+    for k in ["all", "1"] {
+        let (old_agent, new_agent) =
+            (testkit::unique(&format!("bee-old-{k}")), testkit::unique(&format!("bee-new-{k}")));
+        let old = handing_over_bee(port, &old_agent, k, "30s");
+        wait_for(Duration::from_secs(20), "the old bee measuring every target", || {
+            let from = Instant::now().checked_sub(2 * ROUND)?;
+            let p = collector.pings(from, Instant::now());
+            watch.iter().all(|t| p.get(t).is_some_and(|a| a.contains_key(&old_agent))).then_some(())
+        });
+        // The release: the old box is told to stop first; the new bee starts 3 rounds later.
+        let at = Instant::now();
+        old.guard.signal("TERM");
+        std::thread::sleep(3 * ROUND);
+        assert!(old.guard.alive(), "k={k}: the old bee stopped before anyone took over: {}", old.log_text());
+        let new = handing_over_bee(port, &new_agent, k, "30s");
+        let stopped = wait_for(Duration::from_secs(30), "the old bee handing over and stopping", || {
+            (!old.guard.alive()).then(Instant::now)
+        });
+        let log = old.log_text();
+        assert!(log.contains("handed over") && log.contains(&new_agent), "k={k}: {log}");
+        let first_new = collector.first_record(&watch[0], &new_agent, at);
+        std::thread::sleep(3 * ROUND);
+        let end = Instant::now();
+        let worst = watch.iter().map(|t| (collector.longest_gap(t, at, end), t)).max().unwrap();
+        assert!(worst.0 < 2 * ROUND, "k={k}: target {} unmeasured for {:?} across the release", worst.1, worst.0);
+        // The new bee measures everything now (k = 1: it is the only live bee).
+        let p = collector.pings(end - 2 * ROUND, end);
+        assert!(watch.iter().all(|t| p.get(t).is_some_and(|a| a.contains_key(&new_agent))), "k={k}: {p:?}");
+        eprintln!(
+            "k={k}: old bee stopped {:?} after SIGTERM, its successor's first record {:?} after it; worst gap {:?} ({})",
+            stopped - at,
+            first_new.map(|f| f - at),
+            worst.0,
+            worst.1
+        );
+        new.guard.signal("KILL");
+        drop(new);
+    }
+    // Nobody to hand over to: it stops after BEE_HANDOVER, saying so.
+    let alone = handing_over_bee(port, &testkit::unique("bee-alone"), "all", "2s");
+    wait_for(Duration::from_secs(20), "a lone bee connected", || {
+        alone.log_text().contains("connected to the broker").then_some(())
+    });
+    let at = Instant::now();
+    alone.guard.signal("TERM");
+    wait_for(Duration::from_secs(10), "the lone bee stopping after its hand-over time", || {
+        (!alone.guard.alive()).then_some(())
+    });
+    assert!(at.elapsed() >= Duration::from_secs(2), "stopped before BEE_HANDOVER: {:?}", at.elapsed());
+    assert!(alone.log_text().contains("no other bee took over"), "{}", alone.log_text());
+    eprintln!("handover test took {:?}", t0.elapsed());
+}

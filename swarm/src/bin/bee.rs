@@ -70,6 +70,13 @@ struct Args {
     /// Log the counters this often: 0 (never) or 100ms to 24h.
     #[arg(long, env = "STATS_INTERVAL", default_value = "60s", value_parser = config::stats_interval())]
     stats_interval: Duration,
+    /// On SIGTERM, keep pinging at most this long until another bee has been live for a
+    /// round (the new version of a release), so no target goes unmeasured: 0 (stop at
+    /// once, the default) or 1s to 10m. The bee role sets it, and its box's termination
+    /// lifecycle hook holds the box meanwhile (systemd's TimeoutStopSec must be longer).
+    #[arg(long, env = "BEE_HANDOVER", default_value = "0s",
+          value_parser = duration_in("BEE_HANDOVER (--handover)", Duration::from_secs(1), Duration::from_secs(600), true))]
+    handover: Duration,
 }
 
 impl Check for Args {
@@ -281,15 +288,22 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!(agent = %agent_name, probes = spec.probes, spacing_ms = spec.spacing.as_millis() as u64,
         timeout_ms = spec.timeout.as_millis() as u64, interval_ms = args.interval.as_millis() as u64, "bee starting");
     let me = share::Bee { agent: agent_name.clone(), region: args.region.clone(), zone: args.zone.clone() };
-    let presence = serde_json::to_vec(&Presence {
-        agent: agent_name.clone(),
-        stack: args.stack.clone(),
-        region: args.region.clone(),
-        zone: args.zone.clone(),
-        every_ms: args.interval.as_millis() as u64,
-    })?;
+    let presence_of = |stopping: bool| {
+        serde_json::to_vec(&Presence {
+            agent: agent_name.clone(),
+            stack: args.stack.clone(),
+            region: args.region.clone(),
+            zone: args.zone.clone(),
+            every_ms: args.interval.as_millis() as u64,
+            stopping,
+        })
+    };
+    // What this bee says on bees/alive/<agent>: live, or handing over once it stops.
+    let presence = Arc::new(Mutex::new(presence_of(false)?));
     let alive_topic = topics::alive(&agent_name);
     let sharing = args.share_k != ShareK::All;
+    // A bee that hands over watches the others' presence even when it does not share.
+    let watch_bees = sharing || !args.handover.is_zero();
     let targets = Arc::new(Mutex::new(Targets {
         ctx,
         tasks: HashMap::new(),
@@ -308,7 +322,7 @@ async fn run(args: Args) -> Result<()> {
         Msg::Connected => {
             let c = sub_client.clone();
             let clear = clear_topic.clone();
-            let (alive, presence) = (on_alive.clone(), on_presence.clone());
+            let (alive, presence) = (on_alive.clone(), on_presence.lock().unwrap().clone());
             tokio::spawn(async move {
                 // Alive again: clear this agent's retained last will, say so.
                 let _ = c.publish(clear, QoS::AtLeastOnce, true, Vec::new()).await;
@@ -317,7 +331,7 @@ async fn run(args: Args) -> Result<()> {
                 // are in the view before the retained `watch` arrives (the broker sends a
                 // subscription's retained messages in subscription order).
                 let subs: &[&str] =
-                    if sharing { &[topics::ALIVE_ALL, topics::RIP_AGENTS, topics::WATCH] } else { &[topics::WATCH] };
+                    if watch_bees { &[topics::ALIVE_ALL, topics::RIP_AGENTS, topics::WATCH] } else { &[topics::WATCH] };
                 for t in subs {
                     if let Err(e) = c.subscribe(*t, QoS::AtLeastOnce).await {
                         tracing::error!(error = %e, topic = t, "cannot subscribe");
@@ -361,7 +375,8 @@ async fn run(args: Args) -> Result<()> {
     let driver = tokio::spawn(async move { mqtt::drive_v4(&mqtt_args, eventloop, driver_state, on_message).await });
     // The presence again every round (retained), while connected: the others forget a
     // bee after share::PRESENCE_MISSES rounds of silence, even if its will was lost.
-    let (beat_client, beat_topic, beat_state) = (client.clone(), alive_topic.clone(), state.clone());
+    let (beat_client, beat_topic, beat_state, beat) =
+        (client.clone(), alive_topic.clone(), state.clone(), presence.clone());
     let every = args.interval;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -369,7 +384,8 @@ async fn run(args: Args) -> Result<()> {
         loop {
             tick.tick().await;
             if beat_state.connected() {
-                let _ = beat_client.try_publish(&beat_topic, QoS::AtLeastOnce, true, presence.clone());
+                let p = beat.lock().unwrap().clone();
+                let _ = beat_client.try_publish(&beat_topic, QoS::AtLeastOnce, true, p);
             }
         }
     });
@@ -398,6 +414,9 @@ async fn run(args: Args) -> Result<()> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    if !args.handover.is_zero() {
+        hand_over(&client, &alive_topic, &presence, presence_of(true)?, &targets, args.interval, args.handover).await;
+    }
     // A clean disconnect does not fire the will: say goodbye ourselves.
     tracing::info!("stopping: announcing it on {alive_topic} and {rip_topic}");
     let _ = client.publish(alive_topic, QoS::AtLeastOnce, true, Vec::new()).await;
@@ -408,6 +427,47 @@ async fn run(args: Args) -> Result<()> {
     let _ = client.disconnect().await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     Ok(())
+}
+
+/// `BEE_HANDOVER`: says it is stopping (the others stop counting it and take its share)
+/// and keeps pinging until another bee, heard since, has been live for a round and at
+/// least two rounds have passed (a shared target's new bees have taken over), or until
+/// `max`. Source of the two rounds: the sharing tests (swarm/tests/share.rs) cover a
+/// leaving bee's targets again within two rounds.
+async fn hand_over(
+    client: &AsyncClient,
+    alive_topic: &str,
+    presence: &Mutex<Vec<u8>>,
+    stopping: Vec<u8>,
+    targets: &Mutex<Targets>,
+    round: Duration,
+    max: Duration,
+) {
+    let since = std::time::Instant::now();
+    *presence.lock().unwrap() = stopping.clone();
+    let _ = client.publish(alive_topic, QoS::AtLeastOnce, true, stopping).await;
+    tracing::info!(
+        max_ms = max.as_millis() as u64,
+        "stopping: handing over, pinging until another bee has been live for a round"
+    );
+    loop {
+        let now = std::time::Instant::now();
+        let waited = now - since;
+        if waited >= 2 * round {
+            if let Some(next) = targets.lock().unwrap().view.successor(since, now, round) {
+                tracing::info!(successor = next, waited_ms = waited.as_millis() as u64, "handed over");
+                return;
+            }
+        }
+        if waited >= max {
+            tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                "no other bee took over within BEE_HANDOVER: stopping anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn main() -> Result<()> {
