@@ -7,6 +7,7 @@ pub mod local;
 pub mod metrics;
 pub mod network;
 pub mod output;
+pub mod plan;
 pub mod roles;
 pub mod stacks;
 pub mod traffic;
@@ -39,6 +40,11 @@ A swarm, start to finish:
   tyrell traffic elb swarm1 --rollback             # if it misbehaves
   tyrell stacks remove swarm1 --all                # everything, versions first
                                                    #   (refused while the archive holds data)
+
+The same swarm from one file (docs/PLAN.md):
+  tyrell plan swarm1.toml                          # what would change; changes nothing
+  tyrell up swarm1.toml                            # make it so (new versions, gated switches)
+  tyrell down swarm1.toml                          # remove it
 
 AWS credentials, region and endpoint come from the standard AWS chain (AWS_PROFILE,
 AWS_REGION, AWS_ENDPOINT_URL, SSO, instance roles); the global options override them.
@@ -127,6 +133,12 @@ pub enum Command {
     Builds(builds::BuildsArgs),
     /// A local cloud whose boxes really boot: up, status, down (runs tyrell-local)
     Local(local::LocalArgs),
+    /// What `up` would change to make AWS match a plan file (changes nothing)
+    Plan(plan::PlanArgs),
+    /// Make AWS match a plan file: networks, metrics, base stack, role versions, gated switches
+    Up(plan::UpArgs),
+    /// Remove what a plan file made (refused while the swarm holds data, unless told)
+    Down(plan::DownArgs),
 }
 
 /// What to run: a static command, or a role noun (`bees`, `routers`, ...).
@@ -210,9 +222,19 @@ pub async fn run(
     inv: Invocation,
     in_flight: InFlight,
 ) -> anyhow::Result<(Printed, Option<crate::aws::Calls>)> {
-    if let Invocation::Static(Command::Roles(r)) = inv {
-        return Ok((roles::run(&lib, r)?, None));
-    }
+    let inv = match inv {
+        Invocation::Static(Command::Roles(r)) => return Ok((roles::run(&lib, r)?, None)),
+        Invocation::Static(Command::Plan(a)) => {
+            return plan_command(global, lib, in_flight, plan::PlanCommand::Plan(a)).await
+        }
+        Invocation::Static(Command::Up(a)) => {
+            return plan_command(global, lib, in_flight, plan::PlanCommand::Up(a)).await
+        }
+        Invocation::Static(Command::Down(a)) => {
+            return plan_command(global, lib, in_flight, plan::PlanCommand::Down(a)).await
+        }
+        other => other,
+    };
     let mut e = engine(global, lib, in_flight).await?;
     let printed = match inv {
         Invocation::Static(Command::Network(a)) => network::run(&mut e, a).await?,
@@ -220,8 +242,21 @@ pub async fn run(
         Invocation::Static(Command::Metrics(a)) => metrics::run(&mut e, a).await?,
         Invocation::Static(Command::Builds(a)) => builds::run(&mut e, global, a).await?,
         Invocation::Static(Command::Traffic(a)) => traffic::run(&mut e, a).await?,
-        Invocation::Static(Command::Roles(_) | Command::Local(_)) => unreachable!("handled above"),
+        Invocation::Static(
+            Command::Roles(_) | Command::Local(_) | Command::Plan(_) | Command::Up(_) | Command::Down(_),
+        ) => unreachable!("handled above"),
         Invocation::Fleet(role, a) => fleet::run(&mut e, &role, a).await?,
     };
     Ok((printed, Some(e.aws.calls())))
+}
+
+/// `plan`, `up`, `down`: engines per region of the plan file ([`plan::run`]).
+async fn plan_command(
+    global: &Global,
+    lib: Library,
+    in_flight: InFlight,
+    cmd: plan::PlanCommand,
+) -> anyhow::Result<(Printed, Option<crate::aws::Calls>)> {
+    let (printed, calls) = plan::run(global, lib, in_flight, cmd).await?;
+    Ok((printed, Some(calls)))
 }

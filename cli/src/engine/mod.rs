@@ -10,6 +10,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod network;
+pub mod plan;
 pub mod render;
 pub mod traffic;
 pub mod validate;

@@ -122,6 +122,16 @@ pub async fn list_tyrell(cfn: &Client, role: Option<&str>) -> Result<Vec<StackIn
     Ok(out)
 }
 
+/// The template body a stack was last created or updated with (`GetTemplate`, stage
+/// `Original`), or `None` when the stack does not exist.
+pub async fn template(cfn: &Client, name: &str) -> Result<Option<String>, AwsError> {
+    match cfn.get_template().stack_name(name).send().await {
+        Ok(out) => Ok(out.template_body().map(str::to_string)),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(describe(&format!("cannot read the template of stack {name}"), e)),
+    }
+}
+
 /// What to create: a rendered template, its parameters and tags.
 #[derive(Debug, Clone, Default)]
 pub struct StackSpec {

@@ -1,0 +1,868 @@
+//! Plans: a swarm described in one TOML file ([`file`], docs/PLAN.md), compared with what
+//! AWS has ([`plan`]: what would change, changing nothing), converged ([`up`]: through the
+//! same engine paths as the single commands — `network create`, `metrics create`,
+//! `stacks create`, `ROLE create`, `traffic ROLE --version`, gated), and removed ([`down`]).
+//!
+//! Order (`up`): networks → metrics box → base stack → new role versions → traffic
+//! switches, the switches in the plan's dependency order (`after`). A changed image,
+//! instance type or size of a role is a new version and a gated switch to it (blue/green),
+//! never an in-place change of the live one. Everything is validated — the file, the
+//! images resolving, names being free, stacks being tyrell's — before the first mutating
+//! call, and a plan `up` cannot finish (a bee region, an in-place stack update) is refused
+//! whole before anything changes.
+//!
+//! Diffs are computed from `DescribeStacks` (parameters) and `GetTemplate` (template
+//! bodies), not from a CloudFormation change set: creating a change set is itself a write
+//! (`CreateChangeSet`), and `plan` makes none.
+
+pub mod diff;
+pub mod file;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+pub use file::{parse, Desired};
+use file::{MetricsWant, NetworkWant, Place};
+
+use super::base::CreateBase;
+use super::error::Error;
+use super::fleet::{stack_name, CreateVersion, ScheduleChoice};
+use super::metrics::CreateMetrics;
+use super::model::{Base, MetricsBox, Network, VersionInfo};
+use super::network::CreateNetwork;
+use super::traffic::plan::Shift;
+use super::traffic::{SwitchRequest, Target};
+use super::values::{AmiRef, Version};
+use super::{admin_cidrs_param, Engine, TAG_ROLE, TAG_STACK};
+use crate::aws::cfn::{self, StackInfo};
+use crate::aws::{ec2, s3, sqs, Region};
+
+/// Why `up` refuses a bee fleet outside the home region (docs/MULTI-REGION.md, 6.2-6.5).
+pub const BEE_REGION_MISSING: &str = "a bee fleet outside the home region needs a bee-region stack (its subnets, bee security group and an instance profile that reads the home region's broker password) and a way to the home broker (VPC peering and the NLB's TLS listener), none of which tyrell has yet (docs/MULTI-REGION.md)";
+
+/// What a change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A stack to create.
+    Create,
+    /// A stack whose parameters or template differ; for a role, a new version (blue/green).
+    Update,
+    /// A stack to remove (`down`, `plan --down`).
+    Remove,
+    /// A gated traffic switch to a version.
+    Switch,
+}
+
+impl Action {
+    /// The word shown in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Remove => "remove",
+            Action::Switch => "switch",
+        }
+    }
+}
+
+/// One parameter's value before and after (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diff {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// One change a plan makes, as `plan` shows it and `up` / `down` report it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub action: Action,
+    /// `network`, `metrics`, `base`, `version` (a role version stack), `traffic` (a switch).
+    pub kind: &'static str,
+    /// The stack's name; for a switch, the role.
+    pub name: String,
+    pub region: Region,
+    /// One line: what it is, or what moves.
+    pub what: String,
+    /// Parameters that change (an update), by name.
+    pub parameters: BTreeMap<String, Diff>,
+    /// The template's changed lines (`-` old, `+` new), empty when it is the same.
+    pub template: Vec<String>,
+    /// Why `up` cannot make this change (then it refuses the whole plan, changing nothing).
+    pub blocked: Option<String>,
+}
+
+impl Change {
+    fn new(action: Action, kind: &'static str, name: &str, region: &Region, what: String) -> Change {
+        Change {
+            action,
+            kind,
+            name: name.to_string(),
+            region: region.clone(),
+            what,
+            parameters: BTreeMap::new(),
+            template: Vec::new(),
+            blocked: None,
+        }
+    }
+}
+
+/// One step of `up`, in order, with what it needs (resolved while planning).
+#[derive(Debug, Clone)]
+enum Step {
+    Network(NetworkWant),
+    Metrics {
+        want: MetricsWant,
+        ami: String,
+    },
+    Base {
+        metrics: Option<String>,
+    },
+    Version {
+        role: String,
+        ami: String,
+        instance_type: String,
+        size: i32,
+        version: Option<Version>,
+    },
+    /// To `version`, or (`None`) to the version this `up` created for the role.
+    Switch {
+        role: String,
+        version: Option<String>,
+        size: i32,
+        shift: Shift,
+        bake: std::time::Duration,
+        retire: bool,
+    },
+}
+
+/// What `plan` found: the changes `up` would make (or `down` would, with `--down`), in
+/// order, what already matches, and notes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    pub file: String,
+    pub swarm: String,
+    /// The home region.
+    pub region: Region,
+    pub changes: Vec<Change>,
+    /// What already matches the plan, one line each (`network swarm1-net`).
+    pub unchanged: Vec<String>,
+    /// What the plan holds that tyrell does not apply (the bees' watch list), one line each.
+    pub notes: Vec<String>,
+    #[serde(skip)]
+    steps: Vec<Step>,
+}
+
+impl Planned {
+    /// The first change `up` cannot make, with why.
+    pub fn blocked(&self) -> Option<String> {
+        self.changes.iter().find_map(|c| c.blocked.clone())
+    }
+}
+
+/// A stack `name` of tyrell role `role`, if it exists; a stack of that name that is not
+/// tyrell's (or of another role) is refused, at `place`.
+async fn own(e: &Engine, name: &str, role: &str, place: &Place) -> anyhow::Result<Option<StackInfo>> {
+    match cfn::get(&e.aws.cfn, name).await? {
+        None => Ok(None),
+        Some(s) if s.tag(TAG_ROLE) == Some(role) => Ok(Some(s)),
+        Some(s) => crate::refuse!(
+            Exists,
+            "{place}: a stack named {name} exists in {} and is not a tyrell {role} ({}): rename it in the plan",
+            e.region(),
+            s.tag(TAG_ROLE).map_or("not tyrell's".to_string(), |r| format!("a tyrell {r}"))
+        ),
+    }
+}
+
+/// A `CommaDelimitedList` parameter as AWS shows it, `a,b,,`: the emulator (moto) shows
+/// one as a Python list, `['a', 'b', '', '']`, which is read back to that form here.
+fn list_value(v: &str) -> String {
+    match v.strip_prefix("['").and_then(|x| x.strip_suffix("']")) {
+        Some(inner) => inner.split("', '").collect::<Vec<_>>().join(","),
+        None if v == "[]" => String::new(),
+        None => v.to_string(),
+    }
+}
+
+/// Parameter differences: every key of `want` whose value differs from `have`'s.
+fn param_diff(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> BTreeMap<String, Diff> {
+    want.iter()
+        .filter(|(k, v)| have.get(*k).map(|h| list_value(h)).as_ref() != Some(*v))
+        .map(|(k, v)| (k.clone(), Diff { from: have.get(k).map(|h| list_value(h)), to: Some(v.clone()) }))
+        .collect()
+}
+
+/// The image of `ami` for `role` in `e`'s region, resolved and checked to exist; errors
+/// carry the plan's `place`.
+async fn resolve_image(e: &Engine, role: &str, ami: &AmiRef, place: &Place) -> anyhow::Result<String> {
+    let id = e.resolve_ami(role, ami).await.map_err(|err| err.context(format!("{place}: image {ami}")))?;
+    if !ec2::image_exists(&e.aws.ec2, &id).await? {
+        crate::refuse!(NotFound, "{place}: image {ami}: AMI {id} does not exist in {}", e.region());
+    }
+    Ok(id)
+}
+
+/// The size a version is compared with: its group's desired capacity, or, for a version
+/// with a schedule (which moves the group), the size it was created with.
+fn size_of(v: &VersionInfo) -> i32 {
+    match v.schedule() {
+        Some(_) => v.stack.parameters.get("DesiredCapacity").and_then(|n| n.parse().ok()).unwrap_or(v.desired),
+        None => v.desired,
+    }
+}
+
+/// What `up` would change to make AWS match `d`, changing nothing (reads only). `e` works
+/// in the home region; `away` holds an engine for each other region the plan names.
+///
+/// Errors: what would make `up` fail before it changes anything — an image that does not
+/// resolve or exist, a plan version that contradicts the running one, a stack name taken
+/// by another kind of stack — each naming its place in the file; AWS.
+pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> anyhow::Result<Planned> {
+    let home = e.region().clone();
+    let mut out = Planned {
+        file: d.file.clone(),
+        swarm: d.swarm.to_string(),
+        region: home.clone(),
+        changes: Vec::new(),
+        unchanged: Vec::new(),
+        notes: Vec::new(),
+        steps: Vec::new(),
+    };
+    let engine_for = |r: &Region| -> anyhow::Result<&Engine> {
+        if *r == home {
+            Ok(e)
+        } else {
+            away.get(r).ok_or_else(|| anyhow::anyhow!("no engine for region {r}"))
+        }
+    };
+
+    // Networks.
+    let mut vpcs: BTreeMap<String, String> = BTreeMap::new();
+    for n in &d.networks {
+        let en = engine_for(&n.region)?;
+        let want = BTreeMap::from([
+            ("Cidr".to_string(), n.cidr.clone()),
+            ("AzCount".to_string(), n.azs.to_string()),
+            ("NatGateway".to_string(), n.nat.to_string()),
+        ]);
+        let away_note = (n.region != home)
+            .then(|| format!("{}: network {} in {}: {BEE_REGION_MISSING}", n.place, n.name, n.region));
+        match own(en, &n.name, super::network::ROLE, &n.place).await? {
+            None => {
+                let mut c = Change::new(
+                    Action::Create,
+                    "network",
+                    &n.name,
+                    &n.region,
+                    format!("VPC {} across {} AZs{}", n.cidr, n.azs, if n.nat { ", NAT gateway" } else { "" }),
+                );
+                c.blocked = away_note;
+                out.changes.push(c);
+                if n.region == home {
+                    out.steps.push(Step::Network(n.clone()));
+                }
+            }
+            Some(s) => {
+                vpcs.insert(n.name.clone(), Network::from(&s).vpc_id);
+                let template = e.lib.template(super::network::ROLE)?;
+                let update = stack_update(en, &s, &want, template, &n.place, "network").await?;
+                match update {
+                    Some(c) => out.changes.push(c),
+                    None => out.unchanged.push(format!("network {} ({})", n.name, n.region)),
+                }
+            }
+        }
+    }
+
+    // The metrics box.
+    let mut metrics_sg: Option<String> = None;
+    if let Some(m) = &d.metrics {
+        let ami = resolve_image(e, super::metrics::ROLE, &m.image, &m.image_place).await?;
+        match own(e, &m.name, super::metrics::ROLE, &m.place).await? {
+            None => {
+                out.changes.push(Change::new(
+                    Action::Create,
+                    "metrics",
+                    &m.name,
+                    &home,
+                    format!("InfluxDB + Grafana on {} ({ami}) in network {}", m.instance_type, m.network),
+                ));
+                out.steps.push(Step::Metrics { want: m.clone(), ami });
+            }
+            Some(s) => {
+                metrics_sg = Some(MetricsBox::from(&s).security_group);
+                let mut want = BTreeMap::from([
+                    ("AmiId".to_string(), ami),
+                    ("InstanceType".to_string(), m.instance_type.clone()),
+                    ("AdminCidrs".to_string(), admin_cidrs_param(&m.allow_cidrs)?),
+                ]);
+                if let Some(v) = vpcs.get(&m.network) {
+                    want.insert("VpcId".into(), v.clone());
+                }
+                // The metrics template carries rendered user data: its parameters are compared.
+                match stack_update(e, &s, &want, "", &m.place, "metrics box").await? {
+                    Some(c) => out.changes.push(c),
+                    None => out.unchanged.push(format!("metrics box {} ({home})", m.name)),
+                }
+            }
+        }
+    }
+
+    // The base stack.
+    let base = own(e, &d.swarm, super::base::ROLE, &d.base.place).await?;
+    match &base {
+        None => {
+            out.changes.push(Change::new(
+                Action::Create,
+                "base",
+                &d.swarm,
+                &home,
+                format!(
+                    "the swarm's base stack in network {}{}",
+                    d.base.network,
+                    if d.base.certificate_arn.is_some() { ", HTTPS" } else { "" }
+                ),
+            ));
+            out.steps.push(Step::Base { metrics: d.metrics.as_ref().map(|m| m.name.clone()) });
+        }
+        Some(s) => {
+            let mut want = BTreeMap::from([
+                ("AdminCidrs".to_string(), admin_cidrs_param(&d.base.allow_cidrs)?),
+                ("CertificateArn".to_string(), d.base.certificate_arn.clone().unwrap_or_default()),
+            ]);
+            if let Some(v) = vpcs.get(&d.base.network) {
+                want.insert("VpcId".into(), v.clone());
+            }
+            match (&d.metrics, &metrics_sg) {
+                (Some(_), Some(sg)) => {
+                    want.insert("MetricsSecurityGroupId".into(), sg.clone());
+                }
+                (Some(m), None) => {
+                    want.insert(
+                        "MetricsSecurityGroupId".into(),
+                        format!("(the security group of the new metrics box {})", m.name),
+                    );
+                }
+                (None, _) => {}
+            }
+            let template = e.lib.template(super::base::ROLE)?;
+            match stack_update(e, s, &want, template, &d.base.place, "base stack").await? {
+                Some(c) => out.changes.push(c),
+                None => out.unchanged.push(format!("base stack {} ({home})", d.swarm)),
+            }
+        }
+    }
+
+    // Role versions, then switches (in dependency order).
+    let listed = match &base {
+        Some(_) => cfn::list_tyrell(&e.aws.cfn, None).await?,
+        None => Vec::new(),
+    };
+    let mut switches = Vec::new();
+    for r in &d.roles {
+        let m = e.manifest(&r.role)?;
+        let ami = resolve_image(e, &r.role, &r.image, &r.image_place).await?;
+        let versions = match &base {
+            Some(_) => e.versions_among(&m, Some(&d.swarm), &listed).await?,
+            None => Vec::new(),
+        };
+        let live = versions.iter().find(|v| v.active);
+        let matches = |v: &VersionInfo| v.ami == ami && v.instance_type == r.instance_type;
+        let shift = if live.is_some() { r.shift.clone() } else { Shift::AllAtOnce };
+        let switch = |to: Option<String>| Step::Switch {
+            role: r.role.clone(),
+            version: to,
+            size: r.size,
+            shift: shift.clone(),
+            bake: r.bake,
+            retire: r.retire,
+        };
+        let named = r.version.as_ref().map(|v| v.to_string());
+        let existing = named.as_ref().and_then(|n| versions.iter().find(|v| &v.version == n));
+        match existing {
+            Some(x) => {
+                if !matches(x) {
+                    crate::refuse!(
+                        Invalid,
+                        "{}: roles.{}.version = {:?}: that version runs {} on {}, the plan says {ami} on {}: a change needs a new version id (or no `version`, to have one generated)",
+                        r.place, r.role, x.version, x.ami, x.instance_type, r.instance_type
+                    );
+                }
+                if x.active && size_of(x) == r.size {
+                    out.unchanged.push(format!("{} {} is live ({} instance(s))", r.role, x.version, r.size));
+                    continue;
+                }
+                if x.active {
+                    crate::refuse!(
+                        Invalid,
+                        "{}: roles.{}: version {} is live with {} instance(s), the plan says {}: a new size goes to a new version (blue/green): give a new version id, or no `version`",
+                        r.place, r.role, x.version, size_of(x), r.size
+                    );
+                }
+                let mut c = Change::new(
+                    Action::Switch,
+                    "traffic",
+                    &r.role,
+                    &home,
+                    format!(
+                        "{} -> {} ({} instance(s), {shift}), gated",
+                        live.map_or("nothing", |l| l.version.as_str()),
+                        x.version,
+                        r.size
+                    ),
+                );
+                c.parameters = BTreeMap::new();
+                switches.push((c, switch(Some(x.version.clone()))));
+            }
+            None => {
+                if let Some(l) = live.filter(|l| named.is_none() && matches(l) && size_of(l) == r.size) {
+                    out.unchanged.push(format!("{} {} is live ({} instance(s))", r.role, l.version, r.size));
+                    continue;
+                }
+                let shown = named.clone().unwrap_or_else(|| "(new)".into());
+                let stack = stack_name(&d.swarm, &r.role, &shown);
+                if named.is_some() {
+                    if let Some(s) = cfn::get(&e.aws.cfn, &stack).await? {
+                        crate::refuse!(
+                            Exists,
+                            "{}: roles.{}.version: stack {stack} exists and is not a {} version of swarm {} ({})",
+                            r.place,
+                            r.role,
+                            r.role,
+                            d.swarm,
+                            s.tag(TAG_STACK).unwrap_or("not tyrell's")
+                        );
+                    }
+                }
+                let want = BTreeMap::from([
+                    ("AmiId".to_string(), ami.clone()),
+                    ("InstanceType".to_string(), r.instance_type.clone()),
+                    ("DesiredCapacity".to_string(), r.size.to_string()),
+                ]);
+                let mut c = match live {
+                    Some(l) => {
+                        let have = BTreeMap::from([
+                            ("AmiId".to_string(), l.ami.clone()),
+                            ("InstanceType".to_string(), l.instance_type.clone()),
+                            ("DesiredCapacity".to_string(), size_of(l).to_string()),
+                        ]);
+                        let mut c = Change::new(
+                            Action::Update,
+                            "version",
+                            &stack,
+                            &home,
+                            format!(
+                                "{}: a new version beside the live {} (blue/green), then a gated switch",
+                                r.role, l.version
+                            ),
+                        );
+                        c.parameters = param_diff(&have, &want);
+                        c
+                    }
+                    None => Change::new(
+                        Action::Create,
+                        "version",
+                        &stack,
+                        &home,
+                        format!("{} version {shown}: {} x {} ({ami})", r.role, r.size, r.instance_type),
+                    ),
+                };
+                if live.is_none() {
+                    c.parameters = param_diff(&BTreeMap::new(), &want);
+                }
+                out.changes.push(c);
+                out.steps.push(Step::Version {
+                    role: r.role.clone(),
+                    ami: ami.clone(),
+                    instance_type: r.instance_type.clone(),
+                    size: r.size,
+                    version: r.version.clone(),
+                });
+                // A role without inbound traffic whose first version is made is active at once.
+                let first_active = m.traffic.via == super::library::Via::None && live.is_none();
+                if !first_active {
+                    let c = Change::new(
+                        Action::Switch,
+                        "traffic",
+                        &r.role,
+                        &home,
+                        format!(
+                            "{} -> {shown} ({} instance(s), {shift}), gated",
+                            live.map_or("nothing", |l| l.version.as_str()),
+                            r.size
+                        ),
+                    );
+                    switches.push((c, switch(named.clone())));
+                }
+            }
+        }
+    }
+    for (c, s) in switches {
+        out.changes.push(c);
+        out.steps.push(s);
+    }
+    if let Some(t) = d.roles.iter().find_map(|r| r.targets.as_ref()) {
+        out.notes.push(format!(
+            "the bees' watch list ({} target(s)) is the router's: tyrell does not set it; apply it with PUT /watch on the router (docs/PLAN.md)",
+            t.len()
+        ));
+    }
+
+    // Bee fleets in other regions: validated and shown; `up` cannot make them yet.
+    for b in &d.bees {
+        let en = engine_for(&b.region)?;
+        let ami = resolve_image(en, "bee", &b.image, &b.image_place).await?;
+        let mut c = Change::new(
+            Action::Create,
+            "version",
+            &stack_name(&d.swarm, "bee", "(new)"),
+            &b.region,
+            format!(
+                "bees in {} (network {}): {} x {} ({ami}), {} target(s)",
+                b.region,
+                b.network,
+                b.size,
+                b.instance_type,
+                b.targets.len()
+            ),
+        );
+        c.blocked = Some(format!(
+            "{}: bees.{}: {BEE_REGION_MISSING}; remove it from the plan to apply the rest",
+            b.place, b.region
+        ));
+        out.changes.push(c);
+    }
+    Ok(out)
+}
+
+/// The update a stack needs to match `want` (its parameters) and `template` (empty: not
+/// compared), or `None` when it matches. `up` cannot update a stack in place yet: the
+/// change is blocked, saying so.
+async fn stack_update(
+    e: &Engine,
+    s: &StackInfo,
+    want: &BTreeMap<String, String>,
+    template: &str,
+    place: &Place,
+    what: &str,
+) -> anyhow::Result<Option<Change>> {
+    let parameters = param_diff(&s.parameters, want);
+    let lines = match template {
+        "" => Vec::new(),
+        t => match cfn::template(&e.aws.cfn, &s.name).await? {
+            Some(have) => diff::lines(&have, t),
+            None => Vec::new(),
+        },
+    };
+    if parameters.is_empty() && lines.is_empty() {
+        return Ok(None);
+    }
+    let mut c = Change::new(
+        Action::Update,
+        match what {
+            "network" => "network",
+            "metrics box" => "metrics",
+            _ => "base",
+        },
+        &s.name,
+        &s.region,
+        format!(
+            "{what} {}: {}",
+            s.name,
+            match (parameters.is_empty(), lines.is_empty()) {
+                (false, false) => "parameters and template differ",
+                (false, true) => "parameters differ",
+                _ => "template differs",
+            }
+        ),
+    );
+    c.parameters = parameters;
+    c.template = lines;
+    c.blocked = Some(format!(
+        "{place}: {what} {} differs from the plan ({}), and tyrell up does not update a {what} in place yet: change the plan back, or remove and re-create the {what}",
+        s.name,
+        if c.parameters.is_empty() { "its template".to_string() } else { c.parameters.keys().cloned().collect::<Vec<_>>().join(", ") }
+    ));
+    Ok(Some(c))
+}
+
+/// The VPC id of network `name` (made earlier in this `up`, or before).
+async fn vpc_of(e: &Engine, name: &str) -> anyhow::Result<String> {
+    let s = cfn::get(&e.aws.cfn, name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("there is no network named {name}")))?;
+    Ok(Network::from(&s).vpc_id)
+}
+
+/// What `up` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub file: String,
+    pub swarm: String,
+    pub region: Region,
+    /// The changes made, in order (empty: AWS already matched the plan).
+    pub changes: Vec<Change>,
+    /// The role versions this run created, by role.
+    pub created_versions: BTreeMap<String, String>,
+    pub notes: Vec<String>,
+}
+
+/// Makes AWS match the plan: plans first ([`plan`], which validates everything), refuses
+/// a plan with a blocked change before changing anything, then applies each step through
+/// the engine's own paths, in order. A plan that already matches makes no mutating call.
+///
+/// Errors: [`plan`]'s; a blocked change ([`Error::Invalid`], naming its place); whatever
+/// the single commands refuse or AWS fails with (a failed gate leaves traffic where it was).
+pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> anyhow::Result<Applied> {
+    let planned = plan(e, away, d).await?;
+    if let Some(why) = planned.blocked() {
+        return Err(Error::Invalid(format!("{why}; nothing was changed")).into());
+    }
+    let mut applied = Applied {
+        file: d.file.clone(),
+        swarm: d.swarm.to_string(),
+        region: planned.region.clone(),
+        changes: Vec::new(),
+        created_versions: BTreeMap::new(),
+        notes: planned.notes.clone(),
+    };
+    if planned.steps.is_empty() {
+        return Ok(applied);
+    }
+    e.report.step(&format!("{}: {} change(s) to make", d.file, planned.changes.len()));
+    let mut versions: BTreeMap<String, String> = BTreeMap::new();
+    let mut changes = planned.changes.iter().filter(|c| c.blocked.is_none());
+    for step in &planned.steps {
+        match step {
+            Step::Network(n) => {
+                e.create_network(&CreateNetwork { name: n.name.clone(), cidr: n.cidr.clone(), azs: n.azs, nat: n.nat })
+                    .await?;
+            }
+            Step::Metrics { want, ami } => {
+                let vpc_id = vpc_of(e, &want.network).await?;
+                e.create_metrics(&CreateMetrics {
+                    name: want.name.clone(),
+                    vpc_id,
+                    ami: AmiRef::Id(ami.clone()),
+                    instance_type: want.instance_type.clone(),
+                    allow_cidrs: want.allow_cidrs.clone(),
+                })
+                .await?;
+            }
+            Step::Base { metrics } => {
+                let vpc_id = vpc_of(e, &d.base.network).await?;
+                e.create_base(&CreateBase {
+                    name: d.swarm.clone(),
+                    vpc_id,
+                    allow_cidrs: d.base.allow_cidrs.clone(),
+                    certificate_arn: d.base.certificate_arn.clone(),
+                    metrics: metrics.clone(),
+                })
+                .await?;
+            }
+            Step::Version { role, ami, instance_type, size, version } => {
+                let m = e.manifest(role)?;
+                let req = CreateVersion {
+                    swarm: d.swarm.clone(),
+                    ami: AmiRef::Id(ami.clone()),
+                    instance_type: Some(instance_type.clone()),
+                    size: Some(*size),
+                    version: version.clone(),
+                    schedule: ScheduleChoice::Default,
+                };
+                let p = e.plan_version(&m, &req).await?;
+                let v = e.create_version(&m, &p).await?;
+                versions.insert(role.clone(), v.version.clone());
+            }
+            Step::Switch { role, version, size, shift, bake, retire } => {
+                let m = e.manifest(role)?;
+                let to = match version.clone().or_else(|| versions.get(role).cloned()) {
+                    Some(v) => v,
+                    None => anyhow::bail!("no {role} version to switch to"),
+                };
+                let req = SwitchRequest {
+                    swarm: d.swarm.clone(),
+                    target: Target::Version(to),
+                    size: Some(*size),
+                    shift: shift.clone(),
+                    bake: *bake,
+                    retire: *retire,
+                    force_unlock: false,
+                };
+                e.switch(&m, &req).await?;
+            }
+        }
+        if let Some(c) = changes.next() {
+            let mut c = c.clone();
+            if let Step::Version { role, .. } | Step::Switch { role, .. } = step {
+                if let Some(v) = versions.get(role) {
+                    c.name = c.name.replace("(new)", v);
+                    c.what = c.what.replace("(new)", v);
+                }
+            }
+            applied.changes.push(c);
+        }
+    }
+    applied.created_versions = versions;
+    Ok(applied)
+}
+
+/// What `down` would remove, or removed, and what it kept on purpose.
+#[derive(Debug, Clone, Serialize)]
+pub struct Removal {
+    pub file: String,
+    pub swarm: String,
+    pub region: Region,
+    /// The removals, in order: the swarm's role versions and base stack (and its
+    /// secrets), the metrics box, the networks.
+    pub changes: Vec<Change>,
+    /// Archived objects deleted from the swarm's bucket (`--delete-archive`).
+    pub deleted_objects: usize,
+    /// What it keeps, and why (used by another swarm, not made by `up`).
+    pub kept: Vec<String>,
+}
+
+/// What `down` removes, checked, without removing anything: the swarm's role versions,
+/// its base stack, the plan's metrics box and home networks — each only if it exists and
+/// nothing outside the plan uses it.
+///
+/// Errors: a swarm whose queues hold messages, or whose archive bucket holds objects
+/// without `delete_archive` ([`Error::InUse`], saying how to keep or empty them); AWS.
+pub async fn down_plan(e: &Engine, d: &Desired, delete_archive: bool) -> anyhow::Result<Removal> {
+    let home = e.region().clone();
+    let mut out = Removal {
+        file: d.file.clone(),
+        swarm: d.swarm.to_string(),
+        region: home.clone(),
+        changes: Vec::new(),
+        deleted_objects: 0,
+        kept: Vec::new(),
+    };
+    let all = cfn::list_tyrell(&e.aws.cfn, None).await?;
+    let mut ours: BTreeSet<String> = BTreeSet::new();
+    if let Some(base) = own(e, &d.swarm, super::base::ROLE, &d.base.place).await? {
+        let b = Base::from(&base);
+        let queued = [("queue", &b.queue_url), ("dead-letter queue", &b.dead_letter_queue_url)];
+        for (what, url) in queued {
+            if url.is_empty() {
+                continue;
+            }
+            if let Some(n) = sqs::messages(&e.aws.sqs, url).await?.filter(|n| *n > 0) {
+                crate::refuse!(
+                    InUse,
+                    "refusing to remove swarm {}: its {what} holds {n} message(s) not yet archived; let the workers drain it (or redrive the dead-letter queue), then run this again (nothing was removed)",
+                    d.swarm
+                );
+            }
+        }
+        if !b.bucket.is_empty() && s3::holds_data(&e.aws.s3, &b.bucket).await? == Some(true) && !delete_archive {
+            crate::refuse!(
+                InUse,
+                "refusing to remove swarm {}: its archive bucket {} holds archived ping records, and tyrell never deletes data as a side effect: copy them somewhere safe (aws s3 sync s3://{1} ./{1}) and empty the bucket, or run `tyrell down {} --delete-archive` to delete them with the swarm (nothing was removed)",
+                d.swarm,
+                b.bucket,
+                d.file
+            );
+        }
+        for v in all.iter().filter(|s| s.tag(TAG_STACK) == Some(d.swarm.as_str()) && s.name != d.swarm.as_str()) {
+            if e.lib.role(v.tag(TAG_ROLE).unwrap_or_default()).is_some() {
+                ours.insert(v.name.clone());
+                out.changes.push(Change::new(
+                    Action::Remove,
+                    "version",
+                    &v.name,
+                    &home,
+                    format!("{} version {}", v.tag(TAG_ROLE).unwrap_or("?"), v.tag(super::TAG_VERSION).unwrap_or("?")),
+                ));
+            }
+        }
+        ours.insert(base.name.clone());
+        let mut c =
+            Change::new(Action::Remove, "base", &base.name, &home, "the swarm's base stack and its secrets".into());
+        if delete_archive && s3::holds_data(&e.aws.s3, &b.bucket).await? == Some(true) {
+            c.what = format!(
+                "the swarm's base stack and its secrets, after deleting every object of its archive bucket {}",
+                b.bucket
+            );
+        }
+        out.changes.push(c);
+    }
+    if let Some(m) = &d.metrics {
+        if let Some(s) = own(e, &m.name, super::metrics::ROLE, &m.place).await? {
+            let sg = MetricsBox::from(&s).security_group;
+            let users: Vec<String> = all
+                .iter()
+                .filter(|b| b.tag(TAG_ROLE) == Some(super::base::ROLE) && !ours.contains(&b.name))
+                .filter(|b| Base::from(*b).metrics_security_group.as_deref() == Some(sg.as_str()))
+                .map(|b| b.name.clone())
+                .collect();
+            if users.is_empty() {
+                ours.insert(s.name.clone());
+                out.changes.push(Change::new(
+                    Action::Remove,
+                    "metrics",
+                    &s.name,
+                    &home,
+                    "the metrics box and its secret".into(),
+                ));
+            } else {
+                out.kept.push(format!("metrics box {}: swarm(s) {} use it", s.name, users.join(", ")));
+            }
+        }
+    }
+    for n in &d.networks {
+        if n.region != home {
+            out.kept.push(format!(
+                "network {} in {}: tyrell up makes no network outside the home region",
+                n.name, n.region
+            ));
+            continue;
+        }
+        if let Some(s) = own(e, &n.name, super::network::ROLE, &n.place).await? {
+            let vpc = Network::from(&s).vpc_id;
+            let users: Vec<String> = all
+                .iter()
+                .filter(|x| x.tag(TAG_ROLE) != Some(super::network::ROLE) && !ours.contains(&x.name))
+                .filter(|x| x.parameters.get("VpcId") == Some(&vpc))
+                .map(|x| x.name.clone())
+                .collect();
+            if users.is_empty() {
+                out.changes.push(Change::new(Action::Remove, "network", &s.name, &home, format!("VPC {vpc}")));
+            } else {
+                out.kept.push(format!("network {}: still used by {}", s.name, users.join(", ")));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes what the plan made ([`down_plan`] first: nothing is removed when it refuses):
+/// with `delete_archive`, the archive bucket's objects; then the swarm's versions and base
+/// stack (`stacks remove --all`), the metrics box, the networks.
+pub async fn down(e: &mut Engine, d: &Desired, delete_archive: bool) -> anyhow::Result<Removal> {
+    let mut out = down_plan(e, d, delete_archive).await?;
+    for c in out.changes.clone() {
+        match c.kind {
+            "base" => {
+                if delete_archive {
+                    let bucket = Base::from(&e.base(&c.name).await?).bucket;
+                    if !bucket.is_empty() {
+                        e.report.step(&format!("--delete-archive: deleting every object of bucket {bucket}"));
+                        out.deleted_objects = s3::empty(&e.aws.s3, &bucket).await?;
+                    }
+                }
+                e.remove_base(&c.name, true).await?;
+            }
+            "metrics" => {
+                e.remove_metrics(&c.name).await?;
+            }
+            "network" => {
+                e.remove_network(&c.name).await?;
+            }
+            _ => {} // versions go with their base stack
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,470 @@
+//! `tyrell plan|up|down FILE` through the real binary against the emulator: a plan file
+//! builds a swarm, a second `up` changes nothing, a changed size or image goes out as a
+//! new version and a gated switch, `down` removes it all, and bad plan files are refused
+//! at their place (FILE:LINE:COLUMN) with nothing changed. "Changes nothing" is counted:
+//! every call goes through testkit's proxy (which records each call's action, and here
+//! throttles none), and no call may be a mutating one.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+use testkit::throttle::ThrottlingProxy;
+
+/// Whether an API action only reads (`Describe*`, `Get*`, `List*`, S3 `GET`/`HEAD`).
+fn reads_only(action: &str) -> bool {
+    ["Describe", "Get", "List", "Head"].iter().any(|p| action.starts_with(p))
+        || action == "S3 GET"
+        || action == "S3 HEAD"
+}
+
+/// A run of tyrell through a call-recording proxy: its output, the mutating calls it
+/// made, its AWS call count (`-v`) and its wall time.
+struct Run {
+    out: Output,
+    mutating: Vec<String>,
+    calls: usize,
+    took: Duration,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
+    }
+    fn code(&self) -> Option<i32> {
+        self.out.status.code()
+    }
+    fn ok(self) -> Run {
+        assert!(self.out.status.success(), "expected success:\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+        self
+    }
+}
+
+/// `tyrell -v ARGS` in `dir` (where the plan file is), every call through a recording proxy.
+fn counted(dir: &Path, args: &[&str]) -> Run {
+    let proxy = ThrottlingProxy::start(&emulator().url, |_| false);
+    let started = Instant::now();
+    let out = tyrell().env("AWS_ENDPOINT_URL", &proxy.url).current_dir(dir).arg("-v").args(args).output().unwrap();
+    let took = started.elapsed();
+    let mutating: Vec<String> = proxy.calls().into_iter().map(|s| s.call.action).filter(|a| !reads_only(a)).collect();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let calls = err
+        .lines()
+        .find(|l| l.contains(" AWS API calls in "))
+        .and_then(|l| l.split(" AWS API calls").next())
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Run { out, mutating, calls, took }
+}
+
+/// Two distinct image ids that exist in the emulator (its built-in images).
+fn two_amis() -> (String, String) {
+    block_on(async {
+        let ec2 = emulator().ec2().await;
+        let out = ec2.describe_images().owners("amazon").send().await.unwrap();
+        let ids: Vec<String> = out
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id())
+            .filter(|id| id.len() == 12 || id.len() == 21)
+            .map(str::to_string)
+            .collect();
+        (ids[0].clone(), ids.iter().find(|i| **i != ids[0]).unwrap().clone())
+    })
+}
+
+struct Stack {
+    tags: std::collections::BTreeMap<String, String>,
+    outputs: std::collections::BTreeMap<String, String>,
+}
+
+fn stack(name: &str) -> Option<Stack> {
+    block_on(async {
+        let cfn = emulator().cloudformation().await;
+        let out = cfn.describe_stacks().stack_name(name).send().await.ok()?;
+        let s = out.stacks().first()?;
+        (s.stack_status().map(|x| x.as_str()) != Some("DELETE_COMPLETE")).then(|| Stack {
+            tags: s.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect(),
+            outputs: s
+                .outputs()
+                .iter()
+                .map(|o| (o.output_key().unwrap().to_string(), o.output_value().unwrap().to_string()))
+                .collect(),
+        })
+    })
+}
+
+/// (desired capacity, tyrell:active tag) of an Auto Scaling group.
+fn group(name: &str) -> (i32, Option<String>) {
+    block_on(async {
+        let asg = emulator().autoscaling().await;
+        let out = asg.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await.unwrap();
+        let g = &out.auto_scaling_groups()[0];
+        let active =
+            g.tags().iter().find(|t| t.key() == Some("tyrell:active")).and_then(|t| t.value()).map(str::to_string);
+        (g.desired_capacity().unwrap(), active)
+    })
+}
+
+/// The swarm's stacks, by name.
+fn stacks_of(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = stack_names().into_iter().filter(|n| n.starts_with(prefix)).collect();
+    v.sort();
+    v
+}
+
+/// The one version stack of `role` in swarm `sw` that is not in `before` (made by the last `up`).
+fn new_version(sw: &str, role: &str, before: &[String]) -> String {
+    let made: Vec<String> = stacks_of(&format!("{sw}-{role}-")).into_iter().filter(|s| !before.contains(s)).collect();
+    assert_eq!(made.len(), 1, "one new {role} version: {made:?}");
+    made[0].clone()
+}
+
+fn plan_text(sw: &str, net: &str, metrics: &str, ami: &str, bee_ami: &str, router_size: u32) -> String {
+    format!(
+        r#"# a swarm in the home region
+swarm = "{sw}"
+
+[networks.{net}]
+cidr = "10.30.0.0/16"
+azs = 2
+
+[base]
+network = "{net}"
+allow_cidrs = ["203.0.113.0/24"]
+
+[metrics]
+name = "{metrics}"
+network = "{net}"
+image = "{ami}"
+
+[roles.broker]
+image = "{ami}"
+size = 1
+
+[roles.router]
+image = "{ami}"
+size = {router_size}
+after = ["broker"]
+
+[roles.bee]
+image = "{bee_ami}"
+size = 2
+after = ["broker"]
+targets = ["198.51.100.7", "example.org"]
+
+[roles.worker]
+image = "{ami}"
+size = 1
+"#
+    )
+}
+
+#[test]
+fn a_plan_is_shown_built_converged_updated_and_removed() {
+    let (ami, other) = two_amis();
+    let sw = unique("pl");
+    let net = unique("pln");
+    let metrics = unique("plm");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("swarm.toml");
+    std::fs::write(&file, plan_text(&sw, &net, &metrics, &ami, &ami, 2)).unwrap();
+
+    // plan: everything to create, nothing created.
+    let shown = counted(dir.path(), &["plan", "swarm.toml", "-o", "json"]).ok();
+    assert!(shown.mutating.is_empty(), "plan made mutating calls: {:?}", shown.mutating);
+    let p = shown.json();
+    let changes = p["changes"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> =
+        changes.iter().map(|c| (c["action"].as_str().unwrap(), c["kind"].as_str().unwrap())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("create", "network"),
+            ("create", "metrics"),
+            ("create", "base"),
+            ("create", "version"),
+            ("create", "version"),
+            ("create", "version"),
+            ("create", "version"),
+            ("switch", "traffic"),
+            ("switch", "traffic"),
+        ],
+        "{p:#}"
+    );
+    // The broker goes live before the router (the router's `after`).
+    let switched: Vec<&str> =
+        changes.iter().filter(|c| c["action"] == "switch").map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(switched, ["broker", "router"]);
+    assert!(changes.iter().all(|c| c["blocked"].is_null()), "{p:#}");
+    assert!(p["notes"][0].as_str().unwrap().contains("watch list"), "{p:#}");
+    let table = counted(dir.path(), &["plan", "swarm.toml"]).ok().stdout();
+    assert!(table.contains("ACTION") && table.contains(&net) && table.contains("switch"), "{table}");
+    assert!(stacks_of(&sw).is_empty() && stack(&net).is_none() && stack(&metrics).is_none(), "plan created stacks");
+
+    // up from nothing.
+    let built = counted(dir.path(), &["up", "swarm.toml", "-o", "json"]).ok();
+    eprintln!("MEASURE up from nothing: {} AWS API calls, {:.2}s wall", built.calls, built.took.as_secs_f64());
+    let done = built.json();
+    assert_eq!(done["changes"].as_array().unwrap().len(), 9, "{done:#}");
+    let n = stack(&net).expect("the network");
+    assert_eq!((n.tags["tyrell:role"].as_str(), n.tags["tyrell:stack"].as_str()), ("network", net.as_str()));
+    assert_eq!(stack(&metrics).expect("the metrics box").tags["tyrell:role"], "metrics");
+    let base = stack(&sw).expect("the base stack");
+    assert_eq!(base.tags["tyrell:role"], "base");
+    let listener = base.outputs["AlbListenerArn"].clone();
+    let mut versions = Vec::new();
+    for (role, size) in [("broker", 1), ("router", 2), ("bee", 2), ("worker", 1)] {
+        let name = new_version(&sw, role, &[]);
+        let s = stack(&name).unwrap();
+        assert_eq!((s.tags["tyrell:role"].as_str(), s.tags["tyrell:stack"].as_str()), (role, sw.as_str()));
+        let (desired, active) = group(&s.outputs["AutoScalingGroupName"]);
+        assert_eq!(desired, size, "{role} size");
+        match role {
+            "bee" | "worker" => assert_eq!(active.as_deref(), Some("true"), "{role} is active"),
+            "router" => assert_eq!(
+                forwards(&listener),
+                [(s.outputs["TargetGroupArn"].clone(), 1)],
+                "the ALB forwards to the router"
+            ),
+            _ => assert_eq!(forwards(&base.outputs["BrokerListenerArn"]), [(s.outputs["TargetGroupArn"].clone(), 1)]),
+        }
+        versions.push(name);
+    }
+
+    // A second up: nothing to do, no mutating call, and it says so.
+    let again = counted(dir.path(), &["up", "swarm.toml"]).ok();
+    eprintln!("MEASURE no-change up: {} AWS API calls, {:.2}s wall", again.calls, again.took.as_secs_f64());
+    assert!(again.mutating.is_empty(), "a no-change up made mutating calls: {:?}", again.mutating);
+    assert!(again.stdout().starts_with("no changes"), "{}", again.stdout());
+    assert_eq!(stacks_of(&sw).len(), 5);
+
+    // A changed router size and bee image: updates in the plan, then new versions and switches.
+    std::fs::write(&file, plan_text(&sw, &net, &metrics, &ami, &other, 3)).unwrap();
+    let shown = counted(dir.path(), &["plan", "swarm.toml", "-o", "json"]).ok();
+    assert!(shown.mutating.is_empty(), "{:?}", shown.mutating);
+    let p = shown.json();
+    let updates: Vec<&Value> = p["changes"].as_array().unwrap().iter().filter(|c| c["action"] == "update").collect();
+    assert_eq!(updates.len(), 2, "{p:#}");
+    let router = updates.iter().find(|c| c["what"].as_str().unwrap().starts_with("router")).unwrap();
+    assert_eq!(router["parameters"]["DesiredCapacity"], serde_json::json!({"from": "2", "to": "3"}), "{p:#}");
+    let bee = updates.iter().find(|c| c["what"].as_str().unwrap().starts_with("bee")).unwrap();
+    assert_eq!(bee["parameters"]["AmiId"], serde_json::json!({"from": ami, "to": other}), "{p:#}");
+    let switches = p["changes"].as_array().unwrap().iter().filter(|c| c["action"] == "switch").count();
+    assert_eq!(switches, 2, "{p:#}");
+    assert_eq!(stacks_of(&sw).len(), 5, "plan created nothing");
+
+    counted(dir.path(), &["up", "swarm.toml"]).ok();
+    let router = new_version(&sw, "router", &versions);
+    let r = stack(&router).unwrap();
+    assert_eq!(group(&r.outputs["AutoScalingGroupName"]).0, 3);
+    assert_eq!(forwards(&listener), [(r.outputs["TargetGroupArn"].clone(), 1)], "the ALB moved to the new router");
+    let bee = new_version(&sw, "bee", &versions);
+    let b = stack(&bee).unwrap();
+    assert_eq!(group(&b.outputs["AutoScalingGroupName"]), (2, Some("true".into())));
+    let old_bee = stack(&versions[2]).unwrap();
+    assert_eq!(group(&old_bee.outputs["AutoScalingGroupName"]), (0, Some("false".into())), "the old bees scaled in");
+    let again = counted(dir.path(), &["up", "swarm.toml"]).ok();
+    assert!(again.mutating.is_empty(), "{:?}", again.mutating);
+
+    // down: refused while the archive holds data, then told to delete it.
+    let bucket = json(&["stacks", "describe", &sw])["bucket"].as_str().unwrap().to_string();
+    block_on(async {
+        let s3 = emulator().s3().await;
+        s3.put_object()
+            .bucket(&bucket)
+            .key("2026/11/30/05/x.ndjson.gz")
+            .body(b"x".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    });
+    let refused = counted(dir.path(), &["down", "swarm.toml"]);
+    assert_eq!(refused.code(), Some(exit::IN_USE), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("--delete-archive") && refused.stderr().contains(&bucket),
+        "{}",
+        refused.stderr()
+    );
+    assert!(refused.mutating.is_empty(), "{:?}", refused.mutating);
+    assert_eq!(stacks_of(&sw).len(), 7);
+    let would = counted(dir.path(), &["plan", "swarm.toml", "--down", "--delete-archive", "-o", "json"]).ok();
+    assert!(would.mutating.is_empty());
+    assert_eq!(
+        would.json()["changes"].as_array().unwrap().len(),
+        9,
+        "7 swarm stacks, metrics, network: {}",
+        would.stdout()
+    );
+
+    let gone = counted(dir.path(), &["down", "swarm.toml", "--delete-archive"]);
+    // The emulator cannot delete a network's internet gateway and routes
+    // (../shared/EMULATOR.md): the network's delete is refused there, and its stack vanishes.
+    assert!(gone.out.status.success() || gone.stderr().contains("DependencyViolation"), "{}", gone.stderr());
+    assert!(stacks_of(&sw).is_empty(), "left: {:?}", stacks_of(&sw));
+    assert!(stack(&metrics).is_none() && stack(&net).is_none());
+    let empty = block_on(async {
+        let s3 = emulator().s3().await;
+        s3.list_objects_v2().bucket(&bucket).send().await.map(|o| o.contents().is_empty()).unwrap_or(true)
+    });
+    assert!(empty, "the archive was deleted with the swarm");
+    let nothing = counted(dir.path(), &["down", "swarm.toml"]).ok();
+    assert!(nothing.stdout().starts_with("nothing to remove"), "{}", nothing.stdout());
+    assert!(nothing.mutating.is_empty());
+}
+
+/// Bee fleets in another region are read, checked and shown; `up` refuses the plan whole,
+/// in one sentence naming what is missing, and changes nothing in either region.
+#[test]
+fn bee_regions_are_planned_and_refused_by_up_before_any_change() {
+    let (ami, _) = two_amis();
+    let sw = unique("pr");
+    let net = unique("prn");
+    let away = unique("pra");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"swarm = "{sw}"
+
+[networks.{net}]
+
+[networks.{away}]
+region = "eu-central-1"
+cidr = "10.40.0.0/16"
+
+[base]
+network = "{net}"
+
+[roles.bee]
+image = "{ami}"
+size = 1
+
+[bees.eu-central-1]
+network = "{away}"
+size = 3
+targets = ["192.0.2.1"]
+"#
+    );
+    std::fs::write(dir.path().join("plan.toml"), text).unwrap();
+    let shown = counted(dir.path(), &["plan", "plan.toml", "-o", "json"]).ok();
+    assert!(shown.mutating.is_empty(), "{:?}", shown.mutating);
+    let p = shown.json();
+    let away_changes: Vec<&Value> =
+        p["changes"].as_array().unwrap().iter().filter(|c| c["region"] == "eu-central-1").collect();
+    assert_eq!(away_changes.len(), 2, "the bee region's network and fleet: {p:#}");
+    assert!(
+        away_changes.iter().all(|c| c["blocked"].as_str().is_some_and(|b| b.contains("bee-region stack"))),
+        "{p:#}"
+    );
+    let fleet = away_changes.iter().find(|c| c["kind"] == "version").unwrap();
+    assert!(fleet["what"].as_str().unwrap().contains("3 x"), "{fleet}");
+    assert!(fleet["blocked"].as_str().unwrap().starts_with("plan.toml:16:7: bees.eu-central-1"), "{fleet}");
+    let table = counted(dir.path(), &["plan", "plan.toml"]).ok().stdout();
+    assert!(table.contains("eu-central-1") && table.contains("up refuses"), "{table}");
+
+    let up = counted(dir.path(), &["up", "plan.toml"]);
+    assert_eq!(up.code(), Some(exit::USAGE), "{}", up.stderr());
+    let err = up.stderr();
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(
+        line.contains("plan.toml:") && line.contains("bee-region stack") && line.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+    assert!(up.mutating.is_empty(), "{:?}", up.mutating);
+    assert!(stack(&net).is_none() && stacks_of(&sw).is_empty());
+}
+
+/// Bad plan files: one sentence naming the place, a non-zero exit, no mutating call.
+#[test]
+fn bad_plan_files_are_refused_at_their_place_and_change_nothing() {
+    let (ami, _) = two_amis();
+    let sw = unique("pb");
+    let dir = tempfile::tempdir().unwrap();
+    let good = format!(
+        "swarm = \"{sw}\"\n\n[networks.{sw}-n]\n\n[base]\nnetwork = \"{sw}-n\"\n\n[roles.broker]\nimage = \"{ami}\"\n\n[roles.router]\nimage = \"{ami}\"\nafter = [\"broker\"]\n"
+    );
+    // Each: (how the file is changed, the exit code, the place and words the error must hold).
+    let cases: Vec<(String, i32, &str, &str)> = vec![
+        (good.replace("[base]\n", "[base]\nsubnet = \"x\"\n"), exit::USAGE, "p.toml:6:1:", "unknown field `subnet`"),
+        (
+            good.replace("swarm = ", "region = \"eu-west\"\nswarm = "),
+            exit::USAGE,
+            "p.toml:1:10:",
+            "invalid AWS region \"eu-west\"",
+        ),
+        (
+            good.replace(&format!("[roles.router]\nimage = \"{ami}\"\n"), "[roles.router]\n"),
+            exit::USAGE,
+            "p.toml:11:1:",
+            "missing field `image`",
+        ),
+        (good.replace("network = \"", "network = \"x"), exit::USAGE, "p.toml:6:11:", "which the plan does not define"),
+        (
+            good.replace(
+                &format!("[roles.broker]\nimage = \"{ami}\"\n"),
+                &format!("[roles.broker]\nimage = \"{ami}\"\nafter = [\"router\"]\n"),
+            ),
+            exit::USAGE,
+            "p.toml:",
+            "makes a cycle",
+        ),
+        (
+            good.replace("after = [\"broker\"]", "after = [\"brokers\"]"),
+            exit::USAGE,
+            "p.toml:13:10:",
+            "not a role of this plan",
+        ),
+        (good.replace("[roles.router]", "[roles.routers]"), exit::USAGE, "p.toml:11:8:", "unknown role \"routers\""),
+        (
+            good.replace(&format!("image = \"{ami}\"\nafter"), "image = \"latest\"\nafter"),
+            exit::NOT_FOUND,
+            "p.toml:12:9:",
+            "no router builds",
+        ),
+        (
+            good.replace(&format!("image = \"{ami}\"\nafter"), "image = \"ami-0000000f\"\nafter"),
+            exit::NOT_FOUND,
+            "p.toml:12:9:",
+            "does not exist",
+        ),
+        (good.replace("swarm = ", "swarm = [1]\nswarm_ = "), exit::USAGE, "p.toml:1:9:", "invalid type"),
+        (format!("{good}\n[roles.broker]\nsize = 1\n"), exit::USAGE, "p.toml:", "duplicate"),
+    ];
+    for (text, code, place, words) in cases {
+        std::fs::write(dir.path().join("p.toml"), &text).unwrap();
+        for cmd in ["plan", "up", "down"] {
+            let r = counted(dir.path(), &[cmd, "p.toml"]);
+            let err = r.stderr();
+            if cmd == "down" && code == exit::NOT_FOUND {
+                // `down` does not resolve images: it removes what exists (nothing here).
+                assert!(r.out.status.success(), "{err}");
+                continue;
+            }
+            assert_eq!(r.code(), Some(code), "tyrell {cmd} on:\n{text}\n{err}");
+            let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{err}"));
+            assert!(
+                line.starts_with(&format!("error: {place}")) && line.contains(words),
+                "tyrell {cmd}: want {place} {words}:\n{err}"
+            );
+            assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+            assert!(!err.contains("panicked"), "{err}");
+            assert!(r.out.stdout.is_empty(), "{}", r.stdout());
+            assert!(r.mutating.is_empty(), "tyrell {cmd} made mutating calls: {:?}", r.mutating);
+        }
+    }
+    assert!(stacks_of(&sw).is_empty(), "{:?}", stacks_of(&sw));
+    // A file that is not there.
+    let err = fails(exit::USAGE, &["plan", "/nonexistent/plan.toml"]);
+    assert!(err.contains("cannot read plan file /nonexistent/plan.toml"), "{err}");
+}
