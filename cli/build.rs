@@ -25,6 +25,14 @@ fn main() {
         walk(&root.join(d), &mut files);
     }
     files.sort();
+    if !files.iter().any(|f| f.ends_with("role.toml")) {
+        // An empty library would build a tyrell that knows no role; say why instead.
+        eprintln!(
+            "error: no role definitions under {}: tyrell embeds roles/ at build time",
+            root.join("roles").display()
+        );
+        std::process::exit(1);
+    }
     let mut src = String::from("/// Files of roles/ and templates/, by path relative to the workspace root.\npub static EMBEDDED: &[(&str, &str)] = &[\n");
     for f in files {
         let rel = f.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");

@@ -41,6 +41,14 @@ pub fn lock_param(swarm: &str, role: &str) -> String {
     format!("/tyrell/{swarm}/locks/{role}")
 }
 
+/// The SSM parameter (String) naming the version of a role that the last completed
+/// `tyrell traffic` switch in a swarm made live: `/tyrell/<swarm>/live/<role>`. Boxes read
+/// it (a broker whose version is not live moves its clients, roles/broker); removed with
+/// the swarm.
+pub fn live_param(swarm: &str, role: &str) -> String {
+    format!("/tyrell/{swarm}/live/{role}")
+}
+
 /// A swarm's MQTT broker password ([`secret_param`] `what`).
 pub const BROKER_PASSWORD: &str = "broker-password";
 /// A swarm's router API token ([`secret_param`] `what`).

@@ -73,11 +73,14 @@ fn only_the_active_worker_version_is_scheduled() {
     assert_eq!(schedule(&sw, "worker", "w2"), owned(&HOURLY));
     assert_eq!(schedule(&sw, "worker", "w1"), vec![], "the retired w1 would come back every hour");
     let ph: Vec<String> = phases(&done).into_iter().map(|(p, _)| p).collect();
-    assert_eq!(ph, ["gate", "step", "schedule", "schedule", "old"], "{done}");
+    assert_eq!(ph, ["gate", "step", "live", "schedule", "schedule", "old"], "{done}");
+    // The live version, where the boxes read it (a broker of another version moves its clients).
+    assert_eq!(live(&sw, "worker").as_deref(), Some("w2"));
 
     // Rollback: w1 gets its schedule back, w2 loses it.
     ok(&["traffic", "workers", &sw, "--rollback"]);
     assert_eq!(json(&["traffic", "workers", &sw])["active"], "w1");
+    assert_eq!(live(&sw, "worker").as_deref(), Some("w1"), "a rollback is a switch too");
     assert_eq!(schedule(&sw, "worker", "w1"), owned(&HOURLY));
     assert_eq!(schedule(&sw, "worker", "w2"), vec![]);
 
@@ -110,7 +113,7 @@ fn prune_keeps_every_version_the_listener_still_forwards_to_and_traffic_shows_it
     let done = json(&["traffic", "elb", &sw, "--router", "r2", "--canary", "50", "--bake", "1"]);
     let ph = phases(&done);
     let names: Vec<&str> = ph.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(names, ["gate", "step", "bake", "step", "old"], "{done}");
+    assert_eq!(names, ["gate", "step", "bake", "step", "live", "old"], "{done}");
     assert_eq!(ph[0].1.as_deref(), Some("1/1 ready"), "{done}");
     assert!(ph[2].1.as_deref().is_some_and(|c| c.starts_with("health held: 1/1 ready")), "{done}");
     let bake = done["switch"]["report"]["phases"][2]["seconds"].as_f64().unwrap();
@@ -229,4 +232,13 @@ fn undoing_an_interrupted_switch_keeps_the_previous_rollback_target() {
         assert_eq!((back["switch"]["from"].as_str(), back["active"].as_str()), (Some("v1"), Some("v0")), "{back}");
         assert_eq!(forwards(&listener), vec![(tg(&sw, "v0"), 1)]);
     }
+}
+
+/// The SSM String `/tyrell/<swarm>/live/<role>` the last switch wrote, if any.
+fn live(swarm: &str, role: &str) -> Option<String> {
+    block_on(async {
+        let ssm = emulator().ssm().await;
+        let p = ssm.get_parameter().name(format!("/tyrell/{swarm}/live/{role}")).send().await.ok()?;
+        p.parameter()?.value().map(str::to_string)
+    })
 }

@@ -28,13 +28,15 @@ pub async fn exists(ssm: &Client, name: &str) -> Result<bool, AwsError> {
 }
 
 /// Deletes parameters; missing ones are fine.
+/// One `DeleteParameters` call per 10 names (its limit, SSM API Reference); names that do
+/// not exist come back as `InvalidParameters`, not as an error.
 pub async fn delete(ssm: &Client, names: &[String]) -> Result<(), AwsError> {
-    for n in names {
-        match ssm.delete_parameter().name(n).send().await {
-            Ok(_) => {}
-            Err(e) if error_code(&e) == Some("ParameterNotFound") => {}
-            Err(e) => return Err(describe(&format!("cannot delete parameter {n}"), e)),
-        }
+    for chunk in names.chunks(10) {
+        ssm.delete_parameters()
+            .set_names(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| describe(&format!("cannot delete parameters {}", chunk.join(", ")), e))?;
     }
     Ok(())
 }

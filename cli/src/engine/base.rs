@@ -216,7 +216,10 @@ impl Engine {
         let mut removed: Vec<String> = versions.iter().map(|s| s.name.clone()).collect();
         self.delete_stacks(&versions).await?;
         self.delete_stack(&base).await?;
-        ssm::delete(&self.aws.ssm, &Secrets::of(name).names()).await?;
+        // Its secrets, and the live versions its switches recorded.
+        let mut params = Secrets::of(name).names().to_vec();
+        params.extend(self.lib.roles().iter().map(|m| crate::names::live_param(name, &m.role)));
+        ssm::delete(&self.aws.ssm, &params).await?;
         removed.push(base.name);
         Ok(removed)
     }

@@ -237,6 +237,7 @@ impl Engine {
             broker_password_param: b.secrets.broker_password.clone(),
             router_token_param: b.secrets.router_token.clone(),
             grafana_password_param: metrics.map(|m| m.grafana_password_param).unwrap_or_default(),
+            live_param: crate::names::live_param(&base.name, role),
         })
     }
 

@@ -24,6 +24,9 @@ pub struct Vars {
     pub broker_password_param: String,
     pub router_token_param: String,
     pub grafana_password_param: String,
+    /// The SSM parameter naming the role's live version, written by `tyrell traffic` at
+    /// the end of each switch ([`crate::names::live_param`]).
+    pub live_param: String,
 }
 
 pub const ROUTER_PORT: u16 = 8080;
@@ -46,6 +49,7 @@ impl Vars {
             broker_password_param: secret_param("swarm1", "broker-password"),
             router_token_param: secret_param("swarm1", "router-token"),
             grafana_password_param: secret_param("metrics", "grafana-password"),
+            live_param: crate::names::live_param("swarm1", role),
         }
     }
 }
@@ -83,29 +87,39 @@ pub fn cloud_init(lib: &Library, role: &str, vars: &serde_json::Value) -> Result
     for (name, text) in lib.partials() {
         hb.register_partial(name, text).map_err(|e| err(format!("partial {name}: {e}")))?;
     }
-    let files: std::collections::BTreeMap<String, String> =
-        lib.files_under("roles/").map(|(p, c)| (p.to_string(), c.to_string())).collect();
-    // {{file "roles/metrics/dashboard.json"}}: another file of the role definitions.
-    hb.register_helper(
-        "file",
-        Box::new(
-            move |h: &handlebars::Helper,
-                  _: &Handlebars,
-                  _: &handlebars::Context,
-                  _: &mut handlebars::RenderContext,
-                  out: &mut dyn handlebars::Output| {
-                let path = h
-                    .param(0)
-                    .and_then(|p| p.value().as_str())
-                    .ok_or(RenderErrorReason::ParamNotFoundForIndex("file", 0))?;
-                let text = files
-                    .get(path)
-                    .ok_or_else(|| RenderErrorReason::Other(format!("no file {path} in the role definitions")))?;
-                out.write(text)?;
-                Ok(())
-            },
-        ),
-    );
+    let files: std::sync::Arc<std::collections::BTreeMap<String, String>> =
+        std::sync::Arc::new(lib.files_under("roles/").map(|(p, c)| (p.to_string(), c.to_string())).collect());
+    // {{file "roles/metrics/dashboard.json"}}: another file of the role definitions, as it is;
+    // {{script "roles/broker/tyrell-broker-bridge"}}: a shell script without its comment
+    // lines and blank lines ([`strip_script`]), so its documentation stays in the
+    // repository and does not count against the user data limit.
+    for (name, strip) in [("file", false), ("script", true)] {
+        let files = files.clone();
+        hb.register_helper(
+            name,
+            Box::new(
+                move |h: &handlebars::Helper,
+                      _: &Handlebars,
+                      _: &handlebars::Context,
+                      _: &mut handlebars::RenderContext,
+                      out: &mut dyn handlebars::Output| {
+                    let path = h
+                        .param(0)
+                        .and_then(|p| p.value().as_str())
+                        .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, 0))?;
+                    let text = files
+                        .get(path)
+                        .ok_or_else(|| RenderErrorReason::Other(format!("no file {path} in the role definitions")))?;
+                    if strip {
+                        out.write(&strip_script(text))?;
+                    } else {
+                        out.write(text)?;
+                    }
+                    Ok(())
+                },
+            ),
+        );
+    }
     // {{indent 6 (file "...")}}: every line but the first indented, for YAML block scalars.
     hb.register_helper(
         "indent",
@@ -139,6 +153,22 @@ pub fn cloud_init(lib: &Library, role: &str, vars: &serde_json::Value) -> Result
     Ok(text)
 }
 
+/// A shell script without its full-line comments (a `#` after optional blanks) and blank
+/// lines, its first line (`#!`) kept. A script so inlined must not need such lines inside
+/// a here-document.
+pub fn strip_script(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if i > 0 && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Merges `key=value` overrides into `vars`; only known keys may be set.
 pub fn with_overrides(vars: &Vars, sets: &[(String, String)]) -> Result<serde_json::Value, RenderError> {
     let mut v = serde_json::to_value(vars).expect("vars serialise");
@@ -170,4 +200,15 @@ pub fn template_with_user_data(
     }
     let b64 = base64::engine::general_purpose::STANDARD.encode(user_data);
     Ok(tpl.replace(PLACEHOLDER, &format!("\"{b64}\"")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_script;
+
+    #[test]
+    fn a_stripped_script_keeps_its_shebang_and_code_only() {
+        let s = "#!/bin/bash\n# what it does\n\nset -u\n  # indented comment\necho '# not a comment' # trailing\n";
+        assert_eq!(strip_script(s), "#!/bin/bash\nset -u\necho '# not a comment' # trailing\n");
+    }
 }

@@ -12,7 +12,7 @@ use crate::engine::library::{Manifest, Via};
 use crate::engine::model::VersionInfo;
 use crate::engine::values::SwarmName;
 use crate::engine::{validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK};
-use crate::names::{OUT_ASG, OUT_TARGET_GROUP};
+use crate::names::{live_param, OUT_ASG, OUT_TARGET_GROUP};
 
 use super::lock::*;
 use super::plan::*;
@@ -362,6 +362,14 @@ impl Engine {
                 steps.push(100);
             }
         }
+
+        // What is live, where the boxes can read it (a broker of another version moves its
+        // clients to this one: roles/broker).
+        let t = tokio::time::Instant::now();
+        let live = live_param(swarm, &m.role);
+        let about = format!("tyrell: the live {} version of swarm {swarm}", m.role);
+        ssm::put_string(&self.aws.ssm, &live, &to, &about, true).await?;
+        report.add("live", format!("{live} = {to}"), t, None);
 
         // The schedule goes with the active version: on the new one (its own, from its
         // stack), then off the old one, so nothing brings an inactive version back.
