@@ -52,9 +52,16 @@ impl Run {
 
 /// `tyrell -v ARGS` in `dir` (where the plan file is), every call through a recording proxy.
 fn counted(dir: &Path, args: &[&str]) -> Run {
+    counted_with(dir, &[], args)
+}
+
+/// [`counted`] with more environment variables.
+fn counted_with(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
     let proxy = ThrottlingProxy::start(&emulator().url, |_| false);
     let started = Instant::now();
-    let out = tyrell().env("AWS_ENDPOINT_URL", &proxy.url).current_dir(dir).arg("-v").args(args).output().unwrap();
+    let mut cmd = tyrell();
+    cmd.envs(env.iter().map(|(k, v)| (*k, *v)));
+    let out = cmd.env("AWS_ENDPOINT_URL", &proxy.url).current_dir(dir).arg("-v").args(args).output().unwrap();
     let took = started.elapsed();
     let mutating: Vec<String> = proxy.calls().into_iter().map(|s| s.call.action).filter(|a| !reads_only(a)).collect();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -467,4 +474,50 @@ fn bad_plan_files_are_refused_at_their_place_and_change_nothing() {
     // A file that is not there.
     let err = fails(exit::USAGE, &["plan", "/nonexistent/plan.toml"]);
     assert!(err.contains("cannot read plan file /nonexistent/plan.toml"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A role whose cloud-init would pass every file check but fail at its version's create
+/// (user data over EC2's 16 KB) is refused by `up` before the network, metrics box and
+/// base stack are made: nothing half-changed.
+#[test]
+fn what_would_fail_late_is_refused_before_the_first_change() {
+    let (ami, _) = two_amis();
+    let roles = tempfile::tempdir().unwrap();
+    let root = testkit::workspace_root();
+    for sub in ["roles", "templates"] {
+        if root.join(sub).exists() {
+            copy_dir(&root.join(sub), &roles.path().join(sub));
+        }
+    }
+    let ci = roles.path().join("roles/worker/cloud-init.yaml");
+    let mut text = std::fs::read_to_string(&ci).unwrap();
+    while text.len() < 17_000 {
+        text.push_str("# padding to push the rendered user data over 16 KB\n");
+    }
+    std::fs::write(&ci, text).unwrap();
+    let sw = unique("pw");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = format!(
+        "swarm = \"{sw}\"\n[networks.{sw}-n]\n[base]\nnetwork = \"{sw}-n\"\n[roles.bee]\nimage = \"{ami}\"\n[roles.worker]\nimage = \"{ami}\"\n"
+    );
+    std::fs::write(dir.path().join("p.toml"), plan).unwrap();
+    let r = counted_with(dir.path(), &[("TYRELL_ROLES_DIR", &roles.path().join("roles"))], &["up", "p.toml"]);
+    let err = r.stderr();
+    assert!(!r.out.status.success(), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.starts_with("error: p.toml:7:8: roles.worker") && line.contains("16384"), "{err}");
+    assert!(r.mutating.is_empty(), "{:?}", r.mutating);
+    assert!(stacks_of(&sw).is_empty(), "{:?}", stacks_of(&sw));
 }

@@ -194,13 +194,23 @@ fn param_diff(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) 
         .collect()
 }
 
-/// The image of `ami` for `role` in `e`'s region, resolved and checked to exist; errors
-/// carry the plan's `place`.
-async fn resolve_image(e: &Engine, role: &str, ami: &AmiRef, place: &Place) -> anyhow::Result<String> {
+/// The image of `ami` for `role` in `e`'s region, resolved and checked to exist (once per
+/// AMI and region: `seen` holds those checked); errors carry the plan's `place`.
+async fn resolve_image(
+    e: &Engine,
+    role: &str,
+    ami: &AmiRef,
+    place: &Place,
+    seen: &mut BTreeSet<(Region, String)>,
+) -> anyhow::Result<String> {
     let id = e.resolve_ami(role, ami).await.map_err(|err| err.context(format!("{place}: image {ami}")))?;
+    if seen.contains(&(e.region().clone(), id.clone())) {
+        return Ok(id);
+    }
     if !ec2::image_exists(&e.aws.ec2, &id).await? {
         crate::refuse!(NotFound, "{place}: image {ami}: AMI {id} does not exist in {}", e.region());
     }
+    seen.insert((e.region().clone(), id.clone()));
     Ok(id)
 }
 
@@ -237,6 +247,8 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
             away.get(r).ok_or_else(|| anyhow::anyhow!("no engine for region {r}"))
         }
     };
+
+    let mut images = BTreeSet::new();
 
     // Networks.
     let mut vpcs: BTreeMap<String, String> = BTreeMap::new();
@@ -279,7 +291,7 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
     // The metrics box.
     let mut metrics_sg: Option<String> = None;
     if let Some(m) = &d.metrics {
-        let ami = resolve_image(e, super::metrics::ROLE, &m.image, &m.image_place).await?;
+        let ami = resolve_image(e, super::metrics::ROLE, &m.image, &m.image_place, &mut images).await?;
         match own(e, &m.name, super::metrics::ROLE, &m.place).await? {
             None => {
                 out.changes.push(Change::new(
@@ -363,7 +375,7 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
     let mut switches = Vec::new();
     for r in &d.roles {
         let m = e.manifest(&r.role)?;
-        let ami = resolve_image(e, &r.role, &r.image, &r.image_place).await?;
+        let ami = resolve_image(e, &r.role, &r.image, &r.image_place, &mut images).await?;
         let versions = match &base {
             Some(_) => e.versions_among(&m, Some(&d.swarm), &listed).await?,
             None => Vec::new(),
@@ -421,6 +433,12 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
                     out.unchanged.push(format!("{} {} is live ({} instance(s))", r.role, l.version, r.size));
                     continue;
                 }
+                // The role's cloud-init renders (and fits EC2's user data limit) with this
+                // swarm's names: checked now, before anything is made.
+                let mut vars = super::render::Vars::sample(&r.role);
+                (vars.region, vars.stack) = (home.to_string(), d.swarm.to_string());
+                super::render::cloud_init(&e.lib, &r.role, &serde_json::to_value(&vars)?)
+                    .map_err(|err| anyhow::Error::from(err).context(format!("{}: roles.{}", r.place, r.role)))?;
                 let shown = named.clone().unwrap_or_else(|| "(new)".into());
                 let stack = stack_name(&d.swarm, &r.role, &shown);
                 if named.is_some() {
@@ -513,7 +531,7 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
     // Bee fleets in other regions: validated and shown; `up` cannot make them yet.
     for b in &d.bees {
         let en = engine_for(&b.region)?;
-        let ami = resolve_image(en, "bee", &b.image, &b.image_place).await?;
+        let ami = resolve_image(en, "bee", &b.image, &b.image_place, &mut images).await?;
         let mut c = Change::new(
             Action::Create,
             "version",
