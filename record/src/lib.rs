@@ -115,6 +115,12 @@ pub struct PingRecord {
     /// "System clock synchronized"). `false` means `ts` may be off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_synced: Option<bool>,
+    /// *Schema 2, optional.* The bee's count of the records it published, this one
+    /// included (1, 2, 3, … across all its targets), from the start of the bee process: a
+    /// consumer that sees `seq` 5 and 7 of one `agent` lost 6 (or will see it late). A bee
+    /// that restarts counts from 1 again. Absent from records of older bees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 impl Default for PingRecord {
@@ -138,6 +144,7 @@ impl Default for PingRecord {
             resolve_ms: None,
             late_ms: None,
             clock_synced: None,
+            seq: None,
         }
     }
 }

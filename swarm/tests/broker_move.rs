@@ -387,6 +387,18 @@ fn move_under_load(how: Move) {
             assert_eq!(b.log_text().matches("connected to the broker").count(), 2, "a bee moved more than once");
         }
     }
+    // A bee's records are numbered (seq 1..=n, every one published): none missing.
+    for a in agents.iter().chain([&late_agent]) {
+        let mut seqs: Vec<u64> = records.values().filter(|r| &r.agent == a).filter_map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{a}: records missing by seq");
+    }
+    // A bee that stops cleanly says goodbye with its last seq: a stop, not a death.
+    bees[0].guard.signal("TERM");
+    wait_for(Duration::from_secs(10), "the indexers counting a stop", || {
+        (indexers.iter().map(|i| counter(i, "stops")).sum::<u64>() >= 1).then_some(())
+    });
+    assert_eq!(indexers.iter().map(|i| counter(i, "rips")).sum::<u64>(), 0, "a clean stop taken for a death");
     let after: usize =
         records.values().filter(|r| r.agent == late_agent).map(|r| &r.target).collect::<HashSet<_>>().len();
     assert_eq!(after, TARGETS, "the late bee measured {after} targets");

@@ -143,6 +143,8 @@ struct Ctx {
     resolve_timeout: Duration,
     stats: Arc<BeeStats>,
     last_fail_log: AtomicI64,
+    /// The last record's `seq` (records numbered from 1; see `record::PingRecord::seq`).
+    seq: std::sync::atomic::AtomicU64,
 }
 
 /// Pings one target forever, one round per interval.
@@ -167,7 +169,8 @@ async fn target_loop(ctx: Arc<Ctx>, target: String) {
             Ok(addr) => Ok(ctx.icmp.round_planned(addr, ctx.spec, planned + took).await),
             Err(e) => Err(e),
         };
-        let rec = ctx.agent.record(&target, &reached, outcome);
+        let mut rec = ctx.agent.record(&target, &reached, outcome);
+        rec.seq = Some(ctx.seq.fetch_add(1, Ordering::Relaxed) + 1);
         ctx.stats.rounds.inc();
         if rec.status == record::Status::Error {
             ctx.stats.error_records.inc();
@@ -244,11 +247,17 @@ impl Targets {
     }
 }
 
-fn rip_payload(agent: &Agent, reason: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
+/// A bee's message on `rip/agent/<agent>`: its last will (`reason: "connection lost"`), or
+/// its goodbye when it stops cleanly (`reason: "stopped"`, with `seq`, the last record's
+/// number: every record it published is numbered up to it).
+fn rip_payload(agent: &Agent, reason: &str, seq: Option<u64>) -> Vec<u8> {
+    let mut v = serde_json::json!({
         "agent": agent.agent, "stack": agent.stack, "region": agent.region, "status": "dead", "reason": reason,
-    }))
-    .unwrap()
+    });
+    if let Some(n) = seq {
+        v["seq"] = n.into();
+    }
+    serde_json::to_vec(&v).unwrap()
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -263,7 +272,7 @@ async fn run(args: Args) -> Result<()> {
     let opts = args.mqtt.v4(
         &agent_name,
         password.as_deref(),
-        Some((rip_topic.clone(), rip_payload(&agent, "connection lost"), true)),
+        Some((rip_topic.clone(), rip_payload(&agent, "connection lost", None), true)),
     )?;
     let (client, eventloop) = AsyncClient::new(opts, args.publish_queue);
 
@@ -284,6 +293,7 @@ async fn run(args: Args) -> Result<()> {
         resolve_timeout: args.resolve_timeout,
         stats: stats.clone(),
         last_fail_log: AtomicI64::new(0),
+        seq: std::sync::atomic::AtomicU64::new(0),
     });
     tracing::info!(agent = %agent_name, probes = spec.probes, spacing_ms = spec.spacing.as_millis() as u64,
         timeout_ms = spec.timeout.as_millis() as u64, interval_ms = args.interval.as_millis() as u64, "bee starting");
@@ -417,10 +427,18 @@ async fn run(args: Args) -> Result<()> {
     if !args.handover.is_zero() {
         hand_over(&client, &alive_topic, &presence, presence_of(true)?, &targets, args.interval, args.handover).await;
     }
+    // No more rounds (one in flight is not published), so the last record's number is final.
+    let last = {
+        let mut t = targets.lock().unwrap();
+        for (_, h) in t.tasks.drain() {
+            h.abort();
+        }
+        t.ctx.seq.load(Ordering::Relaxed)
+    };
     // A clean disconnect does not fire the will: say goodbye ourselves.
-    tracing::info!("stopping: announcing it on {alive_topic} and {rip_topic}");
+    tracing::info!(last_seq = last, "stopping: announcing it on {alive_topic} and {rip_topic}");
     let _ = client.publish(alive_topic, QoS::AtLeastOnce, true, Vec::new()).await;
-    let _ = client.publish(rip_topic, QoS::AtLeastOnce, true, rip_payload(&agent, "stopped")).await;
+    let _ = client.publish(rip_topic, QoS::AtLeastOnce, true, rip_payload(&agent, "stopped", Some(last))).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A clean DISCONNECT, so the broker discards the "connection lost" will; give the
     // event loop a moment to send it (it retries only after its first backoff, 250 ms).

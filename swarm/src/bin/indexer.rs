@@ -137,6 +137,8 @@ struct IndexerStats {
     rips: Counter,
     /// Wills of bees that were live again within the grace (moved brokers).
     moves: Counter,
+    /// Bees that said goodbye (`reason: "stopped"`: scale-in, a release): not deaths.
+    stops: Counter,
     /// Direct connections to announced brokers.
     direct: AtomicU64,
     /// Records whose `ts` was past their arrival (a bee's clock ahead).
@@ -156,6 +158,7 @@ impl Snapshot for IndexerStats {
             ("malformed", self.malformed.get()),
             ("rips", self.rips.get()),
             ("moves", self.moves.get()),
+            ("stops", self.stops.get()),
             ("brokers_direct", self.direct.load(Ordering::Relaxed)),
             ("clock_ahead", self.clock_ahead.get()),
         ];
@@ -672,8 +675,17 @@ fn ack_at_once(ctx: &Ctx, v5: Option<&Publish>, link: u64, epoch: u64) {
 /// after a move it comes again through the bridge: so it is a death only if the bee
 /// publishes no live presence within [`Ctx::rip_grace`] (it does every round while it is
 /// connected, wherever). Copies of one will within the grace count once.
+///
+/// A bee that stops cleanly says so on the same topic with `reason: "stopped"`: that is
+/// counted as a stop, never as a death (a release's old bees are not "lost").
 fn rip(ctx: &Arc<Ctx>, agent: &str, payload: &[u8]) {
     let at = std::time::Instant::now();
+    let said: Option<serde_json::Value> = serde_json::from_slice(payload).ok();
+    if said.as_ref().is_some_and(|v| v["reason"] == "stopped") {
+        ctx.stats.stops.inc();
+        tracing::info!(agent, "a bee stopped (its goodbye, not a will)");
+        return;
+    }
     let report = {
         let payload = String::from_utf8_lossy(&payload[..payload.len().min(300)]).to_string();
         move |ctx: &Ctx, agent: &str| {
