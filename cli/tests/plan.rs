@@ -222,7 +222,12 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
 
     // up from nothing.
     let built = counted(dir.path(), &["up", "swarm.toml", "-o", "json"]).ok();
-    eprintln!("MEASURE up from nothing: {} AWS API calls, {:.2}s wall", built.calls, built.took.as_secs_f64());
+    eprintln!(
+        "MEASURE up from nothing: {} AWS API calls ({} mutating), {:.2}s wall",
+        built.calls,
+        built.mutating.len(),
+        built.took.as_secs_f64()
+    );
     let done = built.json();
     assert_eq!(done["changes"].as_array().unwrap().len(), 9, "{done:#}");
     let n = stack(&net).expect("the network");
@@ -284,6 +289,32 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
     assert_eq!(group(&old_bee.outputs["AutoScalingGroupName"]), (0, Some("false".into())), "the old bees scaled in");
     let again = counted(dir.path(), &["up", "swarm.toml"]).ok();
     assert!(again.mutating.is_empty(), "{:?}", again.mutating);
+
+    // The file names a version that exists but is not live: a gated switch back to it.
+    let old_router = versions[1].trim_start_matches(&format!("{sw}-router-")).to_string();
+    let with_version = |size: u32| {
+        plan_text(&sw, &net, &metrics, &ami, &other, size)
+            .replace(&format!("size = {size}\nafter"), &format!("size = {size}\nversion = \"{old_router}\"\nafter"))
+    };
+    std::fs::write(&file, with_version(3)).unwrap();
+    let p = counted(dir.path(), &["plan", "swarm.toml", "-o", "json"]).ok().json();
+    let changes = p["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{p:#}");
+    assert_eq!((changes[0]["action"].as_str(), changes[0]["name"].as_str()), (Some("switch"), Some("router")), "{p:#}");
+    counted(dir.path(), &["up", "swarm.toml"]).ok();
+    let back = stack(&versions[1]).unwrap();
+    assert_eq!(forwards(&listener), [(back.outputs["TargetGroupArn"].clone(), 1)], "the ALB is back on {old_router}");
+    assert_eq!(group(&back.outputs["AutoScalingGroupName"]).0, 3, "at the file's size");
+    // A named live version with another size: refused at its place (a new size is a new version).
+    std::fs::write(&file, with_version(4)).unwrap();
+    let refused = counted(dir.path(), &["up", "swarm.toml"]);
+    assert_eq!(refused.code(), Some(exit::USAGE), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("swarm.toml:21:8: roles.router") && refused.stderr().contains("new version id"),
+        "{}",
+        refused.stderr()
+    );
+    assert!(refused.mutating.is_empty(), "{:?}", refused.mutating);
 
     // down: refused while the archive holds data, then told to delete it.
     let bucket = json(&["stacks", "describe", &sw])["bucket"].as_str().unwrap().to_string();
