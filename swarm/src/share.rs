@@ -105,6 +105,10 @@ pub struct Presence {
     /// once one of them has been live for a round. Absent: `false`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopping: bool,
+    /// The `seq` of the last record the bee published when it sent this (see
+    /// `record::PingRecord::seq`): with the `watch` list empty, its final count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// A presence is forgotten after this many of its periods (`every_ms`) without a new one.
@@ -373,6 +377,7 @@ mod tests {
                 zone: "b".into(),
                 every_ms,
                 stopping: false,
+                seq: None,
             })
             .unwrap()
         };
@@ -408,6 +413,7 @@ mod tests {
                 zone: "a".into(),
                 every_ms: 1000,
                 stopping,
+                seq: Some(3),
             })
             .unwrap()
         };

@@ -284,7 +284,7 @@ async fn run(args: Args) -> Result<()> {
     };
     let stats = Arc::new(BeeStats::default());
     swarm::stats::spawn_logger("bee", stats.clone(), args.stats_interval);
-    let ctx = Arc::new(Ctx {
+    let ctx: Arc<Ctx> = Arc::new(Ctx {
         icmp,
         client: client.clone(),
         agent: agent.clone(),
@@ -298,18 +298,21 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!(agent = %agent_name, probes = spec.probes, spacing_ms = spec.spacing.as_millis() as u64,
         timeout_ms = spec.timeout.as_millis() as u64, interval_ms = args.interval.as_millis() as u64, "bee starting");
     let me = share::Bee { agent: agent_name.clone(), region: args.region.clone(), zone: args.zone.clone() };
-    let presence_of = |stopping: bool| {
-        serde_json::to_vec(&Presence {
+    // What this bee says on bees/alive/<agent>: live (or handing over once it stops), and
+    // the last record's seq.
+    let presence = Arc::new(Alive {
+        base: Presence {
             agent: agent_name.clone(),
             stack: args.stack.clone(),
             region: args.region.clone(),
             zone: args.zone.clone(),
             every_ms: args.interval.as_millis() as u64,
-            stopping,
-        })
-    };
-    // What this bee says on bees/alive/<agent>: live, or handing over once it stops.
-    let presence = Arc::new(Mutex::new(presence_of(false)?));
+            stopping: false,
+            seq: None,
+        },
+        ctx: ctx.clone(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
+    });
     let alive_topic = topics::alive(&agent_name);
     let sharing = args.share_k != ShareK::All;
     // A bee that hands over watches the others' presence even when it does not share.
@@ -332,7 +335,7 @@ async fn run(args: Args) -> Result<()> {
         Msg::Connected => {
             let c = sub_client.clone();
             let clear = clear_topic.clone();
-            let (alive, presence) = (on_alive.clone(), on_presence.lock().unwrap().clone());
+            let (alive, presence) = (on_alive.clone(), on_presence.payload());
             tokio::spawn(async move {
                 // Alive again: clear this agent's retained last will, say so.
                 let _ = c.publish(clear, QoS::AtLeastOnce, true, Vec::new()).await;
@@ -394,8 +397,7 @@ async fn run(args: Args) -> Result<()> {
         loop {
             tick.tick().await;
             if beat_state.connected() {
-                let p = beat.lock().unwrap().clone();
-                let _ = beat_client.try_publish(&beat_topic, QoS::AtLeastOnce, true, p);
+                let _ = beat_client.try_publish(&beat_topic, QoS::AtLeastOnce, true, beat.payload());
             }
         }
     });
@@ -425,7 +427,7 @@ async fn run(args: Args) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     if !args.handover.is_zero() {
-        hand_over(&client, &alive_topic, &presence, presence_of(true)?, &targets, args.interval, args.handover).await;
+        hand_over(&client, &alive_topic, &presence, &targets, args.interval, args.handover).await;
     }
     // No more rounds (one in flight is not published), so the last record's number is final.
     let last = {
@@ -447,6 +449,23 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// This bee's presence (`bees/alive/<agent>`, [`Presence`]) as it is now.
+struct Alive {
+    base: Presence,
+    ctx: Arc<Ctx>,
+    /// Handing over (`BEE_HANDOVER`).
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Alive {
+    fn payload(&self) -> Vec<u8> {
+        let mut p = self.base.clone();
+        p.stopping = self.stopping.load(Ordering::Relaxed);
+        p.seq = Some(self.ctx.seq.load(Ordering::Relaxed));
+        serde_json::to_vec(&p).unwrap_or_default()
+    }
+}
+
 /// `BEE_HANDOVER`: says it is stopping (the others stop counting it and take its share)
 /// and keeps pinging until another bee, heard since, has been live for a round and at
 /// least two rounds have passed (a shared target's new bees have taken over), or until
@@ -455,15 +474,14 @@ async fn run(args: Args) -> Result<()> {
 async fn hand_over(
     client: &AsyncClient,
     alive_topic: &str,
-    presence: &Mutex<Vec<u8>>,
-    stopping: Vec<u8>,
+    presence: &Alive,
     targets: &Mutex<Targets>,
     round: Duration,
     max: Duration,
 ) {
     let since = std::time::Instant::now();
-    *presence.lock().unwrap() = stopping.clone();
-    let _ = client.publish(alive_topic, QoS::AtLeastOnce, true, stopping).await;
+    presence.stopping.store(true, Ordering::Relaxed);
+    let _ = client.publish(alive_topic, QoS::AtLeastOnce, true, presence.payload()).await;
     tracing::info!(
         max_ms = max.as_millis() as u64,
         "stopping: handing over, pinging until another bee has been live for a round"
