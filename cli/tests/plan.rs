@@ -26,6 +26,8 @@ fn reads_only(action: &str) -> bool {
 /// made, its AWS call count (`-v`) and its wall time.
 struct Run {
     out: Output,
+    /// Every call's action, in order.
+    actions: Vec<String>,
     mutating: Vec<String>,
     calls: usize,
     took: Duration,
@@ -63,7 +65,8 @@ fn counted_with(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
     cmd.envs(env.iter().map(|(k, v)| (*k, *v)));
     let out = cmd.env("AWS_ENDPOINT_URL", &proxy.url).current_dir(dir).arg("-v").args(args).output().unwrap();
     let took = started.elapsed();
-    let mutating: Vec<String> = proxy.calls().into_iter().map(|s| s.call.action).filter(|a| !reads_only(a)).collect();
+    let actions: Vec<String> = proxy.calls().into_iter().map(|s| s.call.action).collect();
+    let mutating: Vec<String> = actions.iter().filter(|a| !reads_only(a)).cloned().collect();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let calls = err
         .lines()
@@ -72,7 +75,17 @@ fn counted_with(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
         .and_then(|h| h.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    Run { out, mutating, calls, took }
+    Run { out, actions, mutating, calls, took }
+}
+
+/// `v` is an object with exactly these keys (the shapes of docs/PLAN.md, "--output json").
+fn keys(v: &Value, want: &[&str]) {
+    let mut have: Vec<&str> =
+        v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().map(|k| k.as_str()).collect();
+    let mut want = want.to_vec();
+    have.sort();
+    want.sort();
+    assert_eq!(have, want, "{v:#}");
 }
 
 /// Two distinct image ids that exist in the emulator (its built-in images).
@@ -192,7 +205,11 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
     let shown = counted(dir.path(), &["plan", "swarm.toml", "-o", "json"]).ok();
     assert!(shown.mutating.is_empty(), "plan made mutating calls: {:?}", shown.mutating);
     let p = shown.json();
+    keys(&p, &["file", "swarm", "region", "changes", "unchanged", "notes"]);
     let changes = p["changes"].as_array().unwrap();
+    for c in changes {
+        keys(c, &["action", "kind", "name", "region", "what", "parameters", "template", "blocked"]);
+    }
     let kinds: Vec<(&str, &str)> =
         changes.iter().map(|c| (c["action"].as_str().unwrap(), c["kind"].as_str().unwrap())).collect();
     assert_eq!(
@@ -222,13 +239,19 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
 
     // up from nothing.
     let built = counted(dir.path(), &["up", "swarm.toml", "-o", "json"]).ok();
+    let mut by_action = std::collections::BTreeMap::<&str, usize>::new();
+    for a in &built.actions {
+        *by_action.entry(a.as_str()).or_default() += 1;
+    }
     eprintln!(
-        "MEASURE up from nothing: {} AWS API calls ({} mutating), {:.2}s wall",
+        "MEASURE up from nothing: {} AWS API calls ({} mutating), {:.2}s wall; by action: {by_action:?}",
         built.calls,
         built.mutating.len(),
         built.took.as_secs_f64()
     );
+    assert_eq!(built.calls, built.actions.len(), "the -v count is the calls the proxy saw");
     let done = built.json();
+    keys(&done, &["file", "swarm", "region", "changes", "created_versions", "notes"]);
     assert_eq!(done["changes"].as_array().unwrap().len(), 9, "{done:#}");
     let n = stack(&net).expect("the network");
     assert_eq!((n.tags["tyrell:role"].as_str(), n.tags["tyrell:stack"].as_str()), ("network", net.as_str()));
@@ -339,6 +362,7 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
     assert_eq!(stacks_of(&sw).len(), 7);
     let would = counted(dir.path(), &["plan", "swarm.toml", "--down", "--delete-archive", "-o", "json"]).ok();
     assert!(would.mutating.is_empty());
+    keys(&would.json(), &["file", "swarm", "region", "changes", "deleted_objects", "kept"]);
     assert_eq!(
         would.json()["changes"].as_array().unwrap().len(),
         9,

@@ -584,3 +584,66 @@ fn dependency_order(roles: &[RoleWant], lib: &Library) -> Result<Vec<usize>, Vec
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lib() -> Library {
+        Library::load().expect("the embedded role library")
+    }
+
+    fn home() -> Region {
+        "eu-west-1".parse().unwrap()
+    }
+
+    const GOOD: &str = "swarm = \"sw1\"\n[networks.net1]\n[base]\nnetwork = \"net1\"\n[roles.router]\nimage = \"latest\"\nafter = [\"broker\"]\n[roles.broker]\nimage = \"ami-0123abcd\"\n";
+
+    fn err(text: &str) -> String {
+        format!("{:#}", parse("p.toml", text, &home(), &lib()).unwrap_err())
+    }
+
+    #[test]
+    fn a_good_plan_reads_with_defaults_and_in_dependency_order() {
+        let d = parse("p.toml", GOOD, &home(), &lib()).unwrap();
+        assert_eq!((d.swarm.as_str(), d.region.to_string()), ("sw1", "eu-west-1".to_string()));
+        let n = &d.networks[0];
+        assert_eq!((n.name.as_str(), n.cidr.as_str(), n.azs, n.nat), ("net1", "10.0.0.0/16", 2, true));
+        let roles: Vec<&str> = d.roles.iter().map(|r| r.role.as_str()).collect();
+        assert_eq!(roles, ["broker", "router"], "the router waits for the broker");
+        assert_eq!(d.roles[1].image, AmiRef::Latest);
+        assert_eq!(d.roles[1].shift, Shift::AllAtOnce);
+        assert!(d.metrics.is_none() && d.bees.is_empty());
+    }
+
+    #[test]
+    fn places_are_line_and_column_of_the_offending_text() {
+        let src = Source { file: "f", text: "a\nbcd\n\u{e9}x" };
+        assert_eq!(src.place(0..1).to_string(), "f:1:1");
+        assert_eq!(src.place(4..5).to_string(), "f:2:3");
+        // Columns count characters, not bytes.
+        assert_eq!(src.place(8..9).to_string(), "f:3:2");
+        assert!(err(&GOOD.replace("[base]\n", "[base]\nvpc = 1\n")).starts_with("p.toml:4:1: unknown field `vpc`"));
+        assert!(err(&GOOD.replace("after = [\"broker\"]", "after = [\"bee\"]")).starts_with("p.toml:7:10:"));
+    }
+
+    #[test]
+    fn cycles_are_named_along_their_path() {
+        let text = GOOD.replace("image = \"ami-0123abcd\"", "image = \"ami-0123abcd\"\nafter = [\"router\"]");
+        let e = err(&text);
+        assert!(e.starts_with("p.toml:10:10: roles.broker.after makes a cycle: broker -> router -> broker"), "{e}");
+    }
+
+    #[test]
+    fn bee_regions_take_the_home_bees_defaults_and_their_own_network() {
+        let text = format!(
+            "{GOOD}[roles.bee]\nimage = \"latest\"\nsize = 4\n[networks.far]\nregion = \"ap-south-1\"\n[bees.ap-south-1]\nnetwork = \"far\"\n"
+        );
+        let d = parse("p.toml", &text, &home(), &lib()).unwrap();
+        assert_eq!((d.bees[0].region.to_string(), d.bees[0].size), ("ap-south-1".to_string(), 4));
+        let e = err(&text.replace("network = \"far\"", "network = \"net1\""));
+        assert!(e.contains("bees.ap-south-1 is in ap-south-1, but network net1 is in eu-west-1"), "{e}");
+        let e = err(&text.replace("[bees.ap-south-1]", "[bees.eu-west-1]"));
+        assert!(e.contains("the home region's bees are [roles.bee]"), "{e}");
+    }
+}
