@@ -26,7 +26,9 @@
 //! reader of schema 2 treats an absent field as "not measured". Readers ignore fields
 //! they do not know, so a later schema that only adds fields reads too.
 
+use std::borrow::Cow;
 use std::io::{Read, Write};
+use std::ops::Range;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -240,6 +242,99 @@ impl PingRecord {
     /// [`PingRecord::validate`], returning the record's time in UTC ([`parse_ts`]) so it
     /// need not be parsed again.
     pub fn validate_utc(&self) -> Result<OffsetDateTime, String> {
+        self.view().validate_utc()
+    }
+
+    /// The record as a [`RecordView`] borrowing its strings (no copy).
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            schema: self.schema,
+            id: Cow::Borrowed(&self.id),
+            ts: Cow::Borrowed(&self.ts),
+            stack: Cow::Borrowed(&self.stack),
+            region: Cow::Borrowed(&self.region),
+            agent: Cow::Borrowed(&self.agent),
+            target: Cow::Borrowed(&self.target),
+            status: self.status,
+            loss: self.loss,
+            rtt_ms: self.rtt_ms,
+            error: self.error.as_deref().map(Cow::Borrowed),
+            sent: self.sent,
+            ttl: self.ttl,
+            addr: self.addr.as_deref().map(Cow::Borrowed),
+            resolve_ms: self.resolve_ms,
+            late_ms: self.late_ms,
+            clock_synced: self.clock_synced,
+            seq: self.seq,
+        }
+    }
+}
+
+/// A [`PingRecord`] read without copying its strings: each one borrows from the JSON text
+/// it was parsed from (`serde_json::from_str` / `from_slice`; a string with JSON escapes in
+/// it is unescaped into its own copy). The same fields, names, types, order and rules as
+/// [`PingRecord`] (each documented there): the JSON that parses as one parses as the other
+/// (with the same error), and both serialise to the same bytes. For consumers that only
+/// check a record, or write it back, once per record (the indexer, the worker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordView<'a> {
+    /// [`PingRecord::schema`].
+    #[serde(default = "schema_1")]
+    pub schema: u32,
+    /// [`PingRecord::id`].
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// [`PingRecord::ts`].
+    #[serde(borrow)]
+    pub ts: Cow<'a, str>,
+    /// [`PingRecord::stack`].
+    #[serde(borrow)]
+    pub stack: Cow<'a, str>,
+    /// [`PingRecord::region`].
+    #[serde(borrow)]
+    pub region: Cow<'a, str>,
+    /// [`PingRecord::agent`].
+    #[serde(borrow)]
+    pub agent: Cow<'a, str>,
+    /// [`PingRecord::target`].
+    #[serde(borrow)]
+    pub target: Cow<'a, str>,
+    /// [`PingRecord::status`].
+    pub status: Status,
+    /// [`PingRecord::loss`].
+    pub loss: f64,
+    /// [`PingRecord::rtt_ms`].
+    pub rtt_ms: Option<Rtt>,
+    /// [`PingRecord::error`].
+    #[serde(borrow)]
+    pub error: Option<Cow<'a, str>>,
+    /// [`PingRecord::sent`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u16>,
+    /// [`PingRecord::ttl`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u8>,
+    /// [`PingRecord::addr`].
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<Cow<'a, str>>,
+    /// [`PingRecord::resolve_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_ms: Option<f64>,
+    /// [`PingRecord::late_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_ms: Option<f64>,
+    /// [`PingRecord::clock_synced`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_synced: Option<bool>,
+    /// [`PingRecord::seq`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+impl RecordView<'_> {
+    /// The checks of [`PingRecord::validate`] (the one place they are written), returning
+    /// the record's time in UTC ([`parse_ts`]). The error is one sentence.
+    pub fn validate_utc(&self) -> Result<OffsetDateTime, String> {
         if self.schema == 0 {
             return Err("schema 0 (schemas start at 1)".into());
         }
@@ -414,13 +509,74 @@ pub fn encode_body(ndjson: &str, encoding: Encoding) -> String {
 /// Errors are faults of the whole body only, when no line can be read at all: bad base64
 /// or gzip, more than [`MAX_DECODED_BYTES`] decoded, or no line at all ([`DecodeError::Empty`]).
 pub fn decode_lines(body: &str, encoding: Encoding) -> Result<Decoded, DecodeError> {
-    let bytes: std::borrow::Cow<[u8]> = match encoding {
-        Encoding::Ndjson => body.as_bytes().into(),
+    let checked = decode_checked(body, encoding)?;
+    let mut decoded = Decoded { lines: Vec::with_capacity(checked.lines.len()), rejected: checked.rejected };
+    for l in checked.lines {
+        // Valid UTF-8 and a valid record: decode_checked read it so, with the same shape.
+        let raw = String::from_utf8_lossy(&checked.text[l.range.clone()]).into_owned();
+        match serde_json::from_str::<PingRecord>(&raw) {
+            Ok(record) => decoded.lines.push(Line { record, raw, utc: l.utc }),
+            Err(e) => decoded.rejected.push(Rejected { line: l.line, raw, reason: format!("not a ping record: {e}") }),
+        }
+    }
+    decoded.rejected.sort_by_key(|r| r.line);
+    Ok(decoded)
+}
+
+/// A body checked line by line without copying its lines ([`decode_checked`]).
+#[derive(Debug, Clone)]
+pub struct Checked<'a> {
+    /// The decoded NDJSON: the body itself (`ndjson`) or what its gzip held.
+    pub text: Cow<'a, [u8]>,
+    /// The gzip stream the body carried (base64-decoded), for `gzip+base64` bodies.
+    pub gzip: Option<Vec<u8>>,
+    /// The valid records, in body order.
+    pub lines: Vec<CheckedLine>,
+    /// The lines that are not valid records, in body order.
+    pub rejected: Vec<Rejected>,
+}
+
+/// One valid record of a [`Checked`] body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedLine {
+    /// 1-based line number in the decoded body.
+    pub line: usize,
+    /// Where the line is in [`Checked::text`], without its line ending (`\n` or `\r\n`):
+    /// valid UTF-8.
+    pub range: Range<usize>,
+    /// The record's `ts` as an instant in UTC ([`parse_ts`]).
+    pub utc: OffsetDateTime,
+}
+
+impl Checked<'_> {
+    /// Whether [`Checked::text`] is exactly its valid lines, each ending in `\n` (no line
+    /// set aside, no blank line, no `\r`): then the text archived line by line is the text
+    /// as it came.
+    pub fn is_exact(&self) -> bool {
+        let mut at = 0;
+        for l in &self.lines {
+            if l.range.start != at || self.text.get(l.range.end) != Some(&b'\n') {
+                return false;
+            }
+            at = l.range.end + 1;
+        }
+        self.rejected.is_empty() && !self.lines.is_empty() && at == self.text.len()
+    }
+}
+
+/// As [`decode_lines`] (the same lines valid, the same set aside with the same reasons, the
+/// same errors), but each record is read as a [`RecordView`] that borrows from the text,
+/// and valid lines are given as ranges of the decoded text instead of copies: for a
+/// consumer that archives the lines as they came (the worker).
+pub fn decode_checked(body: &str, encoding: Encoding) -> Result<Checked<'_>, DecodeError> {
+    let (text, gzip): (Cow<[u8]>, Option<Vec<u8>>) = match encoding {
+        Encoding::Ndjson => (body.as_bytes().into(), None),
         Encoding::GzipBase64 => {
             let gz = base64::engine::general_purpose::STANDARD
                 .decode(body.trim())
                 .map_err(|e| DecodeError::Base64(e.to_string()))?;
-            let mut out = Vec::new();
+            // NDJSON of ping records compresses about 3 to 6 times.
+            let mut out = Vec::with_capacity(gz.len().saturating_mul(6).min(MAX_DECODED_BYTES + 1));
             flate2::read::MultiGzDecoder::new(&gz[..])
                 .take(MAX_DECODED_BYTES as u64 + 1)
                 .read_to_end(&mut out)
@@ -428,18 +584,22 @@ pub fn decode_lines(body: &str, encoding: Encoding) -> Result<Decoded, DecodeErr
             if out.len() > MAX_DECODED_BYTES {
                 return Err(DecodeError::TooLarge);
             }
-            out.into()
+            (out.into(), Some(gz))
         }
     };
-    if bytes.len() > MAX_DECODED_BYTES {
+    if text.len() > MAX_DECODED_BYTES {
         return Err(DecodeError::TooLarge);
     }
-    let mut decoded = Decoded::default();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+    let mut lines = Vec::new();
+    let mut rejected = Vec::new();
+    let mut start = 0;
+    for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let at = start;
+        start += raw.len() + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let line = i + 1;
         let Ok(text) = std::str::from_utf8(raw) else {
-            decoded.rejected.push(Rejected {
+            rejected.push(Rejected {
                 line,
                 raw: base64::engine::general_purpose::STANDARD.encode(raw),
                 reason: "line is not UTF-8 (raw holds its bytes in base64)".into(),
@@ -449,22 +609,22 @@ pub fn decode_lines(body: &str, encoding: Encoding) -> Result<Decoded, DecodeErr
         if text.trim().is_empty() {
             continue;
         }
-        match parse_record(text) {
-            Ok((record, utc)) => decoded.lines.push(Line { record, raw: text.to_string(), utc }),
-            Err(reason) => decoded.rejected.push(Rejected { line, raw: text.to_string(), reason }),
+        match check_record(text) {
+            Ok(utc) => lines.push(CheckedLine { line, range: at..at + raw.len(), utc }),
+            Err(reason) => rejected.push(Rejected { line, raw: text.to_string(), reason }),
         }
     }
-    if decoded.lines.is_empty() && decoded.rejected.is_empty() {
+    if lines.is_empty() && rejected.is_empty() {
         return Err(DecodeError::Empty);
     }
-    Ok(decoded)
+    Ok(Checked { text, gzip, lines, rejected })
 }
 
-/// One NDJSON line as a valid record; the error is one sentence.
-fn parse_record(line: &str) -> Result<(PingRecord, OffsetDateTime), String> {
-    let record: PingRecord = serde_json::from_str(line).map_err(|e| format!("not a ping record: {e}"))?;
-    let utc = record.validate_utc()?;
-    Ok((record, utc))
+/// Checks one NDJSON line as a record (read as a [`RecordView`]: its strings are not
+/// copied); returns its time in UTC. The error is one sentence.
+fn check_record(line: &str) -> Result<OffsetDateTime, String> {
+    let record: RecordView = serde_json::from_str(line).map_err(|e| format!("not a ping record: {e}"))?;
+    record.validate_utc()
 }
 
 /// Decodes a body that must be valid throughout (for producers checking their own output,
@@ -530,6 +690,7 @@ mod tests {
             resolve_ms: None,
             late_ms: Some(0.25),
             clock_synced: Some(true),
+            seq: Some(7),
         }
     }
 
@@ -746,6 +907,92 @@ mod tests {
         let bytes = base64::engine::general_purpose::STANDARD.decode(&d.rejected[0].raw).unwrap();
         assert_eq!(bytes, b"{\"id\":\"\xff\xfe\"}");
         assert!(d.rejected[0].reason.contains("not UTF-8"));
+    }
+
+    #[test]
+    fn a_view_reads_and_writes_exactly_as_the_record() {
+        let mut escaped = rec("e\"1");
+        escaped.error = Some("say \"hi\" \\ C:\\\n".into());
+        escaped.status = Status::Error;
+        let lines = [
+            serde_json::to_string(&rec("a")).unwrap(),
+            serde_json::to_string(&escaped).unwrap(),
+            SCHEMA_1.to_string(),
+            SCHEMA_1.replacen("\"id\":\"old-1\",", "\"schema\":3,\"hops\":[1],\"id\":\"old-1\",", 1),
+        ];
+        for l in &lines {
+            let owned: PingRecord = serde_json::from_str(l).unwrap();
+            let view: RecordView = serde_json::from_str(l).unwrap();
+            assert_eq!(view, owned.view(), "{l}");
+            assert_eq!(serde_json::to_string(&view).unwrap(), serde_json::to_string(&owned).unwrap(), "{l}");
+            assert_eq!(view.validate_utc(), owned.validate_utc());
+        }
+        // What one refuses, the other refuses with the same words.
+        let good = serde_json::to_string(&rec("a")).unwrap();
+        for bad in [
+            good.replace("\"id\":\"a\"", "\"id\":5"),
+            good.replace("\"status\":\"ok\"", "\"status\":\"maybe\""),
+            good.replace("\"ttl\":64", "\"ttl\":300"),
+            good.replace("\"agent\":\"bee-1\",", ""),
+            good.replace("\"stack\":\"s\"", "\"stack\":\"s\",\"stack\":\"t\""),
+            good.replace("\"loss\":0.0", "\"loss\":2.0"),
+            good.replace("\"id\":\"a\"", "\"id\":\"\""),
+            "{\"id\": truncated".to_string(),
+        ] {
+            let owned = serde_json::from_str::<PingRecord>(&bad).map_err(|e| e.to_string()).and_then(|r| r.validate());
+            let view = serde_json::from_str::<RecordView>(&bad)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.validate_utc().map(|_| ()));
+            assert!(owned.is_err(), "{bad}");
+            assert_eq!(view, owned, "{bad}");
+        }
+    }
+
+    #[test]
+    fn checked_bodies_agree_with_decoded_ones_and_know_when_they_are_exact() {
+        let good =
+            [line_with_ts("g1", "2026-11-23T10:15:00.000Z"), line_with_ts("g2", "2026-11-23T10:45:00.000+01:00")];
+        let bad = line_with_ts("b", "2026-11-23T11:30:00.000+25:00");
+        for enc in [Encoding::Ndjson, Encoding::GzipBase64] {
+            let exact = encode_body(&format!("{}\n{}\n", good[0], good[1]), enc);
+            let c = decode_checked(&exact, enc).unwrap();
+            assert!(c.is_exact());
+            assert_eq!(c.gzip.is_some(), enc == Encoding::GzipBase64);
+            let texts: Vec<&[u8]> = c.lines.iter().map(|l| &c.text[l.range.clone()]).collect();
+            assert_eq!(texts, [good[0].as_bytes(), good[1].as_bytes()]);
+            assert_eq!(c.lines[1].utc, parse_ts("2026-11-23T09:45:00Z").unwrap());
+            for inexact in [
+                format!("{}\n{}", good[0], good[1]),
+                format!("{}\r\n{}\n", good[0], good[1]),
+                format!("{}\n\n{}\n", good[0], good[1]),
+                format!("{}\n{bad}\n{}\n", good[0], good[1]),
+            ] {
+                let body = encode_body(&inexact, enc);
+                let c = decode_checked(&body, enc).unwrap();
+                assert!(!c.is_exact(), "{inexact:?}");
+                let d = decode_lines(&body, enc).unwrap();
+                let texts: Vec<&[u8]> = c.lines.iter().map(|l| &c.text[l.range.clone()]).collect();
+                assert_eq!(texts, d.lines.iter().map(|l| l.raw.as_bytes()).collect::<Vec<_>>());
+                assert_eq!(
+                    c.lines.iter().map(|l| l.utc).collect::<Vec<_>>(),
+                    d.lines.iter().map(|l| l.utc).collect::<Vec<_>>()
+                );
+                assert_eq!(c.rejected, d.rejected);
+            }
+        }
+        // What follows the last gzip member must be another member: a body whose gzip
+        // stream is passed through as it came (the worker) holds nothing else.
+        let gz = base64::engine::general_purpose::STANDARD
+            .decode(encode_body(&format!("{}\n", good[0]), Encoding::GzipBase64))
+            .unwrap();
+        for tail in [&b"junk"[..], &[0u8; 8][..], &gz[..10]] {
+            let body = base64::engine::general_purpose::STANDARD.encode([&gz[..], tail].concat());
+            assert!(matches!(decode_checked(&body, Encoding::GzipBase64), Err(DecodeError::Gzip(_))), "{tail:?}");
+        }
+        let two = base64::engine::general_purpose::STANDARD.encode([&gz[..], &gz[..]].concat());
+        assert_eq!(decode_checked(&two, Encoding::GzipBase64).unwrap().lines.len(), 2);
+        assert!(matches!(decode_checked("\n", Encoding::Ndjson), Err(DecodeError::Empty)));
+        assert!(matches!(decode_checked("!!!", Encoding::GzipBase64), Err(DecodeError::Base64(_))));
     }
 
     #[test]

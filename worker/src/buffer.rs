@@ -10,21 +10,49 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use record::{Line, Rejected};
+use record::{Checked, Rejected};
 
 /// `(year, month, day, hour)`, UTC.
 pub type Hour = (u16, u8, u8, u8);
 
-/// The records of one hour, waiting to become one object.
+/// The records of one hour, waiting to become one object: a gzip file of one or more
+/// members (RFC 1952 §2.2: "a series of members"; every gzip reader reads them all, e.g.
+/// `gzip -d`, Python's `gzip`, flate2's `MultiGzDecoder`): first `members`, the gzip
+/// streams of whole messages passed through as they came, then `ndjson` compressed.
 #[derive(Debug, Default)]
 pub struct Part {
-    /// NDJSON: the original lines, each ending in `\n`.
+    /// NDJSON still to compress: the original lines, each ending in `\n`.
     pub ndjson: Vec<u8>,
+    /// Gzip members as they came in `gzip+base64` bodies, each decoding to exactly its
+    /// message's lines, each ending in `\n` (passed through instead of compressed again:
+    /// [`Buffer::add`]).
+    pub members: Vec<u8>,
+    /// NDJSON bytes in `members` and `ndjson` together.
+    pub raw_bytes: usize,
     pub records: usize,
     /// The earliest record time, `YYYY-MM-DDTHH:MM:SS` (fractions dropped).
     pub first_ts: String,
     /// The earliest record time, whole (`first_ts` is it formatted).
     pub first: Option<time::OffsetDateTime>,
+}
+
+impl Part {
+    /// Keeps `t` as the part's first time if it is the earliest so far (formatted only
+    /// then, not once per record).
+    fn earliest(&mut self, t: time::OffsetDateTime) {
+        if self.first.is_none_or(|f| t < f) {
+            self.first = Some(t);
+            self.first_ts = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(),
+                t.month() as u8,
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+        }
+    }
 }
 
 /// The lines of one message that are not valid records, with what identifies the message:
@@ -67,32 +95,40 @@ pub struct Buffer {
 impl Buffer {
     /// Adds one message: its records go to the part of their UTC hour, its lines that are
     /// not records (`set_aside`, which also names the message) to an errors/ object; all of
-    /// them end up in the next [`Batch`]. The hour is that of [`Line::utc`] (the time
-    /// [`record::decode_lines`] read when it validated the record).
-    pub fn add(&mut self, lines: Vec<Line>, set_aside: SetAside, now: Instant) {
-        for line in lines {
-            let t = line.utc;
-            // parse_ts keeps the year in 0000..=9999.
-            let hour = (t.year() as u16, t.month() as u8, t.day(), t.hour());
+    /// them end up in the next [`Batch`]. The hour is that of [`record::CheckedLine::utc`]
+    /// (the time [`record::decode_checked`] read when it validated the record).
+    ///
+    /// A gzip body whose text is exactly its records ([`Checked::is_exact`]), all of one
+    /// hour, is not compressed again: its gzip stream joins the part's members as it came
+    /// (the object decodes to the same lines).
+    pub fn add(&mut self, checked: Checked<'_>, set_aside: SetAside, now: Instant) {
+        let hour_of = |t: time::OffsetDateTime| (t.year() as u16, t.month() as u8, t.day(), t.hour());
+        let one_hour = checked.lines.first().map(|l| hour_of(l.utc)).filter(|h| {
+            checked.gzip.is_some() && checked.lines.iter().all(|l| hour_of(l.utc) == *h) && checked.is_exact()
+        });
+        if let (Some(hour), Some(gz)) = (one_hour, &checked.gzip) {
             let part = self.parts.entry(hour).or_default();
-            // Formatted only when it is the earliest so far (not once per record).
-            if part.first.is_none_or(|f| t < f) {
-                part.first = Some(t);
-                part.first_ts = format!(
-                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-                    t.year(),
-                    t.month() as u8,
-                    t.day(),
-                    t.hour(),
-                    t.minute(),
-                    t.second()
-                );
+            if let Some(t) = checked.lines.iter().map(|l| l.utc).min() {
+                part.earliest(t);
             }
-            part.ndjson.extend_from_slice(line.raw.as_bytes());
-            part.ndjson.push(b'\n');
-            part.records += 1;
-            self.records += 1;
-            self.bytes += line.raw.len() + 1;
+            part.members.extend_from_slice(gz);
+            part.raw_bytes += checked.text.len();
+            part.records += checked.lines.len();
+            self.records += checked.lines.len();
+            self.bytes += checked.text.len();
+        } else {
+            for line in &checked.lines {
+                // parse_ts keeps the year in 0000..=9999.
+                let part = self.parts.entry(hour_of(line.utc)).or_default();
+                part.earliest(line.utc);
+                let raw = &checked.text[line.range.clone()];
+                part.ndjson.extend_from_slice(raw);
+                part.ndjson.push(b'\n');
+                part.raw_bytes += raw.len() + 1;
+                part.records += 1;
+                self.records += 1;
+                self.bytes += raw.len() + 1;
+            }
         }
         let message_id = set_aside.message_id.clone();
         if !set_aside.lines.is_empty() {
@@ -165,20 +201,78 @@ pub fn error_key(prefix: &str, hour: Hour, stack: &str, worker: &str, message_id
 #[cfg(test)]
 mod tests {
     use super::*;
-    use record::{decode_body, decode_lines, Encoding};
+    use record::{decode_checked, encode_body, Encoding};
 
     fn msg(id: &str) -> SetAside {
         SetAside { message_id: id.into(), ..SetAside::default() }
     }
 
-    fn lines(ids_ts: &[(&str, &str)]) -> Vec<Line> {
-        let body: String = ids_ts
+    fn ndjson(ids_ts: &[(&str, &str)]) -> String {
+        ids_ts
             .iter()
             .map(|(id, ts)| {
                 format!(r#"{{"id":"{id}","ts":"{ts}","stack":"s","region":"r","agent":"a","target":"t","status":"ok","loss":0.0,"rtt_ms":null,"error":null}}"#) + "\n"
             })
+            .collect()
+    }
+
+    /// Checks `body` (which must be valid throughout) and adds it to `b` as message `id`.
+    fn add(b: &mut Buffer, body: &str, enc: Encoding, id: &str, t0: Instant) {
+        let c = decode_checked(body, enc).unwrap();
+        assert!(c.rejected.is_empty());
+        b.add(c, msg(id), t0);
+    }
+
+    /// What a part's object decodes to (its members, then its NDJSON compressed here).
+    fn object_text(p: &Part) -> String {
+        use std::io::Read;
+        let mut gz = p.members.clone();
+        if !p.ndjson.is_empty() {
+            gz.extend_from_slice(&crate::upload::gzip(&p.ndjson));
+        }
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(&gz[..]).read_to_string(&mut text).unwrap();
+        text
+    }
+
+    #[test]
+    fn whole_gzip_messages_of_one_hour_pass_through_and_the_rest_is_compressed() {
+        let t0 = Instant::now();
+        let mut b = Buffer::default();
+        let one_hour = ndjson(&[("a", "2026-11-23T10:00:02Z"), ("b", "2026-11-23T10:59:59.9Z")]);
+        let two_hours = ndjson(&[("c", "2026-11-23T10:00:01Z"), ("d", "2026-11-23T11:00:00Z")]);
+        let plain = ndjson(&[("e", "2026-11-23T10:30:00Z")]);
+        let bad_last = ndjson(&[("f", "2026-11-23T10:30:00Z")]) + "{\"id\":\"g\"}\n";
+        let gz = |t: &str| encode_body(t, Encoding::GzipBase64);
+        add(&mut b, &gz(&one_hour), Encoding::GzipBase64, "m1", t0);
+        add(&mut b, &gz(&two_hours), Encoding::GzipBase64, "m2", t0);
+        add(&mut b, &plain, Encoding::Ndjson, "m3", t0);
+        let bad_body = gz(&bad_last);
+        let mut c = decode_checked(&bad_body, Encoding::GzipBase64).unwrap();
+        let set_aside = SetAside { lines: std::mem::take(&mut c.rejected), ..msg("m4") };
+        b.add(c, set_aside, t0);
+        let batch = b.take().unwrap();
+        assert_eq!(batch.records, 6);
+        let (h10, h11) = (&batch.parts[0].1, &batch.parts[1].1);
+        // Only m1 passed through: m2 spans two hours, m3 is not gzip, m4 has a line set aside.
+        let m1 = record::decode_checked(&gz(&one_hour), Encoding::GzipBase64).unwrap().gzip.unwrap();
+        assert_eq!(h10.members, m1);
+        assert_eq!(h10.records, 5);
+        assert_eq!((h10.first_ts.as_str(), h11.first_ts.as_str()), ("2026-11-23T10:00:01", "2026-11-23T11:00:00"));
+        let text = object_text(h10);
+        let mut got: Vec<&str> = text.lines().collect();
+        got.sort_unstable();
+        let mut want: Vec<&str> = one_hour
+            .lines()
+            .chain(two_hours.lines().take(1))
+            .chain(plain.lines())
+            .chain(bad_last.lines().take(1))
             .collect();
-        decode_body(&body, Encoding::Ndjson).unwrap()
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(h10.raw_bytes, text.len());
+        assert_eq!(object_text(h11), two_hours.lines().nth(1).unwrap().to_string() + "\n");
+        assert_eq!(batch.bytes, text.len() + h11.raw_bytes + "{\"id\":\"g\"}".len() + 1);
     }
 
     #[test]
@@ -186,8 +280,14 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Buffer::default();
         assert!(b.take().is_none());
-        b.add(lines(&[("a", "2026-11-23T10:59:59.900Z"), ("b", "2026-11-23T11:00:00.100Z")]), msg("m1"), t0);
-        b.add(lines(&[("c", "2026-11-23T10:00:01Z")]), msg("m2"), t0);
+        add(
+            &mut b,
+            &ndjson(&[("a", "2026-11-23T10:59:59.900Z"), ("b", "2026-11-23T11:00:00.100Z")]),
+            Encoding::Ndjson,
+            "m1",
+            t0,
+        );
+        add(&mut b, &ndjson(&[("c", "2026-11-23T10:00:01Z")]), Encoding::Ndjson, "m2", t0);
         assert!(!b.due(t0, 1 << 20, Duration::from_secs(60)));
         assert!(b.due(t0 + Duration::from_secs(60), 1 << 20, Duration::from_secs(60)));
         assert!(b.due(t0, 10, Duration::from_secs(60)));
@@ -221,9 +321,10 @@ mod tests {
             format!(r#"{{"id":"{id}","ts":"{ts}","stack":"s","region":"r","agent":"a","target":"t","status":"ok","loss":0.0,"rtt_ms":null,"error":null}}"#) + "\n"
         })
         .collect::<String>();
-        let d = decode_lines(&body, Encoding::Ndjson).unwrap();
+        let mut d = decode_checked(&body, Encoding::Ndjson).unwrap();
         let mut b = Buffer::default();
-        b.add(d.lines, SetAside { lines: d.rejected, ..msg("m1") }, t0);
+        let set_aside = SetAside { lines: std::mem::take(&mut d.rejected), ..msg("m1") };
+        b.add(d, set_aside, t0);
         let batch = b.take().unwrap();
         let hours: Vec<Hour> = batch.parts.iter().map(|(h, _)| *h).collect();
         assert_eq!(hours, [(2026, 11, 23, 10), (2026, 11, 23, 11)]);

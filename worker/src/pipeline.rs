@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use record::{decode_lines, Encoding};
+use record::{decode_checked, Encoding};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -192,17 +192,17 @@ impl Pipeline {
         }
         Counters::inc(&self.counters.messages);
         self.held.insert(m.id.clone(), Held { receipt: m.receipt.clone(), visible_until, renewing: false });
-        let decoded = Encoding::from_attribute(m.encoding.as_deref()).and_then(|enc| decode_lines(&m.body, enc));
+        let decoded = Encoding::from_attribute(m.encoding.as_deref()).and_then(|enc| decode_checked(&m.body, enc));
         match decoded {
             // Each line on its own: the good ones to their hours, the bad ones set aside.
-            Ok(d) => {
+            Ok(mut d) => {
                 let set_aside = SetAside {
-                    message_id: m.id,
-                    encoding: m.encoding,
+                    message_id: m.id.clone(),
+                    encoding: m.encoding.clone(),
                     receive_count: m.receive_count,
-                    lines: d.rejected,
+                    lines: std::mem::take(&mut d.rejected),
                 };
-                self.buffer.add(d.lines, set_aside, Instant::now());
+                self.buffer.add(d, set_aside, Instant::now());
             }
             Err(reason) => {
                 let store = self.store.clone();

@@ -60,9 +60,21 @@ impl Store {
     async fn write_part(&self, hour: Hour, part: Part) -> bool {
         let id = uuid::Uuid::new_v4().to_string();
         let key = object_key(&self.prefix, hour, &self.stack, &self.worker, &part.first_ts, &id);
-        let raw = part.ndjson.len();
-        let Ok(gz) = tokio::task::spawn_blocking(move || gzip(&part.ndjson)).await else {
-            return false;
+        let raw = part.raw_bytes;
+        // The members passed through, then the lines compressed here (one gzip file).
+        let (ndjson, mut members) = (part.ndjson, part.members);
+        let gz = if ndjson.is_empty() {
+            members
+        } else {
+            let Ok(gz) = tokio::task::spawn_blocking(move || gzip(&ndjson)).await else {
+                return false;
+            };
+            if members.is_empty() {
+                gz
+            } else {
+                members.extend_from_slice(&gz);
+                members
+            }
         };
         let stored = gz.len();
         let meta = [("tyrell-records", part.records.to_string()), ("tyrell-first-ts", part.first_ts)];
