@@ -339,6 +339,47 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
     );
     assert!(refused.mutating.is_empty(), "{:?}", refused.mutating);
 
+    // Security group rules change in place: admin ranges of the base stack and the metrics box.
+    let admin = with_version(3)
+        .replace("allow_cidrs = [\"203.0.113.0/24\"]", "allow_cidrs = [\"198.51.100.0/24\", \"192.0.2.0/24\"]")
+        .replace(
+            &format!("name = \"{metrics}\"\n"),
+            &format!("name = \"{metrics}\"\nallow_cidrs = [\"192.0.2.0/24\"]\n"),
+        );
+    std::fs::write(&file, &admin).unwrap();
+    let p = counted(dir.path(), &["plan", "swarm.toml", "-o", "json"]).ok().json();
+    let updates: Vec<(&str, &Value)> =
+        p["changes"].as_array().unwrap().iter().map(|c| (c["kind"].as_str().unwrap(), &c["parameters"])).collect();
+    assert_eq!(
+        updates,
+        [
+            ("metrics", &serde_json::json!({"AdminCidrs": {"from": ",,,", "to": "192.0.2.0/24,,,"}})),
+            (
+                "base",
+                &serde_json::json!({"AdminCidrs": {"from": "203.0.113.0/24,,,", "to": "198.51.100.0/24,192.0.2.0/24,,"}})
+            ),
+        ],
+        "{p:#}"
+    );
+    let updated = counted(dir.path(), &["up", "swarm.toml"]).ok();
+    assert_eq!(updated.mutating.iter().filter(|a| *a == "UpdateStack").count(), 2, "{:?}", updated.mutating);
+    assert_eq!(forwards(&listener), [(back.outputs["TargetGroupArn"].clone(), 1)], "traffic stays where it was");
+    assert_eq!(stack(&sw).unwrap().outputs, base.outputs, "the base stack's resources stay");
+    let again = counted(dir.path(), &["up", "swarm.toml"]).ok();
+    assert!(again.mutating.is_empty(), "{:?}", again.mutating);
+    // A certificate would replace the listeners: refused at the base table, nothing changed.
+    let cert = "arn:aws:acm:us-east-1:123456789012:certificate/0f1e2d3c";
+    std::fs::write(&file, admin.replace("[base]\n", &format!("[base]\ncertificate_arn = \"{cert}\"\n"))).unwrap();
+    let refused = counted(dir.path(), &["up", "swarm.toml"]);
+    assert_eq!(refused.code(), Some(exit::USAGE), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("swarm.toml:8:1: base stack") && refused.stderr().contains("CertificateArn"),
+        "{}",
+        refused.stderr()
+    );
+    assert!(refused.mutating.is_empty(), "{:?}", refused.mutating);
+    std::fs::write(&file, &admin).unwrap();
+
     // down: refused while the archive holds data, then told to delete it.
     let bucket = json(&["stacks", "describe", &sw])["bucket"].as_str().unwrap().to_string();
     block_on(async {

@@ -5,5 +5,5 @@
 pub mod stacks;
 pub mod wait;
 
-pub use stacks::{create, delete, get, list_tyrell, template, StackInfo, StackSpec, StackStatus};
+pub use stacks::{create, delete, get, list_tyrell, template, update_parameters, StackInfo, StackSpec, StackStatus};
 pub use wait::{wait, Event, Op, Progress, WaitError, WaitOptions};

@@ -84,6 +84,22 @@ pub async fn get(cfn: &Client, name: &str) -> Result<Option<StackInfo>, AwsError
     }
 }
 
+/// Whether AWS answered a `ValidationError` whose message holds `what`.
+fn says<R>(
+    e: &aws_smithy_runtime_api::client::result::SdkError<
+        impl std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata,
+        R,
+    >,
+    what: &str,
+) -> bool {
+    match e {
+        aws_smithy_runtime_api::client::result::SdkError::ServiceError(se) => {
+            se.err().code() == Some("ValidationError") && se.err().message().is_some_and(|m| m.contains(what))
+        }
+        _ => false,
+    }
+}
+
 fn is_missing<R>(
     e: &aws_smithy_runtime_api::client::result::SdkError<
         impl std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata,
@@ -129,6 +145,37 @@ pub async fn template(cfn: &Client, name: &str) -> Result<Option<String>, AwsErr
         Ok(out) => Ok(out.template_body().map(str::to_string)),
         Err(e) if is_missing(&e) => Ok(None),
         Err(e) => Err(describe(&format!("cannot read the template of stack {name}"), e)),
+    }
+}
+
+/// Starts a parameter update of a stack: its template as it is (`UsePreviousTemplate`),
+/// the parameters in `set` to their new values, every other one of `keep` as it is.
+/// Returns `false` when CloudFormation says there is nothing to update.
+pub async fn update_parameters(
+    cfn: &Client,
+    name: &str,
+    set: &BTreeMap<String, String>,
+    keep: &[String],
+) -> Result<bool, AwsError> {
+    let mut p = params(set);
+    p.extend(
+        keep.iter()
+            .filter(|k| !set.contains_key(*k))
+            .map(|k| Parameter::builder().parameter_key(k).use_previous_value(true).build()),
+    );
+    match cfn
+        .update_stack()
+        .stack_name(name)
+        .use_previous_template(true)
+        .set_parameters(Some(p))
+        .capabilities(Capability::CapabilityIam)
+        .capabilities(Capability::CapabilityNamedIam)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if says(&e, "No updates are to be performed") => Ok(false),
+        Err(e) => Err(describe(&format!("CloudFormation refused to update stack {name}"), e)),
     }
 }
 

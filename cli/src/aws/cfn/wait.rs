@@ -13,6 +13,8 @@ use crate::aws::{describe, AwsError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Create,
+    /// A parameter update of an existing stack (`tyrell up`).
+    Update,
     Delete,
 }
 
@@ -20,6 +22,7 @@ impl Op {
     fn verb(self) -> &'static str {
         match self {
             Op::Create => "create",
+            Op::Update => "update",
             Op::Delete => "delete",
         }
     }
@@ -53,6 +56,8 @@ pub fn judge(op: Op, status: Option<&StackStatus>) -> Verdict {
         (Op::Create, S::CreateComplete) | (Op::Delete, S::DeleteComplete) => Done,
         (Op::Create, S::CreateInProgress | S::ReviewInProgress) => Wait,
         (Op::Delete, S::DeleteInProgress) => Wait,
+        (Op::Update, S::UpdateComplete) => Done,
+        (Op::Update, S::UpdateInProgress | S::UpdateCompleteCleanupInProgress) => Wait,
         (_, s) if s.as_str().ends_with("_IN_PROGRESS") => Failing,
         // Every other status is terminal and not the one wanted: *_FAILED, ROLLBACK_*,
         // DELETE_COMPLETE of a create, ...
@@ -335,6 +340,20 @@ mod tests {
         assert_eq!(seq(Op::Create, &[Some("DELETE_IN_PROGRESS"), None]), vec![Failing, Failed]);
         assert_eq!(seq(Op::Delete, &[Some("DELETE_IN_PROGRESS"), Some("DELETE_FAILED")]), vec![Wait, Failed]);
         assert_eq!(seq(Op::Delete, &[Some("DELETE_IN_PROGRESS"), None]), vec![Wait, Done]);
+        assert_eq!(
+            seq(
+                Op::Update,
+                &[Some("UPDATE_IN_PROGRESS"), Some("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"), Some("UPDATE_COMPLETE")]
+            ),
+            vec![Wait, Wait, Done]
+        );
+        assert_eq!(
+            seq(
+                Op::Update,
+                &[Some("UPDATE_IN_PROGRESS"), Some("UPDATE_ROLLBACK_IN_PROGRESS"), Some("UPDATE_ROLLBACK_COMPLETE")]
+            ),
+            vec![Wait, Failing, Failed]
+        );
     }
 
     // The waiter on AWS's documented state sequences, with mocked responses: the emulator

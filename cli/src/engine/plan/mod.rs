@@ -119,6 +119,14 @@ enum Step {
     Base {
         metrics: Option<String>,
     },
+    /// Parameters of stack `name` to change in place ([`IN_PLACE`]); a value `(the security
+    /// group of the new metrics box M)` is read from M once it is made. `keep`: every
+    /// parameter the stack has (the others stay as they are).
+    Update {
+        name: String,
+        set: BTreeMap<String, String>,
+        keep: Vec<String>,
+    },
     Version {
         role: String,
         ami: String,
@@ -155,6 +163,12 @@ pub struct Planned {
 }
 
 impl Planned {
+    /// Adds a change and, unless it is blocked, the step that makes it.
+    fn push(&mut self, c: Change, step: Option<Step>) {
+        self.changes.push(c);
+        self.steps.extend(step);
+    }
+
     /// The first change `up` cannot make, with why.
     pub fn blocked(&self) -> Option<String> {
         self.changes.iter().find_map(|c| c.blocked.clone())
@@ -278,10 +292,8 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
             }
             Some(s) => {
                 vpcs.insert(n.name.clone(), Network::from(&s).vpc_id);
-                let template = e.lib.template(super::network::ROLE)?;
-                let update = stack_update(en, &s, &want, template, &n.place, "network").await?;
-                match update {
-                    Some(c) => out.changes.push(c),
+                match stack_update(en, &s, &want, super::network::ROLE, true, &n.place, "network").await? {
+                    Some((c, step)) => out.push(c, step),
                     None => out.unchanged.push(format!("network {} ({})", n.name, n.region)),
                 }
             }
@@ -314,8 +326,8 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
                     want.insert("VpcId".into(), v.clone());
                 }
                 // The metrics template carries rendered user data: its parameters are compared.
-                match stack_update(e, &s, &want, "", &m.place, "metrics box").await? {
-                    Some(c) => out.changes.push(c),
+                match stack_update(e, &s, &want, super::metrics::ROLE, false, &m.place, "metrics box").await? {
+                    Some((c, step)) => out.push(c, step),
                     None => out.unchanged.push(format!("metrics box {} ({home})", m.name)),
                 }
             }
@@ -359,9 +371,8 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
                 }
                 (None, _) => {}
             }
-            let template = e.lib.template(super::base::ROLE)?;
-            match stack_update(e, s, &want, template, &d.base.place, "base stack").await? {
-                Some(c) => out.changes.push(c),
+            match stack_update(e, s, &want, super::base::ROLE, true, &d.base.place, "base stack").await? {
+                Some((c, step)) => out.push(c, step),
                 None => out.unchanged.push(format!("base stack {} ({home})", d.swarm)),
             }
         }
@@ -555,55 +566,87 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
     Ok(out)
 }
 
-/// The update a stack needs to match `want` (its parameters) and `template` (empty: not
-/// compared), or `None` when it matches. `up` cannot update a stack in place yet: the
-/// change is blocked, saying so.
+/// The parameters `up` changes in place, per kind of stack: security group rules only
+/// (admin ranges, the metrics box the swarm's indexers may reach). Every other change
+/// would replace resources — the VPC (`Cidr`, `AzCount`), the load balancers' listeners
+/// and with them the live versions' traffic (`CertificateArn`, a template change), the
+/// metrics box and its data (`AmiId`, `InstanceType`) — and is refused.
+pub const IN_PLACE: &[(&str, &[&str])] =
+    &[("network", &[]), ("metrics box", &["AdminCidrs"]), ("base stack", &["AdminCidrs", "MetricsSecurityGroupId"])];
+
+/// The update a stack needs to match `want` (its parameters) and, with
+/// `compare_template`, the template of role directory `dir`; `None` when it matches.
+/// With it, the step that makes it, or none when the change is blocked (not one of
+/// [`IN_PLACE`], said in `blocked`). Errors: a value the template would refuse, at `place`.
 async fn stack_update(
     e: &Engine,
     s: &StackInfo,
     want: &BTreeMap<String, String>,
-    template: &str,
+    dir: &str,
+    compare_template: bool,
     place: &Place,
     what: &str,
-) -> anyhow::Result<Option<Change>> {
+) -> anyhow::Result<Option<(Change, Option<Step>)>> {
     let parameters = param_diff(&s.parameters, want);
-    let lines = match template {
-        "" => Vec::new(),
-        t => match cfn::template(&e.aws.cfn, &s.name).await? {
-            Some(have) => diff::lines(&have, t),
+    let template = e.lib.template(dir)?;
+    let lines = match compare_template {
+        false => Vec::new(),
+        true => match cfn::template(&e.aws.cfn, &s.name).await? {
+            Some(have) => diff::lines(&have, template),
             None => Vec::new(),
         },
     };
     if parameters.is_empty() && lines.is_empty() {
         return Ok(None);
     }
-    let mut c = Change::new(
-        Action::Update,
-        match what {
-            "network" => "network",
-            "metrics box" => "metrics",
-            _ => "base",
-        },
-        &s.name,
-        &s.region,
-        format!(
-            "{what} {}: {}",
-            s.name,
-            match (parameters.is_empty(), lines.is_empty()) {
-                (false, false) => "parameters and template differ",
-                (false, true) => "parameters differ",
-                _ => "template differs",
-            }
-        ),
-    );
+    let kind = match what {
+        "network" => "network",
+        "metrics box" => "metrics",
+        _ => "base",
+    };
+    let mut c = Change::new(Action::Update, kind, &s.name, &s.region, String::new());
     c.parameters = parameters;
     c.template = lines;
-    c.blocked = Some(format!(
-        "{place}: {what} {} differs from the plan ({}), and tyrell up does not update a {what} in place yet: change the plan back, or remove and re-create the {what}",
+    let allowed = IN_PLACE.iter().find(|(w, _)| *w == what).map_or(&[][..], |(_, a)| *a);
+    let mut fixed: Vec<String> = c.parameters.keys().filter(|k| !allowed.contains(&k.as_str())).cloned().collect();
+    if !c.template.is_empty() {
+        fixed.push("its template".into());
+    }
+    if !fixed.is_empty() {
+        c.what = format!("{what} {}: {} differ", s.name, fixed.join(", "));
+        c.blocked = Some(format!(
+            "{place}: {what} {} differs from the plan in {}, which tyrell up does not change in place (it would replace the {}; up changes only {}): change the plan back, or remove and re-create the {what}",
+            s.name,
+            fixed.join(", "),
+            match what {
+                "network" => "VPC and everything in it",
+                "metrics box" => "box and the data on it",
+                _ => "load balancers' listeners, and with them the live versions' traffic",
+            },
+            if allowed.is_empty() { "nothing of a network".to_string() } else { allowed.join(" and ") }
+        ));
+        return Ok(Some((c, None)));
+    }
+    c.what = format!(
+        "{what} {}: {} changed in place (UpdateStack, same template)",
         s.name,
-        if c.parameters.is_empty() { "its template".to_string() } else { c.parameters.keys().cloned().collect::<Vec<_>>().join(", ") }
-    ));
-    Ok(Some(c))
+        c.parameters.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    // What AWS would refuse is refused now: every parameter as it would be, against the
+    // template's constraints (a value `up` learns later is checked as it is now).
+    let mut all: BTreeMap<String, String> = s.parameters.iter().map(|(k, v)| (k.clone(), list_value(v))).collect();
+    for (k, d) in &c.parameters {
+        if let Some(v) = d.to.as_ref().filter(|v| !v.starts_with('(')) {
+            all.insert(k.clone(), v.clone());
+        }
+    }
+    let spec =
+        cfn::StackSpec { name: s.name.clone(), template: template.to_string(), parameters: all, tags: s.tags.clone() };
+    super::limits::check_stack(&spec)
+        .map_err(|err| Error::Invalid(format!("{place}: {what} {}: {}", s.name, err.0)))?;
+    let set = c.parameters.iter().filter_map(|(k, d)| d.to.clone().map(|v| (k.clone(), v))).collect();
+    let step = Step::Update { name: s.name.clone(), set, keep: s.parameters.keys().cloned().collect() };
+    Ok(Some((c, Some(step))))
 }
 
 /// The VPC id of network `name` (made earlier in this `up`, or before).
@@ -679,6 +722,26 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
                     metrics: metrics.clone(),
                 })
                 .await?;
+            }
+            Step::Update { name, set, keep } => {
+                let mut set = set.clone();
+                if let (Some(m), Some(v)) = (&d.metrics, set.get("MetricsSecurityGroupId")) {
+                    if v.starts_with('(') {
+                        let made = cfn::get(&e.aws.cfn, &m.name).await?;
+                        let sg = made.map(|s| MetricsBox::from(&s).security_group).unwrap_or_default();
+                        set.insert("MetricsSecurityGroupId".into(), sg);
+                    }
+                }
+                let stack = cfn::get(&e.aws.cfn, name)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("stack {name} is gone")))?;
+                e.report.step(&format!(
+                    "updating stack {name} in place: {}",
+                    set.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+                if cfn::update_parameters(&e.aws.cfn, name, &set, keep).await? {
+                    cfn::wait(&e.aws.cfn, &stack.id, name, cfn::Op::Update, &e.wait, e.report.as_mut()).await?;
+                }
             }
             Step::Version { role, ami, instance_type, size, version } => {
                 let m = e.manifest(role)?;
