@@ -617,3 +617,38 @@ fn what_would_fail_late_is_refused_before_the_first_change() {
     assert!(r.mutating.is_empty(), "{:?}", r.mutating);
     assert!(stacks_of(&sw).is_empty(), "{:?}", stacks_of(&sw));
 }
+
+/// `latest:VERSION` (and `latest`) resolve to tyrell's build of the role, as `-a` does:
+/// the plan shows the build's AMI id.
+#[test]
+fn latest_images_resolve_to_the_roles_builds() {
+    let version = unique("b").replace('-', "");
+    let image = block_on(async {
+        let ec2 = emulator().ec2().await;
+        let out =
+            ec2.register_image().name(unique("tyrell-worker")).root_device_name("/dev/xvda").send().await.unwrap();
+        let id = out.image_id().unwrap().to_string();
+        let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+        ec2.create_tags()
+            .resources(&id)
+            .tags(tag("tyrell:role", "worker"))
+            .tags(tag("tyrell:version", &version))
+            .tags(tag("tyrell:built-by", "tyrell"))
+            .send()
+            .await
+            .unwrap();
+        id
+    });
+    let sw = unique("pi");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "swarm = \"{sw}\"\n[networks.{sw}-n]\n[base]\nnetwork = \"{sw}-n\"\n[roles.worker]\nimage = \"latest:{version}\"\n"
+    );
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let shown = counted(dir.path(), &["plan", "p.toml", "-o", "json"]).ok();
+    let p = shown.json();
+    let worker = p["changes"].as_array().unwrap().iter().find(|c| c["kind"] == "version").unwrap();
+    assert!(worker["what"].as_str().unwrap().contains(&image), "latest:{version} is {image}: {worker}");
+    assert_eq!(worker["parameters"]["AmiId"]["to"], image.as_str(), "{worker}");
+    assert!(shown.mutating.is_empty());
+}
