@@ -49,6 +49,15 @@ pub fn live_param(swarm: &str, role: &str) -> String {
     format!("/tyrell/{swarm}/live/{role}")
 }
 
+/// The SSM parameter (String, JSON [`crate::engine::traffic::state::StateReport`]) where the boxes
+/// of one role version report the swarm state they hold: `/tyrell/<swarm>/state/<role>/<version>`.
+/// Brokers write it (roles/broker: the retained messages, the watch list, the
+/// subscriptions) every 30 s; `tyrell traffic` checks it before moving traffic; removed with
+/// the version.
+pub fn state_param(swarm: &str, role: &str, version: &str) -> String {
+    format!("/tyrell/{swarm}/state/{role}/{version}")
+}
+
 /// A swarm's MQTT broker password ([`secret_param`] `what`).
 pub const BROKER_PASSWORD: &str = "broker-password";
 /// A swarm's router API token ([`secret_param`] `what`).

@@ -242,3 +242,64 @@ fn live(swarm: &str, role: &str) -> Option<String> {
         p.parameter()?.value().map(str::to_string)
     })
 }
+
+/// Writes what a broker version's box would report of the state it holds.
+fn report(swarm: &str, version: &str, watch: u64, subscriptions: u64) {
+    let value = format!(
+        r#"{{"instance":"i-{version}","at":"2026-11-30T06:00:00Z","retained":{},"watch_targets":{watch},"subscriptions":{subscriptions},"clients":3}}"#,
+        watch.min(1) + 4
+    );
+    block_on(async {
+        let ssm = emulator().ssm().await;
+        ssm.put_parameter()
+            .name(format!("/tyrell/{swarm}/state/broker/{version}"))
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("PutParameter");
+    });
+}
+
+fn state_report(swarm: &str, version: &str) -> Option<String> {
+    block_on(async {
+        let ssm = emulator().ssm().await;
+        let p = ssm.get_parameter().name(format!("/tyrell/{swarm}/state/broker/{version}")).send().await.ok()?;
+        p.parameter()?.value().map(str::to_string)
+    })
+}
+
+/// A broker switch checks first that the new broker holds the live one's state, from what
+/// their boxes report (issue 11 items 1 and 7): a new broker without the watch list is
+/// refused (traffic stays), one that carries it is switched to and the release report says
+/// what it holds; the report goes with its version.
+#[test]
+fn a_broker_switch_checks_the_new_broker_carries_the_swarm_state() {
+    let (sw, _) = swarm("rst");
+    create("brokers", &sw, "b1", "1");
+    create("brokers", &sw, "b2", "1");
+    ok(&["traffic", "brokers", &sw, "--version", "b1"]);
+    report(&sw, "b1", 50, 6);
+    report(&sw, "b2", 0, 2);
+    let err = fails(7, &["traffic", "brokers", &sw, "--version", "b2", "--timeout", "6s"]);
+    assert!(err.contains("broker b2 holds a watch list of 0 target(s), the live one 50"), "{err}");
+    assert!(err.contains("traffic was not moved"), "{err}");
+    assert_eq!(json(&["traffic", "brokers", &sw])["active"], "b1");
+    // Its bridge caught up (the next report): the switch goes through and says what it checked.
+    report(&sw, "b2", 50, 6);
+    let done = json(&["traffic", "brokers", &sw, "--version", "b2"]);
+    let ph = phases(&done);
+    let state = ph.iter().find(|(p, _)| p == "state").unwrap_or_else(|| panic!("no state phase: {done}"));
+    assert!(
+        state
+            .1
+            .as_deref()
+            .is_some_and(|c| c.contains("5 retained message(s), watch list of 50 target(s), 6 subscription(s)")),
+        "{done}"
+    );
+    assert_eq!(live(&sw, "broker").as_deref(), Some("b2"));
+    ok(&["brokers", "remove", &sw, "b1"]);
+    assert_eq!(state_report(&sw, "b1"), None, "the report of a removed version stays behind");
+    assert!(state_report(&sw, "b2").is_some());
+}

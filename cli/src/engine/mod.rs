@@ -78,7 +78,7 @@ impl Engine {
         self.report.step(&format!("removing stack {}", stack.name));
         cfn::delete(&self.aws.cfn, &stack.name).await?;
         cfn::wait(&self.aws.cfn, &stack.id, &stack.name, Op::Delete, &self.wait, self.report.as_mut()).await?;
-        Ok(())
+        self.forget_reports(std::slice::from_ref(stack)).await
     }
 
     /// Deletes several stacks at once and waits for all of them (in parallel in AWS).
@@ -90,6 +90,17 @@ impl Engine {
         for s in stacks {
             cfn::wait(&self.aws.cfn, &s.id, &s.name, Op::Delete, &self.wait, self.report.as_mut()).await?;
         }
+        self.forget_reports(stacks).await
+    }
+
+    /// Deletes what role versions' boxes reported ([`crate::names::state_param`]): it goes
+    /// with the version.
+    async fn forget_reports(&self, stacks: &[StackInfo]) -> anyhow::Result<()> {
+        let reports: Vec<String> = stacks
+            .iter()
+            .filter_map(|s| Some(crate::names::state_param(s.tag(TAG_STACK)?, s.tag(TAG_ROLE)?, s.tag(TAG_VERSION)?)))
+            .collect();
+        crate::aws::ssm::delete(&self.aws.ssm, &reports).await?;
         Ok(())
     }
 

@@ -27,6 +27,9 @@ pub struct Vars {
     /// The SSM parameter naming the role's live version, written by `tyrell traffic` at
     /// the end of each switch ([`crate::names::live_param`]).
     pub live_param: String,
+    /// The SSM parameter where this version's boxes report the swarm state they hold
+    /// ([`crate::names::state_param`]).
+    pub state_param: String,
 }
 
 pub const ROUTER_PORT: u16 = 8080;
@@ -50,6 +53,7 @@ impl Vars {
             router_token_param: secret_param("swarm1", "router-token"),
             grafana_password_param: secret_param("metrics", "grafana-password"),
             live_param: crate::names::live_param("swarm1", role),
+            state_param: crate::names::state_param("swarm1", role, "v261123101500"),
         }
     }
 }

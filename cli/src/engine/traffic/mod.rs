@@ -11,12 +11,14 @@
 //! * the lock records the switch's intent (from, to), so a re-run finishes or undoes it.
 //!
 //! By concern: [`health`] (observations, gate and bake), [`plan`] (shift strategies, the
-//! weights of each step, from/to), [`lock`] (the SSM lock), [`switch`] (the driver). This
+//! weights of each step, from/to), [`lock`] (the SSM lock), [`state`] (what the boxes
+//! report of the swarm state they hold), [`switch`] (the driver). This
 //! module shows a role's routing.
 
 pub mod health;
 pub mod lock;
 pub mod plan;
+pub mod state;
 pub mod switch;
 
 use serde::Serialize;

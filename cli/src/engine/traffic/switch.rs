@@ -12,7 +12,7 @@ use crate::engine::library::{Manifest, Via};
 use crate::engine::model::VersionInfo;
 use crate::engine::values::SwarmName;
 use crate::engine::{validate, Engine, TAG_ACTIVE, TAG_ROLE, TAG_STACK};
-use crate::names::{live_param, OUT_ASG, OUT_TARGET_GROUP};
+use crate::names::{live_param, state_param, OUT_ASG, OUT_TARGET_GROUP};
 
 use super::lock::*;
 use super::plan::*;
@@ -184,6 +184,57 @@ impl Engine {
         Ok(done)
     }
 
+    /// Waits (within the operation timeout) until the new version's boxes report that they
+    /// hold the swarm state the live version's hold ([`super::state::carried`]); refuses
+    /// ([`Error::Unhealthy`]) when they do not by then. `None` when neither reports (a role
+    /// that keeps no state); a new version that reports nothing within 60 s while the live
+    /// one does (an older image) is let through, and the report says so.
+    async fn state_gate(
+        &mut self,
+        m: &Manifest,
+        swarm: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> anyhow::Result<Option<String>> {
+        use super::state::{carried, Carried, StateReport};
+        let read = |v: String| {
+            let ssm = self.aws.ssm.clone();
+            let name = state_param(swarm, &m.role, &v);
+            async move { Ok::<_, anyhow::Error>(ssm::get_string(&ssm, &name).await?.and_then(|t| StateReport::parse(&t))) }
+        };
+        let old = match from {
+            Some(f) => read(f.to_string()).await?,
+            None => None,
+        };
+        let start = tokio::time::Instant::now();
+        let timeout = self.wait.timeout;
+        let mut said = String::new();
+        loop {
+            let new = read(to.to_string()).await?;
+            let why = match carried(&m.role, to, new.as_ref(), old.as_ref()) {
+                Carried::Yes(check) => return Ok(Some(check)),
+                Carried::Unreported(_) if old.is_none() => return Ok(None),
+                Carried::Unreported(check) if start.elapsed() >= timeout.min(Duration::from_secs(60)) => {
+                    return Ok(Some(format!("{check}; the live one reports, so the state carried is unknown")))
+                }
+                Carried::Unreported(why) | Carried::No(why) => why,
+            };
+            if start.elapsed() >= timeout {
+                crate::refuse!(
+                    Unhealthy,
+                    "{why} after {}s, so traffic was not moved (its boxes report to {} every 30 s)",
+                    timeout.as_secs(),
+                    state_param(swarm, &m.role, to)
+                );
+            }
+            if why != said {
+                self.report.step(&format!("state: {why}; waiting"));
+                said = why;
+            }
+            tokio::time::sleep(Duration::from_secs(5).min(timeout.saturating_sub(start.elapsed()))).await;
+        }
+    }
+
     /// Under the lock: reads the state, decides (from, to), records that intent in the lock.
     async fn switch_holding(
         &mut self,
@@ -301,6 +352,23 @@ impl Engine {
             Err(e) => {
                 if capacity != was {
                     self.report.step(&format!("gate failed: returning {} {to} to {was} instance(s)", m.role));
+                    self.scale_version(m, swarm, &to, was).await?;
+                }
+                return Err(e);
+            }
+        }
+
+        // 1b. The swarm state the new version's boxes hold (brokers: what their bridge
+        //     carried over), against the live version's, before anything moves.
+        let t = tokio::time::Instant::now();
+        match self.state_gate(m, swarm, from.as_deref(), &to).await {
+            Ok(Some(check)) => {
+                report.add("state", format!("{} {to}: the swarm state it holds", m.role), t, Some(check))
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if capacity != was {
+                    self.report.step(&format!("state check failed: returning {} {to} to {was} instance(s)", m.role));
                     self.scale_version(m, swarm, &to, was).await?;
                 }
                 return Err(e);
