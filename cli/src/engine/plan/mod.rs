@@ -947,3 +947,29 @@ pub async fn down(e: &mut Engine, d: &Desired, delete_archive: bool) -> anyhow::
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_parameters_compare_as_aws_shows_them() {
+        assert_eq!(list_value("['203.0.113.0/24', '', '', '']"), "203.0.113.0/24,,,");
+        assert_eq!(list_value("['', '', '', '']"), ",,,");
+        assert_eq!(list_value("[]"), "");
+        assert_eq!(list_value("203.0.113.0/24,,,"), "203.0.113.0/24,,,");
+        let have = BTreeMap::from([
+            ("AdminCidrs".to_string(), "['', '', '', '']".to_string()),
+            ("CertificateArn".to_string(), String::new()),
+        ]);
+        let same = BTreeMap::from([("AdminCidrs".to_string(), ",,,".to_string())]);
+        assert!(param_diff(&have, &same).is_empty());
+        let other = BTreeMap::from([
+            ("AdminCidrs".to_string(), "192.0.2.0/24,,,".to_string()),
+            ("MetricsSecurityGroupId".to_string(), "sg-1".to_string()),
+        ]);
+        let d = param_diff(&have, &other);
+        assert_eq!(d["AdminCidrs"], Diff { from: Some(",,,".into()), to: Some("192.0.2.0/24,,,".into()) });
+        assert_eq!(d["MetricsSecurityGroupId"], Diff { from: None, to: Some("sg-1".into()) });
+    }
+}
