@@ -32,7 +32,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use record::PingRecord;
+use record::{PingRecord, RecordView};
 
 use crate::sink::Buffer;
 use crate::Backoff;
@@ -95,6 +95,13 @@ fn push_escaped(o: &mut String, s: &str, special: &[char]) {
 /// record: benchmark in swarm/README.md).
 pub fn line(r: &PingRecord, received_ms: i64) -> Option<String> {
     let ts = crate::ts_millis(&r.ts)?.min(received_ms);
+    Some(line_at(&r.view(), ts))
+}
+
+/// The line-protocol line of a record whose point is at `ts_ms` (ms since the epoch): what
+/// [`line`] writes, for a record the caller has read and timed already (the indexer: its
+/// `ts`, but never later than its arrival).
+pub fn line_at(r: &RecordView<'_>, ts: i64) -> String {
     let mut l = String::with_capacity(320);
     l.push_str("ping");
     for (k, v) in [("stack", &r.stack), ("region", &r.region), ("agent", &r.agent), ("target", &r.target)] {
@@ -153,7 +160,7 @@ pub fn line(r: &PingRecord, received_ms: i64) -> Option<String> {
         let _ = write!(l, ",clock_synced={b}");
     }
     let _ = write!(l, " {ts}");
-    Some(l)
+    l
 }
 
 /// Appends `key` (with its separator and `=`) and a float field value: Rust's shortest

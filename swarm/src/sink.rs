@@ -48,6 +48,11 @@ pub struct Buffer {
     held: std::sync::atomic::AtomicUsize,
     /// Set by [`Buffer::flush`]: send what is there without lingering, from now on.
     flushing: std::sync::atomic::AtomicBool,
+    /// While the sender lingers ([`Buffer::wait_batch`]): wake it only once this many
+    /// records, or `wake_bytes` bytes, are held (not at every record). Else 0: wake it at
+    /// every record.
+    wake_items: std::sync::atomic::AtomicUsize,
+    wake_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl Buffer {
@@ -60,6 +65,8 @@ impl Buffer {
             stats: SinkStats::default(),
             held: std::sync::atomic::AtomicUsize::new(0),
             flushing: std::sync::atomic::AtomicBool::new(false),
+            wake_items: std::sync::atomic::AtomicUsize::new(0),
+            wake_bytes: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -72,16 +79,19 @@ impl Buffer {
 
     /// Appends a record; when full, drops the oldest one (counted and logged).
     pub fn push(&self, item: String) {
-        self.push_tagged(item, None)
+        self.push_tagged(item, None);
     }
 
     /// Appends a record with a tag the sender reports back once the record is done with
-    /// (the indexer acknowledges the MQTT message then).
-    pub fn push_tagged(&self, item: String, tag: Option<u64>) {
+    /// (the indexer acknowledges the MQTT message then). Returns the tag of the record
+    /// dropped to make room, if one was (it is never reported back).
+    pub fn push_tagged(&self, item: String, tag: Option<u64>) -> Option<u64> {
         let mut g = self.inner.lock().unwrap();
+        let mut dropped_tag = None;
         if g.q.len() >= self.cap {
-            if let Some((old, _)) = g.q.pop_front() {
+            if let Some((old, old_tag)) = g.q.pop_front() {
                 g.bytes -= old.len();
+                dropped_tag = old_tag;
             }
             self.stats.dropped.inc();
             g.dropped_since_log += 1;
@@ -100,8 +110,16 @@ impl Buffer {
         }
         g.bytes += item.len();
         g.q.push_back((item, tag));
+        // A sender lingering for a fuller batch sleeps on until there is one (a wake-up
+        // per record costs more than the record); one waiting for any record wakes now.
+        use std::sync::atomic::Ordering::SeqCst;
+        let wake =
+            g.q.len() == 1 || g.q.len() >= self.wake_items.load(SeqCst) || g.bytes >= self.wake_bytes.load(SeqCst);
         drop(g);
-        self.notify.notify_one();
+        if wake {
+            self.notify.notify_one();
+        }
+        dropped_tag
     }
 
     pub fn len(&self) -> usize {
@@ -164,15 +182,22 @@ impl Buffer {
     /// Waits for records, then lingers up to `linger` for more (until `fill_bytes` or
     /// `fill_items` are there), so that requests carry many records each.
     pub async fn wait_batch(&self, linger: Duration, fill_bytes: usize, fill_items: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
         self.wait_non_empty().await;
         let deadline = tokio::time::Instant::now() + linger;
+        // Set before the first look: a record pushed from here on that fills the batch
+        // wakes this (a permit is kept if it comes before the wait).
+        self.wake_items.store(fill_items, SeqCst);
+        self.wake_bytes.store(fill_bytes, SeqCst);
         while self.bytes() < fill_bytes
             && self.len() < fill_items
-            && !self.flushing.load(std::sync::atomic::Ordering::SeqCst)
+            && !self.flushing.load(SeqCst)
             && tokio::time::Instant::now() < deadline
         {
             let _ = tokio::time::timeout_at(deadline, self.notify.notified()).await;
         }
+        self.wake_items.store(0, SeqCst);
+        self.wake_bytes.store(0, SeqCst);
     }
 }
 
@@ -189,6 +214,65 @@ mod tests {
         assert_eq!(b.stats.dropped.get(), 2);
         assert_eq!(b.drain(10, 1000), vec!["r2", "r3", "r4"]);
         assert!(b.is_empty() && b.bytes() == 0);
+    }
+
+    #[test]
+    fn a_dropped_record_gives_back_its_tag() {
+        let b = Buffer::new("t", 2);
+        assert_eq!(b.push_tagged("a".into(), Some(1)), None);
+        assert_eq!(b.push_tagged("b".into(), None), None);
+        assert_eq!(b.push_tagged("c".into(), Some(3)), Some(1));
+        assert_eq!(b.push_tagged("d".into(), Some(4)), None, "an untagged record was dropped");
+        assert_eq!(b.drain_tagged(10, 100), vec![("c".to_string(), Some(3)), ("d".to_string(), Some(4))]);
+    }
+
+    #[tokio::test]
+    async fn a_lingering_sender_wakes_when_its_batch_is_full_or_its_linger_is_over() {
+        let b = std::sync::Arc::new(Buffer::new("t", 100));
+        let linger = Duration::from_millis(1500);
+        // Full by count: wakes before the linger is over.
+        let w = tokio::spawn({
+            let b = b.clone();
+            async move {
+                let t = tokio::time::Instant::now();
+                b.wait_batch(linger, usize::MAX, 5).await;
+                (t.elapsed(), b.len())
+            }
+        });
+        for i in 0..5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            b.push(format!("r{i}"));
+        }
+        let (took, n) = w.await.unwrap();
+        assert_eq!(n, 5);
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        b.drain(100, usize::MAX);
+        // Never full: goes at the end of the linger, with what there is.
+        let w = tokio::spawn({
+            let b = b.clone();
+            async move {
+                let t = tokio::time::Instant::now();
+                b.wait_batch(linger, usize::MAX, 50).await;
+                (t.elapsed(), b.len())
+            }
+        });
+        for i in 0..3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            b.push(format!("r{i}"));
+        }
+        let (took, n) = w.await.unwrap();
+        assert_eq!(n, 3);
+        assert!(took >= linger, "{took:?}");
+        // A flush wakes it at once.
+        b.drain(100, usize::MAX);
+        b.push("x".into());
+        let w = tokio::spawn({
+            let b = b.clone();
+            async move { b.wait_batch(linger, usize::MAX, 50).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.flush();
+        tokio::time::timeout(Duration::from_millis(1000), w).await.expect("woken by the flush").unwrap();
     }
 
     #[test]

@@ -41,6 +41,20 @@ impl Entry {
 /// cannot fit in any message.
 pub fn encode_entries(lines: &[String], enc: Encoding, limit: usize) -> (Vec<Entry>, Vec<usize>) {
     let budget = limit.saturating_sub(attribute_overhead(enc));
+    encode_entries_chunked(lines, enc, limit, budget.saturating_mul(4))
+}
+
+/// [`encode_entries`], packing `gzip+base64` bodies from chunks of at most `raw_chunk` bytes
+/// of NDJSON each (a chunk whose encoding is still over the limit is halved until it fits,
+/// at the cost of compressing its records again): the sender sizes `raw_chunk` from the
+/// compression it has seen ([`chunk_for`]). Ignored for `ndjson`.
+pub fn encode_entries_chunked(
+    lines: &[String],
+    enc: Encoding,
+    limit: usize,
+    raw_chunk: usize,
+) -> (Vec<Entry>, Vec<usize>) {
+    let budget = limit.saturating_sub(attribute_overhead(enc));
     match enc {
         Encoding::Ndjson => {
             let (bodies, oversized) = pack_lines(lines.iter().map(String::as_str), budget);
@@ -51,7 +65,7 @@ pub fn encode_entries(lines: &[String], enc: Encoding, limit: usize) -> (Vec<Ent
         Encoding::GzipBase64 => {
             // NDJSON compresses several-fold: pack generous raw chunks, then split any
             // whose encoding still exceeds the budget.
-            let (chunks, oversized_raw) = pack_lines(lines.iter().map(String::as_str), budget.saturating_mul(4).max(1));
+            let (chunks, oversized_raw) = pack_lines(lines.iter().map(String::as_str), raw_chunk.max(budget).max(1));
             let mut entries = Vec::new();
             let mut oversized = oversized_raw;
             for chunk in chunks {
@@ -73,6 +87,19 @@ pub fn encode_entries(lines: &[String], enc: Encoding, limit: usize) -> (Vec<Ent
             (entries, oversized)
         }
     }
+}
+
+/// The raw chunk for `gzip+base64` messages of at most `limit` bytes when `raw` bytes of
+/// NDJSON last became `encoded` bytes of bodies: 95% of what that ratio fits in a message
+/// (so most chunks fit at the first compression), between 1 and 16 times the budget;
+/// 4 times the budget before anything was seen.
+pub fn chunk_for(limit: usize, raw: usize, encoded: usize) -> usize {
+    let budget = limit.saturating_sub(attribute_overhead(Encoding::GzipBase64)).max(1);
+    if raw == 0 || encoded == 0 {
+        return budget.saturating_mul(4);
+    }
+    let fit = budget as f64 * raw as f64 / encoded as f64 * 0.95;
+    (fit as usize).clamp(budget, budget.saturating_mul(16))
 }
 
 fn gzip_split(chunk: &[&str], budget: usize, out: &mut Vec<Entry>, oversized: &mut Vec<usize>, all: &[String]) {
@@ -151,6 +178,8 @@ impl SqsSink {
             Encoding::Ndjson => self.limit,
             Encoding::GzipBase64 => self.limit * 4,
         };
+        // The raw chunk per gzip message, from the compression of the last records sent.
+        let mut raw_chunk = chunk_for(self.limit, 0, 0);
         loop {
             self.buffer.set_held(pending.iter().map(|e| e.records).sum());
             if pending.is_empty() {
@@ -158,7 +187,11 @@ impl SqsSink {
                 let (lines, tags): (Vec<String>, Vec<Option<u64>>) =
                     self.buffer.drain_tagged(usize::MAX, raw_fill * 2).into_iter().unzip();
                 self.buffer.set_held(lines.len());
-                let (mut entries, oversized) = encode_entries(&lines, enc, self.limit);
+                let (mut entries, oversized) = encode_entries_chunked(&lines, enc, self.limit, raw_chunk);
+                if enc == Encoding::GzipBase64 {
+                    let raw: usize = lines.iter().map(|l| l.len() + 1).sum();
+                    raw_chunk = chunk_for(self.limit, raw, entries.iter().map(|e| e.body.len()).sum());
+                }
                 // The entries hold the records in order, less the oversized ones.
                 let mut kept = (0..lines.len()).filter(|i| oversized.binary_search(i).is_err());
                 for e in &mut entries {
@@ -327,6 +360,31 @@ mod tests {
         let (nd, _) = encode_entries(&input, Encoding::Ndjson, limit);
         let (gz, _) = encode_entries(&input, Encoding::GzipBase64, limit);
         assert!(gz.len() * 3 <= nd.len(), "gzip {} messages vs ndjson {}", gz.len(), nd.len());
+    }
+
+    #[test]
+    fn chunks_sized_from_the_compression_seen_fit_at_once_and_lose_nothing() {
+        let input = lines(20_000, 30);
+        let limit = record::MAX_MESSAGE_BYTES;
+        let (first, _) = encode_entries(&input, Encoding::GzipBase64, limit);
+        let raw: usize = input.iter().map(|l| l.len() + 1).sum();
+        let chunk = chunk_for(limit, raw, first.iter().map(|e| e.body.len()).sum());
+        assert!(chunk >= limit - attribute_overhead(Encoding::GzipBase64) && chunk <= 16 * limit, "{chunk}");
+        assert_eq!(chunk_for(limit, 0, 0), 4 * (limit - attribute_overhead(Encoding::GzipBase64)));
+        for raw_chunk in [chunk, 1, usize::MAX / 2] {
+            let (entries, oversized) = encode_entries_chunked(&input, Encoding::GzipBase64, limit, raw_chunk);
+            assert!(oversized.is_empty());
+            assert!(entries.iter().all(|e| e.size(Encoding::GzipBase64) <= limit));
+            let out: Vec<String> = entries
+                .iter()
+                .flat_map(|e| decode_body(&e.body, Encoding::GzipBase64).unwrap().into_iter().map(|l| l.raw))
+                .collect();
+            assert_eq!(out, input, "chunk {raw_chunk}: order and content kept");
+            if raw_chunk == chunk {
+                // Sized from what was seen: about as few messages as the first pass made.
+                assert!(entries.len() <= first.len() + first.len() / 5 + 1, "{} vs {}", entries.len(), first.len());
+            }
+        }
     }
 
     #[test]

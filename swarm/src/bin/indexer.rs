@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use record::{Encoding, PingRecord};
+use std::borrow::Cow;
+
+use record::{Encoding, RecordView};
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use swarm::config::{self, duration_in, int_in, Check};
@@ -212,42 +214,83 @@ impl Snapshot for IndexerStats {
 /// again (same session) and the packet ids of the old connection mean nothing.
 #[derive(Default)]
 struct Acks {
-    next: AtomicU64,
-    /// tag → (link, connection epoch of that link, the message).
-    held: Mutex<HashMap<u64, (u64, u64, Publish)>>,
+    held: Mutex<Held>,
     /// link → its client and its current connection epoch.
     links: Mutex<HashMap<u64, (rumqttc::v5::AsyncClient, Arc<AtomicU64>)>>,
+}
+
+/// What acknowledging one message takes: its link, that link's connection epoch, its
+/// packet id and QoS (not the message: its payload is not kept for this).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Unacked {
+    link: u64,
+    epoch: u64,
+    pkid: u16,
+    qos: QoS,
+}
+
+/// The unacknowledged messages by tag. Tags are handed out in order and mostly done with
+/// in order (SQS takes records first in, first out), so the table is a ring: tag `base + i`
+/// is slot `i`; done slots at the front are dropped. One slot per message in flight (at
+/// most the receive maximum per connection, plus what waits to be acknowledged at once).
+#[derive(Default)]
+struct Held {
+    base: u64,
+    slots: std::collections::VecDeque<Option<Unacked>>,
+}
+
+impl Held {
+    fn insert(&mut self, u: Unacked) -> u64 {
+        self.slots.push_back(Some(u));
+        self.base + self.slots.len() as u64 - 1
+    }
+
+    fn remove(&mut self, tag: u64) -> Option<Unacked> {
+        let i = usize::try_from(tag.checked_sub(self.base)?).ok()?;
+        let u = self.slots.get_mut(i)?.take();
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        u
+    }
 }
 
 impl Acks {
     /// Keeps a message that came on `link` in connection `epoch`; returns its tag.
     fn hold(&self, link: u64, epoch: u64, p: &Publish) -> u64 {
-        let tag = self.next.fetch_add(1, Ordering::Relaxed);
-        self.held.lock().unwrap().insert(tag, (link, epoch, p.clone()));
-        tag
+        self.held.lock().unwrap().insert(Unacked { link, epoch, pkid: p.pkid, qos: p.qos })
+    }
+
+    /// Forgets a message that will not be acknowledged (its record was dropped).
+    fn forget(&self, tag: u64) {
+        self.held.lock().unwrap().remove(tag);
     }
 
     /// Messages of `link` still waiting for their record to reach SQS.
     fn held_for(&self, link: u64) -> usize {
-        self.held.lock().unwrap().values().filter(|(l, _, _)| *l == link).count()
+        self.held.lock().unwrap().slots.iter().flatten().filter(|u| u.link == link).count()
     }
 
     /// Acknowledges the messages whose tags come in on `done`.
     async fn run(self: Arc<Self>, mut done: tokio::sync::mpsc::UnboundedReceiver<Vec<u64>>) {
+        let mut ack = Publish::default();
         while let Some(tags) = done.recv().await {
-            let ready: Vec<(rumqttc::v5::AsyncClient, Publish)> = {
+            let ready: Vec<(rumqttc::v5::AsyncClient, u16, QoS)> = {
                 let links = self.links.lock().unwrap();
                 let mut held = self.held.lock().unwrap();
                 tags.iter()
-                    .filter_map(|t| held.remove(t))
-                    .filter_map(|(l, e, p)| {
-                        let (c, epoch) = links.get(&l)?;
-                        (epoch.load(Ordering::Relaxed) == e).then(|| (c.clone(), p))
+                    .filter_map(|t| held.remove(*t))
+                    .filter_map(|u| {
+                        let (c, epoch) = links.get(&u.link)?;
+                        (epoch.load(Ordering::Relaxed) == u.epoch).then(|| (c.clone(), u.pkid, u.qos))
                     })
                     .collect()
             };
-            for (c, p) in ready {
-                if let Err(e) = c.ack(&p).await {
+            for (c, pkid, qos) in ready {
+                // rumqttc acknowledges by the packet id and QoS alone.
+                (ack.pkid, ack.qos) = (pkid, qos);
+                if let Err(e) = c.ack(&ack).await {
                     tracing::warn!(error = %e, "cannot acknowledge a message (the broker sends it again)");
                 }
             }
@@ -257,17 +300,23 @@ impl Acks {
 
 /// Parses and checks one `ping/<target>` message; the record's target comes out in its
 /// canonical spelling (`swarm::targets::canonical`), whatever spelling the publisher
-/// used, so one target is one InfluxDB series and one name in the archive.
-fn parse_ping(topic_target: &str, payload: &[u8]) -> Result<PingRecord, String> {
-    let mut r: PingRecord = serde_json::from_slice(payload).map_err(|e| format!("not a ping record: {e}"))?;
-    r.validate()?;
+/// used, so one target is one InfluxDB series and one name in the archive. The record
+/// borrows its strings from `payload`; its time comes with it, in ms since the epoch.
+fn parse_ping<'a>(topic_target: &str, payload: &'a [u8]) -> Result<(RecordView<'a>, i64), String> {
+    let mut r: RecordView = serde_json::from_slice(payload).map_err(|e| format!("not a ping record: {e}"))?;
+    let utc = r.validate_utc()?;
     let topic_t = targets::canonical(topic_target).map_err(|e| format!("topic target: {e}"))?;
-    let record_t = targets::canonical(&r.target).map_err(|e| format!("record target: {e}"))?;
-    if record_t != topic_t {
-        return Err(format!("record target {:?} does not match the topic's {topic_target:?}", r.target));
+    // The same spelling as the topic's (the usual case) has the same canonical form.
+    if *r.target != *topic_target {
+        let record_t = targets::canonical(&r.target).map_err(|e| format!("record target: {e}"))?;
+        if record_t != topic_t {
+            return Err(format!("record target {:?} does not match the topic's {topic_target:?}", r.target));
+        }
     }
-    r.target = record_t;
-    Ok(r)
+    if *r.target != *topic_t {
+        r.target = Cow::Owned(topic_t);
+    }
+    Ok((r, (utc.unix_timestamp_nanos() / 1_000_000) as i64))
 }
 
 async fn serve_metrics(addr: String, stats: Arc<IndexerStats>) -> Result<()> {
@@ -506,6 +555,11 @@ fn open_link(
     Ok(Link { id, name: name_s, client, conn, draining, driver })
 }
 
+/// How long a draining indexer must receive nothing, with everything delivered and
+/// acknowledged, before it disconnects: a broker delivers what it still had queued for the
+/// session as acknowledgements free its inflight window, within milliseconds on a LAN.
+const DRAIN_QUIET: Duration = Duration::from_millis(1500);
+
 /// Gives up `links` the way a stopping indexer does (drain on scale-in, docs/ARCHITECTURE.md):
 /// the shared subscriptions first, so the broker routes new results to the other
 /// connections instead of queueing them in a session that may never return (an UNSUBACK
@@ -543,10 +597,20 @@ async fn drain_links(ctx: Arc<Ctx>, links: Vec<Link>, timeout: Duration) {
     if everything {
         buffers.iter().for_each(|b| b.flush());
     }
+    // After its UNSUBACK a broker may still deliver what it had queued for the session
+    // (MQTT 5.0 §3.10.4; mosquitto does, as acknowledgements free its inflight window):
+    // done only once nothing is held and nothing has arrived for DRAIN_QUIET.
+    let received = || links.iter().map(|l| l.conn.publishes.load(Ordering::Relaxed)).sum::<u64>();
+    let (mut seen, mut quiet_since) = (received(), tokio::time::Instant::now());
     loop {
         let unacked: usize = links.iter().map(|l| ctx.acks.held_for(l.id)).sum();
         let left: usize = if everything { buffers.iter().map(|b| b.outstanding()).sum() } else { 0 };
-        if left == 0 && unacked == 0 {
+        let now_seen = received();
+        if now_seen != seen {
+            (seen, quiet_since) = (now_seen, tokio::time::Instant::now());
+        }
+        let connected = links.iter().any(|l| l.conn.connected() && !l.driver.is_finished());
+        if left == 0 && unacked == 0 && (!connected || quiet_since.elapsed() >= DRAIN_QUIET) {
             tracing::info!(brokers = ?names, "stopping: everything delivered and acknowledged");
             break;
         }
@@ -616,11 +680,9 @@ fn on_publish(ctx: &Arc<Ctx>, link: u64, epoch: u64, topic: &str, payload: &[u8]
     if let Some(target) = topics::ping_target(topic) {
         stats.received.inc();
         match parse_ping(target, payload) {
-            Ok(r) => {
+            Ok((r, ts_ms)) => {
                 let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-                if swarm::ts_millis(&r.ts)
-                    .is_some_and(|ts| ts > now_ms + swarm::router::CLOCK_TOLERANCE.as_millis() as i64)
-                {
+                if ts_ms > now_ms + swarm::router::CLOCK_TOLERANCE.as_millis() as i64 {
                     stats.clock_ahead.inc();
                     let secs = now_ms / 1000;
                     if stats.clock_ahead_logged.swap(secs / 60, Ordering::Relaxed) != secs / 60 {
@@ -628,13 +690,15 @@ fn on_publish(ctx: &Arc<Ctx>, link: u64, epoch: u64, topic: &str, payload: &[u8]
                     }
                 }
                 if let Some(b) = &stats.influx {
-                    match swarm::influx::line(&r, now_ms) {
-                        Some(l) => b.push(l),
-                        None => b.stats.rejected.inc(),
-                    }
+                    // A point is never later than its arrival (swarm::influx::line).
+                    b.push(swarm::influx::line_at(&r, ts_ms.min(now_ms)));
                 }
                 if let Some(b) = &stats.sqs {
-                    b.push_tagged(serde_json::to_string(&r).expect("a record serialises"), tag);
+                    let line = serde_json::to_string(&r).expect("a record serialises");
+                    if let Some(dropped) = b.push_tagged(line, tag) {
+                        // Dropped, not delivered: never acknowledged (counted and logged).
+                        ctx.acks.forget(dropped);
+                    }
                     ack_now = None;
                 }
             }
@@ -719,4 +783,56 @@ fn rip(ctx: &Arc<Ctx>, agent: &str, payload: &[u8]) {
 
 fn main() -> Result<()> {
     config::main::<Args, _, _>("indexer", run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ack_table_hands_out_tags_in_order_and_forgets_done_ones() {
+        let u = |pkid| Unacked { link: 0, epoch: 1, pkid, qos: QoS::AtLeastOnce };
+        let mut h = Held::default();
+        let tags: Vec<u64> = (1..=5).map(|p| h.insert(u(p))).collect();
+        assert_eq!(tags, [0, 1, 2, 3, 4]);
+        // Out of order: the ring keeps the slots until the front is done.
+        assert_eq!(h.remove(2).map(|x| x.pkid), Some(3));
+        assert_eq!(h.remove(2).map(|x| x.pkid), None, "once only");
+        assert_eq!(h.slots.len(), 5);
+        assert_eq!(h.remove(0).map(|x| x.pkid), Some(1));
+        assert_eq!(h.remove(1).map(|x| x.pkid), Some(2));
+        assert_eq!((h.base, h.slots.len()), (3, 2));
+        assert_eq!(h.insert(u(6)), 5);
+        assert_eq!(h.remove(0), None, "a tag already done");
+        assert_eq!(h.remove(99), None, "a tag never handed out");
+        for t in [4, 3, 5] {
+            assert!(h.remove(t).is_some());
+        }
+        assert!(h.slots.is_empty());
+        assert_eq!(h.insert(u(7)), 6);
+    }
+
+    #[test]
+    fn a_ping_is_read_as_the_record_it_holds_in_its_canonical_target() {
+        let rec = |target: &str| {
+            format!(
+                r#"{{"schema":2,"id":"i","ts":"2026-11-23T11:00:00.5+01:00","stack":"s","region":"r","agent":"a","target":"{target}","status":"ok","loss":0.0,"rtt_ms":null,"error":null,"sent":3}}"#
+            )
+        };
+        let (one, v6, name) = (rec("127.0.0.1"), rec("[::1]"), rec("Example.ORG."));
+        let (r, ms) = parse_ping("127.0.0.1", one.as_bytes()).unwrap();
+        assert!(matches!(r.target, Cow::Borrowed("127.0.0.1")));
+        assert_eq!(ms, swarm::ts_millis("2026-11-23T10:00:00.5Z").unwrap());
+        let owned: record::PingRecord = serde_json::from_str(&rec("127.0.0.1")).unwrap();
+        assert_eq!(serde_json::to_string(&r).unwrap(), serde_json::to_string(&owned).unwrap());
+        // Another spelling of the same target is filed under the canonical one.
+        let (r, _) = parse_ping("0:0:0:0:0:0:0:1", v6.as_bytes()).unwrap();
+        assert_eq!(r.target, "::1");
+        let (r, _) = parse_ping("Example.ORG.", name.as_bytes()).unwrap();
+        assert_eq!(r.target, "example.org");
+        assert!(parse_ping("127.0.0.2", rec("127.0.0.1").as_bytes()).unwrap_err().contains("does not match"));
+        assert!(parse_ping("127.1", rec("127.1").as_bytes()).unwrap_err().starts_with("topic target"));
+        assert!(parse_ping("a", b"{").unwrap_err().starts_with("not a ping record"));
+        assert!(parse_ping("a", rec("a").replace("+01:00", "").as_bytes()).unwrap_err().contains("RFC 3339"));
+    }
 }
