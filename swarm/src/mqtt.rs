@@ -202,6 +202,10 @@ pub struct ConnState {
     /// Times the broker asked this client to move to the live broker version
     /// ([`crate::topics::MOVE`]).
     pub moves: AtomicU64,
+    /// PUBLISH packets received (MQTT 5 driver): a draining indexer waits until they stop
+    /// coming, since a broker may still deliver what it had queued for the session after
+    /// an UNSUBACK (MQTT 5.0 §3.10.4).
+    pub publishes: AtomicU64,
 }
 
 impl ConnState {
@@ -423,10 +427,13 @@ pub async fn drive_v5(
                 on_connected(&state, &mut policy, &broker);
                 on(Msg::Connected);
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => match std::str::from_utf8(&p.topic) {
-                Ok(topic) => on(Msg::Publish { topic, payload: &p.payload, retain: p.retain, v5: Some(&p) }),
-                Err(_) => tracing::warn!("skipping a message whose topic is not UTF-8"),
-            },
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                state.publishes.fetch_add(1, Ordering::Relaxed);
+                match std::str::from_utf8(&p.topic) {
+                    Ok(topic) => on(Msg::Publish { topic, payload: &p.payload, retain: p.retain, v5: Some(&p) }),
+                    Err(_) => tracing::warn!("skipping a message whose topic is not UTF-8"),
+                }
+            }
             Ok(Event::Incoming(Packet::UnsubAck(_))) => {
                 state.unsubacks.fetch_add(1, Ordering::Relaxed);
             }
