@@ -251,7 +251,11 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
     );
     assert_eq!(built.calls, built.actions.len(), "the -v count is the calls the proxy saw");
     let done = built.json();
-    keys(&done, &["file", "swarm", "region", "changes", "created_versions", "notes"]);
+    keys(&done, &["file", "swarm", "region", "changes", "created_versions", "switches", "notes"]);
+    let reported: Vec<&str> =
+        done["switches"].as_array().unwrap().iter().map(|w| w["role"].as_str().unwrap()).collect();
+    assert_eq!(reported, ["broker", "router"], "each switch with its release report: {done:#}");
+    assert!(done["switches"][1]["report"]["phases"].as_array().is_some_and(|p| !p.is_empty()), "{done:#}");
     assert_eq!(done["changes"].as_array().unwrap().len(), 9, "{done:#}");
     let n = stack(&net).expect("the network");
     assert_eq!((n.tags["tyrell:role"].as_str(), n.tags["tyrell:stack"].as_str()), ("network", net.as_str()));

@@ -205,6 +205,18 @@ impl Outcome for Upped {
                 table(HEADERS, &a.changes.iter().map(row).collect::<Vec<_>>())
             )
         };
+        for w in &a.switches {
+            let phases: Vec<String> =
+                w.report.phases.iter().map(|p| format!("{} {:.1}s", p.phase, p.seconds)).collect();
+            s.push_str(&format!(
+                "{} switch {} -> {} in {:.1}s: {}\n",
+                w.role,
+                w.from.as_deref().unwrap_or("nothing"),
+                w.to,
+                w.report.seconds,
+                phases.join(", ")
+            ));
+        }
         for n in &a.notes {
             s.push_str(&format!("note: {n}\n"));
         }

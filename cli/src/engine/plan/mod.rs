@@ -667,6 +667,8 @@ pub struct Applied {
     pub changes: Vec<Change>,
     /// The role versions this run created, by role.
     pub created_versions: BTreeMap<String, String>,
+    /// Each switch's result with its release report (phases, timings, checks), in order.
+    pub switches: Vec<super::traffic::switch::Switched>,
     pub notes: Vec<String>,
 }
 
@@ -687,6 +689,7 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
         region: planned.region.clone(),
         changes: Vec::new(),
         created_versions: BTreeMap::new(),
+        switches: Vec::new(),
         notes: planned.notes.clone(),
     };
     if planned.steps.is_empty() {
@@ -772,7 +775,7 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
                     retire: *retire,
                     force_unlock: false,
                 };
-                e.switch(&m, &req).await?;
+                applied.switches.push(e.switch(&m, &req).await?);
             }
         }
         if let Some(c) = changes.next() {
