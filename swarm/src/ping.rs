@@ -24,18 +24,19 @@
 //! exceeded) is not one; the probe is lost when its timeout passes (as `ping` counts it).
 //!
 //! The cost of a probe (the bee's goal is 100,000 a second on one core, issue 13): a round
-//! is a slot in its socket's table (a slab; the probe id in the payload is the slot, the
-//! slot's generation and the probe's place, so a reply is filed without a map or a lock
-//! per probe), and its probes and end are entries in a millisecond [`Wheel`]. One sender
-//! task per socket sends every round's probes when due, one `sendto(2)` each with the send
-//! time read just before it (a `sendmmsg(2)` batch would put the later probes' send times
-//! early by the time the kernel takes over the earlier ones: on loopback, where the echo
-//! reply is made and delivered inside the send, 8 to 9 µs a probe in a perf profile); one reader task per socket takes
-//! replies in batches (`recvmmsg(2)`), and the sender reads the socket too after each
-//! batch it sends and before it ends any round. So a probe costs no task, timer, channel
-//! or allocation of its own; what is left is mostly the kernel's (a perf profile at
-//! 50,000 probes/s on loopback: three quarters of the bee's time in the kernel, two thirds
-//! of it inside `sendto`, which on loopback includes making and delivering the reply).
+//! is a slot in its socket's table (a slab: the probe id in the payload is the slot, the
+//! slot's generation and the probe's place, so a reply is filed by index, without a map),
+//! and its probes and end are entries in a millisecond timer wheel (`Wheel`). One sender
+//! task per socket sends every round's probes when due, one `sendto(2)` each with the
+//! send time read just before it (a `sendmmsg(2)` batch would put the later probes' send
+//! times early by the time the kernel takes over the earlier ones: on loopback, where the
+//! echo reply is made and delivered inside the send, about 7 µs a probe in a perf
+//! profile). One reader task per socket takes replies in batches (`recvmmsg(2)`), and the
+//! sender reads the socket too after each batch it sends and before it ends any round. So
+//! a probe costs no task, timer, channel or allocation of its own; what is left is mostly
+//! the kernel's (a perf profile at 50,000 probes/s on loopback: three quarters of the
+//! bee's time in the kernel, three quarters of that inside `sendto`, which on loopback
+//! includes making and delivering the reply).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
