@@ -10,7 +10,8 @@
 //! Beside the worker's CPU it prints, measured in the same run on the same bodies, what
 //! the unavoidable part costs alone in this process: base64 + gunzip of every body and gzip
 //! of the NDJSON into 5 MiB objects, at the worker's level ([`record::GZIP_LEVEL`]) and at
-//! zlib's default level 6 (the level before issue 13) with the ratio each gives.
+//! zlib's default level 6 (the level before issue 13) with the ratio each gives; and
+//! base64 + gunzip alone (the worker passes a message's gzip through when it can).
 //!
 //! Run: `cargo bench -p tyrell-worker --bench throughput` (TYRELL_BENCH_RECORDS to change
 //! the count; TYRELL_BENCH_WORKER=path runs another worker build, e.g. an older one).
@@ -45,11 +46,13 @@ fn thread_cpu() -> f64 {
 }
 
 /// The part of the worker's job no implementation avoids, alone: every body base64-decoded
-/// and gunzipped, the NDJSON gzipped at `level` in 5 MiB objects (the worker's flush size).
-/// Returns (CPU seconds, NDJSON bytes, gzip bytes).
-fn floor(msgs: &[(String, Encoding)], level: u32) -> (f64, usize, usize) {
+/// and gunzipped (to check its records), the NDJSON gzipped at `level` in 5 MiB objects
+/// (the worker's flush size); with `None`, not gzipped again (a worker that passes the
+/// bodies' gzip streams through). Returns (CPU seconds, NDJSON bytes, gzip bytes).
+fn floor(msgs: &[(String, Encoding)], level: Option<u32>) -> (f64, usize, usize) {
     const OBJECT: usize = 5 << 20;
     let gzip = |data: &[u8]| {
+        let Some(level) = level else { return 0 };
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
         gz.write_all(data).unwrap();
         gz.finish().unwrap().len()
@@ -166,8 +169,9 @@ async fn bench() {
         get("bytes_in") / 1e6,
         get("bytes_out") / 1e6
     );
-    let (fast_cpu, fast_in, fast_out) = floor(&msgs, record::GZIP_LEVEL);
-    let (six_cpu, _, six_out) = floor(&msgs, 6);
+    let (fast_cpu, fast_in, fast_out) = floor(&msgs, Some(record::GZIP_LEVEL));
+    let (six_cpu, _, six_out) = floor(&msgs, Some(6));
+    let (check_cpu, _, _) = floor(&msgs, None);
     println!(
         "  same run    worker {:.2} CPU s per million records (goal: at most 1.00: {}) ({})",
         cpu / m,
@@ -181,6 +185,10 @@ async fn bench() {
         fast_in as f64 / fast_out.max(1) as f64,
         six_cpu / m,
         fast_in as f64 / six_out.max(1) as f64
+    );
+    println!(
+        "              and base64 + gunzip alone (no gzip: what a worker passing the gzip through must still do) {:.2}",
+        check_cpu / m
     );
     println!("  cost per million records at list prices (SQS $0.40/M requests, S3 $0.005/1000 PUTs, Firehose $0.029/GB in 5 KB steps):");
     println!(
