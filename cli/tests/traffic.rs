@@ -364,11 +364,14 @@ fn roles_without_traffic_move_the_tag_and_prune_keeps_the_active_and_newest() {
 }
 
 #[test]
-fn workers_get_a_termination_hook_to_drain_and_pingers_do_not() {
+fn workers_indexers_and_bees_get_a_termination_hook_to_drain_or_hand_over() {
     let (sw, _) = swarm("td");
     let plan = |noun: &str| json(&[noun, "create", "-a", &ami(), "--dry-run", &sw]);
     assert_eq!(plan("workers")["parameters"]["DrainSeconds"], "90");
-    assert_eq!(plan("bees")["parameters"]["DrainSeconds"], "0");
+    // Indexers: hand-over (60 s) + drain (20 s); bees: hand-over (60 s) + stop.
+    assert_eq!(plan("indexers")["parameters"]["DrainSeconds"], "150");
+    assert_eq!(plan("bees")["parameters"]["DrainSeconds"], "120");
+    assert_eq!(plan("routers")["parameters"]["DrainSeconds"], "0");
     // The emulator accepts the hook in the template (it does not model the Wait state).
     create("workers", &sw, "w1", "1");
     let stack = json(&["workers", &sw]);

@@ -18,6 +18,15 @@ pub const ALIVE_PREFIX: &str = "bees/alive/";
 /// Every bee's presence.
 pub const ALIVE_ALL: &str = "bees/alive/+";
 
+/// Prefix of an indexer's retained presence on each broker it is connected to,
+/// `indexers/alive/<client id>` (payload: the client id; cleared by an empty retained
+/// message, or by its last will when the connection dies): a stopping indexer gives up its
+/// shared subscription only once another indexer is present (`INDEXER_HANDOVER`), or the
+/// broker drops what nobody subscribes to.
+pub const INDEXERS_ALIVE_PREFIX: &str = "indexers/alive/";
+/// Every indexer's presence.
+pub const INDEXERS_ALIVE_ALL: &str = "indexers/alive/+";
+
 /// Prefix of a broker's announcement, `tyrell/brokers/<instance-id>`: retained, MQTT 5
 /// message expiry 180 s, re-published every 60 s, cleared (empty) when the broker stops;
 /// JSON `{"host": private IP, "port": 1883, "version": V}` ([`crate::mqtt::Announcement`];

@@ -185,3 +185,45 @@ fn a_stopped_indexer_drains_and_leaves_nothing_in_its_session() {
     assert!(b.guard.alive());
     eprintln!("drain: A held {held} of the first {first}; {total} records, 0 lost without A's return");
 }
+
+/// A release's indexers (issue 11): the old one is stopped (SIGTERM) before the new one
+/// has started. With `INDEXER_HANDOVER` it keeps its shared subscription until another
+/// indexer is present on the broker, so what is published meanwhile is not dropped by a
+/// broker with no subscriber; every record reaches SQS.
+#[test]
+fn a_stopping_indexer_hands_over_to_the_next_before_giving_up_its_subscription() {
+    let sqs = Sqs::new("handover");
+    let broker = broker();
+    let port = broker.port;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_indexer"));
+    testkit::Emulator::shared().apply(&mut cmd);
+    broker_env(&mut cmd, port);
+    cmd.env("INDEXER_CLIENT_ID", testkit::unique("indexer-old"))
+        .env("QUEUE_URL", &sqs.url)
+        .env("INDEXER_LINGER", "300ms")
+        .env("INDEXER_HANDOVER", "30s")
+        .env("STATS_INTERVAL", "200ms");
+    let old = Program::start(cmd, "indexer-old");
+    wait_for(Duration::from_secs(10), "the old indexer to connect", || {
+        old.log_text().contains("connected to the broker").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    publish(port, 0..50);
+    old.guard.signal("TERM");
+    // The new version starts late; meanwhile results keep coming.
+    publish(port, 50..150);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(old.guard.alive(), "the old indexer left with nobody to take its share: {}", old.log_text());
+    publish(port, 150..200);
+    let new = indexer(port, &sqs, &testkit::unique("indexer-new"), "300ms");
+    wait_for(Duration::from_secs(40), "the old indexer to hand over and exit", || (!old.guard.alive()).then_some(()));
+    publish(port, 200..300);
+    let mut seen: HashSet<String> = HashSet::new();
+    wait_for(Duration::from_secs(20), "every record in SQS", || {
+        seen.extend(sqs.drain(0).into_iter().flat_map(|m| m.records).map(|r| r.id));
+        (seen.len() == 300).then_some(())
+    });
+    let log = old.log_text();
+    assert!(log.contains("handed over") && log.contains("everything delivered and acknowledged"), "{log}");
+    assert!(new.guard.alive());
+}

@@ -96,6 +96,13 @@ struct Args {
     #[arg(long, env = "INDEXER_DRAIN_TIMEOUT", default_value = "20s",
           value_parser = duration_in("INDEXER_DRAIN_TIMEOUT (--drain-timeout)", Duration::ZERO, Duration::from_secs(3600), false))]
     drain_timeout: Duration,
+    /// On SIGTERM, how long to wait for another indexer to be present on a broker before
+    /// giving up the shared subscription there (a broker drops results no subscriber takes:
+    /// a release's new indexer may still be starting): 0s (do not wait, the default) to
+    /// 10m. The indexer role sets it; its termination hook holds the box meanwhile.
+    #[arg(long, env = "INDEXER_HANDOVER", default_value = "0s",
+          value_parser = duration_in("INDEXER_HANDOVER (--handover)", Duration::ZERO, Duration::from_secs(600), false))]
+    handover: Duration,
     /// How long a bee's last will waits for the bee to show up live again (its presence,
     /// published every round) before it counts as a death: a will fires too when a
     /// broker stops or a bee moves brokers. At least 2 bee rounds; 0s (report at once) to 1h.
@@ -398,6 +405,8 @@ async fn run(args: Args) -> Result<()> {
             topics::shared(&args.share_group, topics::RIP_ALL),
         ],
         rip_grace: args.rip_grace,
+        me: client_id.clone(),
+        peers: Mutex::new(HashMap::new()),
         stats: stats.clone(),
         done_tx,
         acks,
@@ -467,8 +476,50 @@ async fn run(args: Args) -> Result<()> {
     // Drain (a scale-in's termination hook, or a stop), every connection at once.
     let mut links = vec![nlb];
     links.extend(direct.into_values().map(|(l, _, _)| l));
+    hand_over(&ctx, &links, args.handover).await;
     drain_links(ctx, links, args.drain_timeout).await;
     Ok(())
+}
+
+/// Clears this indexer's presence (`indexers/alive/<me>`) on every link's broker.
+async fn clear_presence(ctx: &Ctx, links: &[Link]) {
+    let topic = format!("{}{}", topics::INDEXERS_ALIVE_PREFIX, ctx.me);
+    for l in links {
+        let _ = l.client.publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new()).await;
+    }
+}
+
+/// `INDEXER_HANDOVER`: waits, at most `max`, until every connected link's broker has
+/// another indexer present (so its shared subscription keeps a member once this one gives
+/// up its own), logging which.
+async fn hand_over(ctx: &Ctx, links: &[Link], max: Duration) {
+    if max.is_zero() {
+        return;
+    }
+    // No longer a member others may hand over to.
+    clear_presence(ctx, links).await;
+    let start = tokio::time::Instant::now();
+    tracing::info!(max_ms = max.as_millis() as u64, "stopping: waiting for another indexer on every broker first");
+    loop {
+        let alone: Vec<&str> = links
+            .iter()
+            .filter(|l| l.conn.connected() && !l.driver.is_finished())
+            .filter(|l| ctx.peers.lock().unwrap().get(&l.id).is_none_or(|p| p.is_empty()))
+            .map(|l| l.name.as_str())
+            .collect();
+        if alone.is_empty() {
+            tracing::info!(
+                waited_ms = start.elapsed().as_millis() as u64,
+                "handed over: another indexer is on every broker"
+            );
+            return;
+        }
+        if start.elapsed() >= max {
+            tracing::warn!(brokers = ?alone, "no other indexer on these brokers within INDEXER_HANDOVER: results published there meanwhile go nowhere");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// What the indexer keeps for every broker connection.
@@ -488,6 +539,10 @@ struct Ctx {
     alive: Mutex<HashMap<String, std::time::Instant>>,
     /// Bees whose will arrived and waits out [`Ctx::rip_grace`].
     pending_rips: Mutex<std::collections::HashSet<String>>,
+    /// This indexer's client id: its presence is `indexers/alive/<me>` on every broker.
+    me: String,
+    /// The other indexers present on each connection's broker, by link id.
+    peers: Mutex<HashMap<u64, std::collections::HashSet<String>>>,
 }
 
 /// A broker announcement heard on some connection: `None` = cleared.
@@ -521,6 +576,9 @@ fn open_link(
 ) -> Result<Link> {
     let mut opts = mqtt.v5(&client_id, ctx.password.as_deref(), ctx.session_expiry)?;
     opts.set_manual_acks(true);
+    // Its presence on this broker goes when the connection dies.
+    let presence = format!("{}{}", topics::INDEXERS_ALIVE_PREFIX, ctx.me);
+    opts.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(&presence, Vec::new(), QoS::AtLeastOnce, true, None));
     opts.set_receive_maximum(Some(ctx.max_unacked));
     let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, 1000);
     let epoch = Arc::new(AtomicU64::new(0));
@@ -532,8 +590,16 @@ fn open_link(
         Msg::Connected => {
             e.fetch_add(1, Ordering::Relaxed);
             let (c, draining, x) = (c.clone(), d.clone(), x.clone());
+            let presence = presence.clone();
             tokio::spawn(async move {
-                let plain = [topics::BROKERS_ALL.to_string(), topics::ALIVE_ALL.to_string()];
+                if !draining.load(Ordering::SeqCst) {
+                    let _ = c.publish(presence, QoS::AtLeastOnce, true, x.me.clone().into_bytes()).await;
+                }
+                let plain = [
+                    topics::BROKERS_ALL.to_string(),
+                    topics::ALIVE_ALL.to_string(),
+                    topics::INDEXERS_ALIVE_ALL.to_string(),
+                ];
                 for s in x.shared.iter().chain(plain.iter()) {
                     let r = if draining.load(Ordering::SeqCst) {
                         c.unsubscribe(s.clone()).await
@@ -567,6 +633,7 @@ const DRAIN_QUIET: Duration = Duration::from_millis(1500);
 /// goes to SQS and is acknowledged; then DISCONNECT. Bounded by `timeout`.
 async fn drain_links(ctx: Arc<Ctx>, links: Vec<Link>, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
+    clear_presence(&ctx, &links).await;
     let mut wanted = Vec::new();
     for l in &links {
         l.draining.store(true, Ordering::SeqCst);
@@ -663,6 +730,19 @@ fn on_publish(ctx: &Arc<Ctx>, link: u64, epoch: u64, topic: &str, payload: &[u8]
             }
         };
         ctx.events.send(Announced { id: id.to_string(), announcement, expiry }).ok();
+        ack_at_once(ctx, v5, link, epoch);
+        return;
+    }
+    if let Some(other) = topic.strip_prefix(topics::INDEXERS_ALIVE_PREFIX) {
+        if other != ctx.me && !other.is_empty() {
+            let mut peers = ctx.peers.lock().unwrap();
+            let here = peers.entry(link).or_default();
+            if payload.is_empty() {
+                here.remove(other);
+            } else {
+                here.insert(other.to_string());
+            }
+        }
         ack_at_once(ctx, v5, link, epoch);
         return;
     }
