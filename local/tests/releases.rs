@@ -1,0 +1,384 @@
+//! Releases of every role on a swarm that is doing work (issue 11), on the local cloud:
+//! real boxes booted from images baked from this workspace, a steady ping load (50 targets,
+//! 2 s rounds, two bees) and a steady request load through the ALB, while each role is
+//! switched to a new version the way an operator does it — broker (deliberate move of its
+//! clients, then retired), bees (the old ones hand over), indexers and workers (drained by
+//! their termination hooks), routers (a canary). Then the archive in S3 is counted by
+//! record: every bee's records are numbered (`seq`), so for each bee the archive must hold
+//! exactly 1..=its last seq (read from its presence or its goodbye on the live broker):
+//! 0 lost. No target goes unmeasured for more than one round (from the archived `ts`), no
+//! bee is reported dead (InfluxDB's `rip` measurement on the metrics box stays empty), no
+//! request through the ALB fails, and the new broker holds the `watch` list.
+//!
+//! Runs as root with the packages of scripts/local-setup, like `swarm.rs`. The roles are
+//! this repository's, with the bees' rounds shortened to 2 s (`TYRELL_ROLES_DIR`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod support;
+use support::{http, wait, Cloud, SWARM};
+
+const ROLES: [&str; 6] = ["broker", "router", "bee", "indexer", "worker", "metrics"];
+/// The bees' round in this test (`BEE_INTERVAL`).
+const ROUND: Duration = Duration::from_secs(2);
+const TARGETS: usize = 50;
+
+/// This repository's roles with the bees' rounds at [`ROUND`] (4 probes), in a temporary
+/// directory that lives as long as the returned guard.
+fn fast_roles() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../roles");
+    let dst = tmp.path().join("roles");
+    let mut stack = vec![src.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let to = dst.join(p.strip_prefix(&src).unwrap());
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(&p, &to).unwrap();
+            }
+        }
+    }
+    let bee = dst.join("bee/cloud-init.yaml");
+    let text = std::fs::read_to_string(&bee).unwrap();
+    assert!(text.contains("BEE_INTERVAL=10s") && text.contains("BEE_PROBES=10"), "roles/bee changed: update this test");
+    let text = text.replace("BEE_INTERVAL=10s", &format!("BEE_INTERVAL={}s", ROUND.as_secs()));
+    std::fs::write(&bee, text.replace("BEE_PROBES=10", "BEE_PROBES=4")).unwrap();
+    (tmp, dst)
+}
+
+/// Every record archived in the swarm's bucket, and how many times each id was seen.
+fn archive(cloud: &Cloud, bucket: &str) -> (Vec<record::PingRecord>, usize) {
+    let s3 = aws_sdk_s3::Client::new(&cloud.sdk());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut out = Vec::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut token = None;
+    loop {
+        let page = rt
+            .block_on(s3.list_objects_v2().bucket(bucket).set_continuation_token(token.clone()).send())
+            .expect("ListObjectsV2");
+        for o in page.contents() {
+            let obj = rt.block_on(s3.get_object().bucket(bucket).key(o.key().unwrap()).send()).expect("GetObject");
+            let bytes = rt.block_on(obj.body.collect()).unwrap().into_bytes();
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).expect("a gzip archive object");
+            for l in text.lines().filter(|l| !l.trim().is_empty()) {
+                let r: record::PingRecord = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                *ids.entry(r.id.clone()).or_default() += 1;
+                out.push(r);
+            }
+        }
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let dups = ids.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    (out, dups)
+}
+
+/// Retained messages on the live broker (the box `broker`), topic → payload.
+fn retained(cloud: &Cloud, broker: &str, filter: &str) -> BTreeMap<String, String> {
+    let script = format!(
+        "mosquitto_sub -h 127.0.0.1 -u tyrell -P \"$(cat /etc/mosquitto/.tyrell-pw)\" -t '{filter}' -v --retained-only -W 3 || true"
+    );
+    cloud
+        .exec(broker, &["sh", "-c", &script])
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(t, p)| (t.to_string(), p.to_string())))
+        .collect()
+}
+
+/// The instance id of the booted box of `role` `version` (one box).
+fn box_of(cloud: &Cloud, role: &str, version: &str, dump: &dyn Fn() -> String) -> String {
+    wait(&format!("{role} {version} booted"), Duration::from_secs(180), dump, || {
+        cloud
+            .boxes(role)
+            .into_iter()
+            .find(|b| b["version"] == version && b["state"] == "booted" && b["service"] == "active")
+            .and_then(|b| b["instance"].as_str().map(str::to_string))
+    })
+}
+
+#[test]
+fn every_role_is_released_under_load_losing_nothing() {
+    let started = Instant::now();
+    let (_keep, roles) = fast_roles();
+    let mut cloud = Cloud::up();
+    cloud.env.push(("TYRELL_ROLES_DIR".into(), roles.display().to_string()));
+    let cloud = cloud;
+    let bins = testkit::bin("bee").parent().unwrap().display().to_string();
+    let dump = || format!("status: {}", serde_json::to_string_pretty(&cloud.status()).unwrap_or_default());
+
+    for role in ROLES {
+        let ami = cloud.ok(&["builds", "create", role, "--local", "--binaries-dir", &bins]);
+        assert!(ami.starts_with("ami-"), "{role}: {ami}");
+    }
+    let vpc = cloud.ok(&["network", "create", "rel-net"]);
+    cloud.ok(&["metrics", "create", "-v", &vpc, "-a", "latest", "metrics1"]);
+    cloud.ok(&["stacks", "create", "-v", &vpc, SWARM]);
+    let b1 = cloud.ok(&["brokers", "create", "-a", "latest", SWARM]);
+    let r1 = cloud.ok(&["routers", "create", "-a", "latest", "-s", "2", SWARM]);
+    let bees1 = cloud.ok(&["bees", "create", "-a", "latest", "-s", "2", SWARM]);
+    cloud.ok(&["indexers", "create", "-a", "latest", SWARM]);
+    cloud.ok(&["workers", "create", "-a", "latest", "-s", "1", SWARM]);
+    cloud.ok(&["traffic", "brokers", SWARM, "--version", &b1, "--timeout", "5m"]);
+    cloud.ok(&["traffic", "elb", SWARM, "--router", &r1, "--timeout", "5m"]);
+    wait("every box booted with its service active", Duration::from_secs(240), dump, || {
+        let s = cloud.status();
+        let b = s["boxes"].as_array()?;
+        (b.len() == 8 && b.iter().all(|b| b["state"] == "booted" && b["service"] == "active")).then_some(())
+    });
+    let metrics_id = cloud.boxes("metrics")[0]["instance"].as_str().unwrap().to_string();
+    let desc: Value = serde_json::from_str(&cloud.ok(&["stacks", "describe", SWARM, "-o", "json"])).unwrap();
+    let bucket = desc["bucket"].as_str().unwrap().to_string();
+
+    // The ping load: 50 targets (each bee pings its own loopback), through the ALB.
+    let alb = cloud.lb_local("Alb");
+    let token = {
+        let ssm = aws_sdk_ssm::Client::new(&cloud.sdk());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let p = rt
+            .block_on(ssm.get_parameter().name(format!("/tyrell/{SWARM}/router-token")).with_decryption(true).send())
+            .expect("the router token in SSM");
+        p.parameter().and_then(|p| p.value()).unwrap().to_string()
+    };
+    let auth = format!("Bearer {token}");
+    let targets: Vec<String> = (1..=TARGETS).map(|i| format!("127.0.0.{i}")).collect();
+    let put_watch = |list: &str| {
+        wait("the ALB forwarding to the routers takes the watch list", Duration::from_secs(60), dump, || {
+            let (code, body) = http(&alb, "PUT", "/watch", &[("Authorization", &auth)], list).ok()?;
+            if code == 503 && body.contains("no active router version") {
+                return None;
+            }
+            assert_eq!(code, 200, "PUT /watch: {body}");
+            Some(())
+        })
+    };
+    put_watch(&targets.join(" "));
+    let bee_agents = |v: &str| -> Vec<String> {
+        cloud
+            .boxes("bee")
+            .iter()
+            .filter(|b| b["version"] == v)
+            .map(|b| format!("bee-{}", b["instance"].as_str().unwrap()))
+            .collect()
+    };
+    let first_bees = bee_agents(&bees1);
+    assert_eq!(first_bees.len(), 2);
+    wait("both bees' pings through the ALB", Duration::from_secs(90), dump, || {
+        let (_, b) = http(&alb, "GET", "/pings/latest", &[], "").ok()?;
+        first_bees.iter().all(|a| b.contains(a.as_str())).then_some(())
+    });
+    let load_from = time::OffsetDateTime::now_utc();
+
+    // The request load through the ALB, for the whole release.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let load = {
+        let (stop, sent, failed, errors, alb) =
+            (stop.clone(), sent.clone(), failed.clone(), errors.clone(), alb.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                sent.fetch_add(1, Ordering::SeqCst);
+                match http(&alb, "GET", "/pings/latest", &[], "") {
+                    Ok((200, _)) => {}
+                    other => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        errors.lock().unwrap().push(format!("{other:?}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let mut took: Vec<(&str, f64)> = Vec::new();
+    let mut phases: Vec<(&str, String)> = Vec::new();
+    let utc = || time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+
+    // 1. Broker: the new one bridges to the live one at boot; the switch records it live;
+    //    the old one asks its clients to move (within its 10 s look), then it is retired.
+    let t = Instant::now();
+    phases.push(("broker", utc()));
+    let b2 = cloud.ok(&["brokers", "create", "-a", "latest", SWARM]);
+    let b2_box = box_of(&cloud, "broker", &b2, &dump);
+    cloud.ok(&["traffic", "brokers", SWARM, "--version", &b2, "--timeout", "5m"]);
+    for id in cloud.boxes("bee").iter().map(|b| b["instance"].as_str().unwrap().to_string()).collect::<Vec<_>>() {
+        wait("a bee moved to the new broker", Duration::from_secs(60), dump, || {
+            let log = cloud.exec(&id, &["journalctl", "-q", "--no-pager", "-u", "tyrell-bee"]);
+            log.contains("no longer live").then_some(())
+        });
+    }
+    cloud.ok(&["brokers", "scale", SWARM, &b1, "0"]);
+    wait("the old broker box gone", Duration::from_secs(90), dump, || {
+        (!cloud.boxes("broker").iter().any(|b| b["version"] == b1.as_str())).then_some(())
+    });
+    took.push(("broker", t.elapsed().as_secs_f64()));
+    let watch = retained(&cloud, &b2_box, "watch");
+    assert_eq!(
+        watch.get("watch").map(|w| w.split_whitespace().count()),
+        Some(TARGETS),
+        "the new broker's watch: {watch:?}"
+    );
+
+    // 2. Bees: the old ones hand over to the new ones (their hooks hold the boxes).
+    let t = Instant::now();
+    phases.push(("bees", utc()));
+    let bees2 = cloud.ok(&["bees", "create", "-a", "latest", "-s", "2", SWARM]);
+    cloud.ok(&["traffic", "bees", SWARM, "--version", &bees2, "--timeout", "5m"]);
+    wait("the old bee boxes gone after handing over", Duration::from_secs(180), dump, || {
+        (!cloud.boxes("bee").iter().any(|b| b["version"] == bees1.as_str())).then_some(())
+    });
+    took.push(("bees", t.elapsed().as_secs_f64()));
+    let second_bees = bee_agents(&bees2);
+
+    // 3. Indexers and 4. workers: the old ones drain through their hooks.
+    for (role, noun) in [("indexer", "indexers"), ("worker", "workers")] {
+        let t = Instant::now();
+        phases.push((role, utc()));
+        let old: Vec<String> = cloud.boxes(role).iter().map(|b| b["version"].as_str().unwrap().to_string()).collect();
+        let v = cloud.ok(&[noun, "create", "-a", "latest", "-s", "1", SWARM]);
+        cloud.ok(&["traffic", noun, SWARM, "--version", &v, "--timeout", "5m"]);
+        wait(&format!("the old {role} box gone after draining"), Duration::from_secs(180), dump, || {
+            (!cloud.boxes(role).iter().any(|b| old.contains(&b["version"].as_str().unwrap_or("").to_string())))
+                .then_some(())
+        });
+        took.push((role, t.elapsed().as_secs_f64()));
+    }
+
+    // 5. Routers: a canary (50 %, baked 10 s), then all.
+    let t = Instant::now();
+    phases.push(("router", utc()));
+    let r2 = cloud.ok(&["routers", "create", "-a", "latest", "-s", "2", SWARM]);
+    cloud.ok(&["traffic", "elb", SWARM, "--router", &r2, "--canary", "50", "--bake", "10", "--timeout", "5m"]);
+    took.push(("router", t.elapsed().as_secs_f64()));
+
+    // The load ends: an empty watch list; a few rounds later every bee's count is final.
+    std::thread::sleep(2 * ROUND);
+    let load_to = time::OffsetDateTime::now_utc();
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    phases.push(("end", utc()));
+    put_watch("[]");
+    std::thread::sleep(3 * ROUND);
+    let b2_box = box_of(&cloud, "broker", &b2, &dump);
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for (topic, payload) in
+        retained(&cloud, &b2_box, "bees/alive/+").into_iter().chain(retained(&cloud, &b2_box, "rip/agent/+"))
+    {
+        let agent = topic.rsplit('/').next().unwrap().to_string();
+        let v: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+        if let Some(n) = v["seq"].as_u64() {
+            let e = last.entry(agent).or_default();
+            *e = (*e).max(n);
+        }
+    }
+    for a in first_bees.iter().chain(&second_bees) {
+        assert!(last.contains_key(a), "no final count for {a} on the broker: {last:?}");
+    }
+
+    // Every record of every bee in the archive, by (agent, seq); if not, which are missing
+    // and when their neighbours were measured (to tell which release lost them).
+    let missing = || {
+        let (records, _) = archive(&cloud, &bucket);
+        let mut by: BTreeMap<&str, BTreeMap<u64, &str>> = BTreeMap::new();
+        for r in &records {
+            if let Some(n) = r.seq {
+                by.entry(r.agent.as_str()).or_default().insert(n, r.ts.as_str());
+            }
+        }
+        let mut out = format!("phases (UTC): {phases:?}\n");
+        for (a, n) in &last {
+            let got = by.get(a.as_str()).cloned().unwrap_or_default();
+            let gone: Vec<u64> = (1..=*n).filter(|k| !got.contains_key(k)).collect();
+            let near: Vec<String> = gone
+                .iter()
+                .take(12)
+                .map(|k| format!("{k} (after {})", got.range(..*k).next_back().map(|(_, t)| *t).unwrap_or("-")))
+                .collect();
+            out += &format!("{a}: last seq {n}, archived {}, missing {}: {near:?}\n", got.len(), gone.len());
+        }
+        out
+    };
+    let (records, dups) = wait("every record archived in S3", Duration::from_secs(300), missing, || {
+        let (records, dups) = archive(&cloud, &bucket);
+        let mut seqs: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+        for r in &records {
+            seqs.entry(r.agent.as_str()).or_default().extend(r.seq);
+        }
+        last.iter().all(|(a, n)| seqs.get(a.as_str()).is_some_and(|s| s.len() as u64 == *n)).then_some((records, dups))
+    });
+    let mut seqs: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    for r in &records {
+        seqs.entry(r.agent.as_str()).or_default().extend(r.seq);
+    }
+    for (a, n) in &last {
+        let s = &seqs[a.as_str()];
+        assert_eq!(s.iter().next_back(), Some(n), "{a}: the archive's last seq");
+    }
+
+    // No target unmeasured for more than one round while the load ran.
+    let mut per_target: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for r in &records {
+        let at = record::parse_ts(&r.ts).unwrap();
+        if at > load_from && at < load_to {
+            per_target.entry(r.target.as_str()).or_default().push((at.unix_timestamp_nanos() / 1_000_000) as i64);
+        }
+    }
+    assert_eq!(per_target.len(), TARGETS, "targets measured while the load ran");
+    let mut worst = (0i64, "");
+    for (t, ts) in per_target.iter_mut() {
+        ts.sort_unstable();
+        for w in ts.windows(2) {
+            if w[1] - w[0] > worst.0 {
+                worst = (w[1] - w[0], t);
+            }
+        }
+    }
+    assert!(worst.0 < 2 * ROUND.as_millis() as i64, "target {} unmeasured for {} ms", worst.1, worst.0);
+
+    // No bee reported dead: InfluxDB's rip measurement (the dashboard's "Bees lost") is empty.
+    let o = cloud.exec(
+        &metrics_id,
+        &[
+            "curl",
+            "-sfG",
+            "http://127.0.0.1:8086/query",
+            "--data-urlencode",
+            "db=tyrell",
+            "--data-urlencode",
+            "q=SELECT count(dead) FROM rip",
+        ],
+    );
+    assert!(!o.contains("\"values\""), "bees reported dead during the releases: {o}");
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert!(sent > 200, "the request load was too small to mean anything: {sent}");
+    assert_eq!(failed, 0, "requests through the ALB failed: {:?}", errors.lock().unwrap());
+
+    let total: u64 = last.values().sum();
+    eprintln!(
+        "releases under load: {} records from {} bees ({total} published by seq), 0 lost, {dups} duplicate deliveries; \
+         worst gap of a target {} ms ({}) at {} s rounds; 0 bees reported dead; {sent} requests through the ALB, 0 failed",
+        records.len(),
+        last.len(),
+        worst.0,
+        worst.1,
+        ROUND.as_secs()
+    );
+    for (role, s) in &took {
+        eprintln!("release of {role}: {s:.1}s");
+    }
+    eprintln!("whole test: {:.1}s", started.elapsed().as_secs_f64());
+}
