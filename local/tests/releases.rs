@@ -72,7 +72,7 @@ fn archive(cloud: &Cloud, bucket: &str) -> (Vec<record::PingRecord>, usize) {
             let obj = rt.block_on(s3.get_object().bucket(bucket).key(o.key().unwrap()).send()).expect("GetObject");
             let bytes = rt.block_on(obj.body.collect()).unwrap().into_bytes();
             let mut text = String::new();
-            flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).expect("a gzip archive object");
+            flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_string(&mut text).expect("a gzip archive object");
             for l in text.lines().filter(|l| !l.trim().is_empty()) {
                 let r: record::PingRecord = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
                 *ids.entry(r.id.clone()).or_default() += 1;

@@ -105,7 +105,7 @@ fn a_whole_swarm_boots_measures_archives_and_releases() {
             let obj = rt.block_on(s3.get_object().bucket(&bucket).key(o.key()?).send()).ok()?;
             let bytes = rt.block_on(obj.body.collect()).ok()?.into_bytes();
             let mut text = String::new();
-            flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).ok()?;
+            flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_string(&mut text).ok()?;
             if let Some(l) = text.lines().find(|l| bee_ids.iter().any(|id| l.contains(id.as_str()))) {
                 return Some(l.to_string());
             }
