@@ -466,7 +466,7 @@ impl Alive {
     }
 }
 
-/// `BEE_HANDOVER`: says it is stopping (the others stop counting it and take its share)
+/// `BEE_HANDOVER`: unless it has no targets, says it is stopping (the others stop counting it and take its share)
 /// and keeps pinging until another bee, heard since, has been live for a round and at
 /// least two rounds have passed (a shared target's new bees have taken over), or until
 /// `max`. Source of the two rounds: the sharing tests (swarm/tests/share.rs) cover a
@@ -479,6 +479,10 @@ async fn hand_over(
     round: Duration,
     max: Duration,
 ) {
+    if targets.lock().unwrap().tasks.is_empty() {
+        // Nothing to measure (an empty watch list, the swarm being taken down): nothing to hand over.
+        return;
+    }
     let since = std::time::Instant::now();
     presence.stopping.store(true, Ordering::Relaxed);
     let _ = client.publish(alive_topic, QoS::AtLeastOnce, true, presence.payload()).await;
