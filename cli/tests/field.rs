@@ -5,37 +5,10 @@
 
 mod support;
 
-use std::path::Path;
-
 use support::*;
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A copy of the repository's role definitions (roles/ and templates/) to change in a test.
-fn roles_copy() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let root = testkit::workspace_root();
-    for sub in ["roles", "templates"] {
-        let from = root.join(sub);
-        if from.exists() {
-            copy_dir(&from, &dir.path().join(sub));
-        }
-    }
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Field report: a role whose rendered cloud-init is 21,079 bytes passed `create
@@ -44,7 +17,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn user_data_over_ec2s_limit_is_refused_before_creating() {
     let (sw, _) = swarm("ud");
-    let roles = roles_copy();
+    let roles = testkit::roles_copy();
     let ci = roles.path().join("roles/bee/cloud-init.yaml");
     let mut text = std::fs::read_to_string(&ci).unwrap();
     let filler = "# padding to push the rendered user data over 16 KB\n";

@@ -10,30 +10,6 @@ use support::*;
 const ROLES: &[(&str, &str)] =
     &[("broker", "brokers"), ("router", "routers"), ("bee", "bees"), ("indexer", "indexers"), ("worker", "workers")];
 
-struct Stack {
-    tags: std::collections::BTreeMap<String, String>,
-    outputs: std::collections::BTreeMap<String, String>,
-    status: String,
-}
-
-fn stack(name: &str) -> Option<Stack> {
-    block_on(async {
-        let cfn = emulator().cloudformation().await;
-        let out = cfn.describe_stacks().stack_name(name).send().await.ok()?;
-        let s = out.stacks().first()?;
-        Some(Stack {
-            tags: s.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect(),
-            outputs: s
-                .outputs()
-                .iter()
-                .map(|o| (o.output_key().unwrap().to_string(), o.output_value().unwrap().to_string()))
-                .collect(),
-            status: s.stack_status().unwrap().as_str().to_string(),
-        })
-        .filter(|s| s.status != "DELETE_COMPLETE")
-    })
-}
-
 /// (desired capacity, instance ids) of an Auto Scaling group.
 fn group(name: &str) -> (i32, Vec<String>) {
     block_on(async {

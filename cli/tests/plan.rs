@@ -104,27 +104,6 @@ fn two_amis() -> (String, String) {
     })
 }
 
-struct Stack {
-    tags: std::collections::BTreeMap<String, String>,
-    outputs: std::collections::BTreeMap<String, String>,
-}
-
-fn stack(name: &str) -> Option<Stack> {
-    block_on(async {
-        let cfn = emulator().cloudformation().await;
-        let out = cfn.describe_stacks().stack_name(name).send().await.ok()?;
-        let s = out.stacks().first()?;
-        (s.stack_status().map(|x| x.as_str()) != Some("DELETE_COMPLETE")).then(|| Stack {
-            tags: s.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect(),
-            outputs: s
-                .outputs()
-                .iter()
-                .map(|o| (o.output_key().unwrap().to_string(), o.output_value().unwrap().to_string()))
-                .collect(),
-        })
-    })
-}
-
 /// (desired capacity, tyrell:active tag) of an Auto Scaling group.
 fn group(name: &str) -> (i32, Option<String>) {
     block_on(async {
@@ -576,31 +555,13 @@ fn bad_plan_files_are_refused_at_their_place_and_change_nothing() {
     assert!(err.contains("cannot read plan file /nonexistent/plan.toml"), "{err}");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// A role whose cloud-init would pass every file check but fail at its version's create
 /// (user data over EC2's 16 KB) is refused by `up` before the network, metrics box and
 /// base stack are made: nothing half-changed.
 #[test]
 fn what_would_fail_late_is_refused_before_the_first_change() {
     let (ami, _) = two_amis();
-    let roles = tempfile::tempdir().unwrap();
-    let root = testkit::workspace_root();
-    for sub in ["roles", "templates"] {
-        if root.join(sub).exists() {
-            copy_dir(&root.join(sub), &roles.path().join(sub));
-        }
-    }
+    let roles = testkit::roles_copy();
     let ci = roles.path().join("roles/worker/cloud-init.yaml");
     let mut text = std::fs::read_to_string(&ci).unwrap();
     while text.len() < 17_000 {

@@ -15,15 +15,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod support;
-use support::{http, wait, Cloud, SWARM};
+use support::{http, wait, Cloud, RequestLoad, SWARM};
 
 const ROLES: [&str; 6] = ["broker", "router", "bee", "indexer", "worker", "metrics"];
 /// The bees' round in this test (`BEE_INTERVAL`).
@@ -33,28 +31,23 @@ const TARGETS: usize = 50;
 /// This repository's roles with the bees' rounds at [`ROUND`] (4 probes), in a temporary
 /// directory that lives as long as the returned guard.
 fn fast_roles() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../roles");
+    let tmp = testkit::roles_copy();
     let dst = tmp.path().join("roles");
-    let mut stack = vec![src.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let to = dst.join(p.strip_prefix(&src).unwrap());
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-                std::fs::copy(&p, &to).unwrap();
-            }
-        }
-    }
     let bee = dst.join("bee/cloud-init.yaml");
     let text = std::fs::read_to_string(&bee).unwrap();
     assert!(text.contains("BEE_INTERVAL=10s") && text.contains("BEE_PROBES=10"), "roles/bee changed: update this test");
     let text = text.replace("BEE_INTERVAL=10s", &format!("BEE_INTERVAL={}s", ROUND.as_secs()));
     std::fs::write(&bee, text.replace("BEE_PROBES=10", "BEE_PROBES=4")).unwrap();
     (tmp, dst)
+}
+
+/// Every record's `seq`, by agent.
+fn seqs_by_agent(records: &[record::PingRecord]) -> BTreeMap<&str, BTreeSet<u64>> {
+    let mut seqs: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    for r in records {
+        seqs.entry(r.agent.as_str()).or_default().extend(r.seq);
+    }
+    seqs
 }
 
 /// Every record archived in the swarm's bucket, and how many times each id was seen.
@@ -146,26 +139,9 @@ fn every_role_is_released_under_load_losing_nothing() {
 
     // The ping load: 50 targets (each bee pings its own loopback), through the ALB.
     let alb = cloud.lb_local("Alb");
-    let token = {
-        let ssm = aws_sdk_ssm::Client::new(&cloud.sdk());
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let p = rt
-            .block_on(ssm.get_parameter().name(format!("/tyrell/{SWARM}/router-token")).with_decryption(true).send())
-            .expect("the router token in SSM");
-        p.parameter().and_then(|p| p.value()).unwrap().to_string()
-    };
-    let auth = format!("Bearer {token}");
+    let token = cloud.router_token();
     let targets: Vec<String> = (1..=TARGETS).map(|i| format!("127.0.0.{i}")).collect();
-    let put_watch = |list: &str| {
-        wait("the ALB forwarding to the routers takes the watch list", Duration::from_secs(60), dump, || {
-            let (code, body) = http(&alb, "PUT", "/watch", &[("Authorization", &auth)], list).ok()?;
-            if code == 503 && body.contains("no active router version") {
-                return None;
-            }
-            assert_eq!(code, 200, "PUT /watch: {body}");
-            Some(())
-        })
-    };
+    let put_watch = |list: &str| cloud.put_watch(&alb, &token, list, dump);
     put_watch(&targets.join(" "));
     let bee_agents = |v: &str| -> Vec<String> {
         cloud
@@ -184,26 +160,7 @@ fn every_role_is_released_under_load_losing_nothing() {
     let load_from = time::OffsetDateTime::now_utc();
 
     // The request load through the ALB, for the whole release.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let load = {
-        let (stop, sent, failed, errors, alb) =
-            (stop.clone(), sent.clone(), failed.clone(), errors.clone(), alb.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                sent.fetch_add(1, Ordering::SeqCst);
-                match http(&alb, "GET", "/pings/latest", &[], "") {
-                    Ok((200, _)) => {}
-                    other => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        errors.lock().unwrap().push(format!("{other:?}"));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let load = RequestLoad::start(&alb, Duration::from_millis(50));
     let mut took: Vec<(&str, f64)> = Vec::new();
     let mut phases: Vec<(&str, String)> = Vec::new();
     let utc = || time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
@@ -268,8 +225,7 @@ fn every_role_is_released_under_load_losing_nothing() {
     // The load ends: an empty watch list; a few rounds later every bee's count is final.
     std::thread::sleep(2 * ROUND);
     let load_to = time::OffsetDateTime::now_utc();
-    stop.store(true, Ordering::SeqCst);
-    load.join().unwrap();
+    let (sent, errors) = load.stop();
     phases.push(("end", utc()));
     put_watch("[]");
     std::thread::sleep(3 * ROUND);
@@ -314,16 +270,13 @@ fn every_role_is_released_under_load_losing_nothing() {
     };
     let (records, dups) = wait("every record archived in S3", Duration::from_secs(300), missing, || {
         let (records, dups) = archive(&cloud, &bucket);
-        let mut seqs: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
-        for r in &records {
-            seqs.entry(r.agent.as_str()).or_default().extend(r.seq);
-        }
-        last.iter().all(|(a, n)| seqs.get(a.as_str()).is_some_and(|s| s.len() as u64 == *n)).then_some((records, dups))
+        let complete = {
+            let seqs = seqs_by_agent(&records);
+            last.iter().all(|(a, n)| seqs.get(a.as_str()).is_some_and(|s| s.len() as u64 == *n))
+        };
+        complete.then_some((records, dups))
     });
-    let mut seqs: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
-    for r in &records {
-        seqs.entry(r.agent.as_str()).or_default().extend(r.seq);
-    }
+    let seqs = seqs_by_agent(&records);
     for (a, n) in &last {
         let s = &seqs[a.as_str()];
         assert_eq!(s.iter().next_back(), Some(n), "{a}: the archive's last seq");
@@ -363,9 +316,8 @@ fn every_role_is_released_under_load_losing_nothing() {
         ],
     );
     assert!(!o.contains("\"values\""), "bees reported dead during the releases: {o}");
-    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     assert!(sent > 200, "the request load was too small to mean anything: {sent}");
-    assert_eq!(failed, 0, "requests through the ALB failed: {:?}", errors.lock().unwrap());
+    assert_eq!(errors.len(), 0, "requests through the ALB failed: {errors:?}");
 
     let total: u64 = last.values().sum();
     eprintln!(

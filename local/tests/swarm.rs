@@ -11,14 +11,12 @@
 //! a machine makes them, a few minutes).
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod support;
-use support::{http, wait, Cloud, SWARM};
+use support::{http, wait, Cloud, RequestLoad, SWARM};
 
 const ROLES: [&str; 6] = ["broker", "router", "bee", "indexer", "worker", "metrics"];
 
@@ -63,27 +61,8 @@ fn a_whole_swarm_boots_measures_archives_and_releases() {
 
     // The router answers through the ALB proxy; the watch list goes in with the token from SSM.
     let alb = cloud.lb_local("Alb");
-    let token = {
-        let ssm = aws_sdk_ssm::Client::new(&cloud.sdk());
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let p = rt
-            .block_on(ssm.get_parameter().name(format!("/tyrell/{SWARM}/router-token")).with_decryption(true).send())
-            .expect("the router token in SSM");
-        p.parameter().and_then(|p| p.value()).unwrap().to_string()
-    };
-    let targets = format!("169.254.1.1 {broker_ip}");
-    // The local ALB follows a listener change at the runner's next look at the emulator (as
-    // ELB applies one within seconds), so until then the base stack's fixed response —
-    // "no active router version" — may still answer; anything else fails at once.
-    wait("the ALB forwarding to the routers takes the watch list", Duration::from_secs(60), dump, || {
-        let (code, body) =
-            http(&alb, "PUT", "/watch", &[("Authorization", &format!("Bearer {token}"))], &targets).ok()?;
-        if code == 503 && body.contains("no active router version") {
-            return None;
-        }
-        assert_eq!(code, 200, "PUT /watch through the ALB: {body}");
-        Some(())
-    });
+    let token = cloud.router_token();
+    cloud.put_watch(&alb, &token, &format!("169.254.1.1 {broker_ip}"), dump);
 
     // Bees in their boxes ping; the records reach the routers through the broker's NLB.
     let latest: Value = wait("a ping from each bee box through the ALB", Duration::from_secs(90), dump, || {
@@ -184,33 +163,13 @@ fn a_whole_swarm_boots_measures_archives_and_releases() {
 
     // A router canary release under a steady request load through the ALB fails nothing.
     let r2 = cloud.ok(&["routers", "create", "-a", "latest", "-s", "2", SWARM]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, sent, failed, alb) = (stop.clone(), sent.clone(), failed.clone(), alb.clone());
-        std::thread::spawn(move || {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                sent.fetch_add(1, Ordering::SeqCst);
-                match http(&alb, "GET", "/pings/latest", &[], "") {
-                    Ok((200, _)) => {}
-                    other => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        errors.push(format!("{other:?}"));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            errors
-        })
-    };
+    let load = RequestLoad::start(&alb, Duration::from_millis(20));
     let t = Instant::now();
     cloud.ok(&["traffic", "elb", SWARM, "--router", &r2, "--canary", "50", "--bake", "10", "--timeout", "5m"]);
     let switch_s = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::SeqCst);
-    let errors = load.join().unwrap();
-    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    let (sent, errors) = load.stop();
+    let failed = errors.len();
     eprintln!("router canary switch: {switch_s:.1}s; {sent} requests through the ALB, {failed} failed");
     assert!(sent > 100, "the load was too small to mean anything: {sent}");
     assert_eq!(failed, 0, "requests failed during the canary: {errors:?}");

@@ -25,6 +25,33 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives in the workspace").to_path_buf()
 }
 
+/// A copy of the repository's role definitions (roles/ and templates/, when there is one)
+/// in a temporary directory, for a test to change and hand to tyrell as
+/// `TYRELL_ROLES_DIR=<dir>/roles`; removed when the returned guard is dropped.
+pub fn roles_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let root = workspace_root();
+    for sub in ["roles", "templates"] {
+        if root.join(sub).exists() {
+            copy_dir(&root.join(sub), &dir.path().join(sub));
+        }
+    }
+    dir
+}
+
+/// Copies the directory tree `from` to `to` (created), files and subdirectories.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("cannot create {}: {e}", to.display()));
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("cannot read {}: {e}", from.display())).flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap_or_else(|e| panic!("cannot copy {}: {e}", p.display()));
+        }
+    }
+}
+
 /// The project virtualenv made by `scripts/setup`.
 pub fn venv() -> PathBuf {
     workspace_root().join(".venv")

@@ -171,3 +171,29 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A stack as the tests read it back.
+pub struct Stack {
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub outputs: std::collections::BTreeMap<String, String>,
+    pub status: String,
+}
+
+/// The stack named `name`, unless there is none (or only a deleted one).
+pub fn stack(name: &str) -> Option<Stack> {
+    block_on(async {
+        let cfn = emulator().cloudformation().await;
+        let out = cfn.describe_stacks().stack_name(name).send().await.ok()?;
+        let s = out.stacks().first()?;
+        let status = s.stack_status()?.as_str().to_string();
+        (status != "DELETE_COMPLETE").then(|| Stack {
+            tags: s.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect(),
+            outputs: s
+                .outputs()
+                .iter()
+                .map(|o| (o.output_key().unwrap().to_string(), o.output_value().unwrap().to_string()))
+                .collect(),
+            status,
+        })
+    })
+}

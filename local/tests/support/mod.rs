@@ -179,6 +179,69 @@ impl Cloud {
     }
 }
 
+impl Cloud {
+    /// The swarm's router API token, read from SSM as an operator would.
+    pub fn router_token(&self) -> String {
+        let ssm = aws_sdk_ssm::Client::new(&self.sdk());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let p = rt
+            .block_on(ssm.get_parameter().name(format!("/tyrell/{SWARM}/router-token")).with_decryption(true).send())
+            .expect("the router token in SSM");
+        p.parameter().and_then(|p| p.value()).unwrap().to_string()
+    }
+
+    /// PUTs the watch list `list` through the ALB (`alb`, its host proxy) with `token`.
+    /// The local ALB follows a listener change at the runner's next look at the emulator (as
+    /// ELB applies one within seconds), so until then the base stack's fixed response — "no
+    /// active router version" — may still answer: retried for 60 s; anything else but 200
+    /// fails at once.
+    pub fn put_watch(&self, alb: &str, token: &str, list: &str, ctx: impl Fn() -> String) {
+        let auth = format!("Bearer {token}");
+        wait("the ALB forwarding to the routers takes the watch list", Duration::from_secs(60), ctx, || {
+            let (code, body) = http(alb, "PUT", "/watch", &[("Authorization", &auth)], list).ok()?;
+            if code == 503 && body.contains("no active router version") {
+                return None;
+            }
+            assert_eq!(code, 200, "PUT /watch through the ALB: {body}");
+            Some(())
+        });
+    }
+}
+
+/// A steady request load through the ALB: `GET /pings/latest` every `every` until
+/// [`RequestLoad::stop`], counting the requests sent and the ones that did not answer 200.
+pub struct RequestLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl RequestLoad {
+    pub fn start(alb: &str, every: Duration) -> RequestLoad {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (halt, alb) = (stop.clone(), alb.to_string());
+        let thread = std::thread::spawn(move || {
+            let (mut sent, mut errors) = (0, Vec::new());
+            while !halt.load(Ordering::SeqCst) {
+                sent += 1;
+                match http(&alb, "GET", "/pings/latest", &[], "") {
+                    Ok((200, _)) => {}
+                    other => errors.push(format!("{other:?}")),
+                }
+                std::thread::sleep(every);
+            }
+            (sent, errors)
+        });
+        RequestLoad { stop, thread }
+    }
+
+    /// Ends the load: (requests sent, the failures as they were seen).
+    pub fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("the request load thread")
+    }
+}
+
 impl Drop for Cloud {
     fn drop(&mut self) {
         let _ = self.run(&["local", "down", "--cloud", &self.name]);
