@@ -31,7 +31,7 @@ impl Collector {
     fn start(port: u16) -> Collector {
         let mut child = Command::new(testkit::system_tool("mosquitto_sub"))
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", USER, "-P", PASSWORD, "-v"])
-            .args(["-t", "ping/+", "-t", "bees/alive/+"])
+            .args(["-q", "1", "-t", "ping/+", "-t", "bees/alive/+", "-t", "rip/agent/+"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("mosquitto_sub");
@@ -66,6 +66,19 @@ impl Collector {
     fn presence_of(&self, agent: &str, after: Instant) -> Option<Instant> {
         let topic = format!("bees/alive/{agent}");
         self.seen.lock().unwrap().iter().find(|(at, t, p)| *at >= after && *t == topic && !p.is_empty()).map(|e| e.0)
+    }
+
+    /// The last payload received on `topic`, if any.
+    fn last(&self, topic: &str) -> Option<String> {
+        self.seen.lock().unwrap().iter().rev().find(|(_, t, _)| t == topic).map(|e| e.2.clone())
+    }
+
+    /// The `seq` of every record `agent` published.
+    fn seqs(&self, agent: &str) -> Vec<u64> {
+        let needle = format!("\"agent\":\"{agent}\"");
+        let seen = self.seen.lock().unwrap();
+        let mine = seen.iter().filter(|(_, t, p)| t.starts_with("ping/") && p.contains(&needle));
+        mine.filter_map(|(_, _, p)| serde_json::from_str::<record::PingRecord>(p).ok()?.seq).collect()
     }
 
     /// When `agent` first published a record of `target` after `after`.
@@ -364,4 +377,49 @@ fn a_stopping_bee_pings_until_its_successor_has_measured_a_round() {
     assert!(at.elapsed() >= Duration::from_secs(2), "stopped before BEE_HANDOVER: {:?}", at.elapsed());
     assert!(alone.log_text().contains("no other bee took over"), "{}", alone.log_text());
     eprintln!("handover test took {:?}", t0.elapsed());
+}
+
+/// A bee's goodbye (`rip/agent/<agent>`, `reason: stopped`) carries the number of the last
+/// record it published, and no record numbered after it follows: the release tests count a
+/// bee's records by it. A round that finishes on another worker thread while the bee stops
+/// is dropped, not published late (the local-cloud release test once archived seq N+1 from
+/// a bee whose goodbye said N). A thousand targets at 200 ms rounds keep the bee's threads
+/// busy when SIGTERM comes; six bees stop in turn (before the fix, about one stop in nine
+/// published a record after its goodbye).
+#[test]
+fn a_stopping_bees_goodbye_counts_every_record_it_published() {
+    let broker = broker();
+    let port = broker.port;
+    let collector = Collector::start(port);
+    let watch: Vec<String> = (0..1000).map(|i| format!("127.0.{}.{}", i / 250, 1 + i % 250)).collect();
+    mqtt_pub(port, "watch", watch.join(" ").as_bytes(), true);
+    for n in 0..6 {
+        let agent = testkit::unique(&format!("bee-count-{n}"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bee"));
+        broker_env(&mut cmd, port);
+        cmd.env("BEE_AGENT", &agent)
+            .env("TYRELL_STACK", "swarmtest")
+            .env("AWS_REGION", "us-east-1")
+            .env("BEE_PROBES", "1")
+            .env("BEE_INTERVAL", "200ms")
+            .env("STATS_INTERVAL", "0");
+        let bee = Program::start(cmd, &agent);
+        let from = Instant::now();
+        wait_for(Duration::from_secs(20), "the bee measuring every target", || {
+            collector.first_record(&watch[999], &agent, from)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        bee.guard.signal("TERM");
+        wait_for(Duration::from_secs(10), "the bee stopping", || (!bee.guard.alive()).then_some(()));
+        let goodbye = wait_for(Duration::from_secs(5), "the bee's goodbye", || {
+            let v: serde_json::Value = serde_json::from_str(&collector.last(&format!("rip/agent/{agent}"))?).ok()?;
+            v["seq"].as_u64()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let mut seqs = collector.seqs(&agent);
+        seqs.sort_unstable();
+        assert_eq!(seqs.last(), Some(&goodbye), "{agent}: the last record's seq against the goodbye's");
+        assert_eq!(seqs, (1..=goodbye).collect::<Vec<_>>(), "{agent}: records 1..={goodbye}, each once");
+        eprintln!("{agent}: {goodbye} records, the goodbye counted every one");
+    }
 }

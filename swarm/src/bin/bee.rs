@@ -143,8 +143,33 @@ struct Ctx {
     resolve_timeout: Duration,
     stats: Arc<BeeStats>,
     last_fail_log: AtomicI64,
-    /// The last record's `seq` (records numbered from 1; see `record::PingRecord::seq`).
+    /// The last record's `seq` (records numbered from 1; see `record::PingRecord::seq`),
+    /// with [`SEQ_CLOSED`] set once the bee has announced its final count.
     seq: std::sync::atomic::AtomicU64,
+}
+
+/// Set in [`Ctx::seq`] when the bee stops: a round that finishes after it is not
+/// published, so the goodbye's `seq` is the last number any record carries. (Aborting a
+/// target task does not stop a poll already running on another worker thread: the
+/// local-cloud release test once archived seq N+1 from a bee whose goodbye said N.)
+const SEQ_CLOSED: u64 = 1 << 63;
+
+impl Ctx {
+    /// The next record's number, or `None` once the count is closed.
+    fn next_seq(&self) -> Option<u64> {
+        let prev = self.seq.fetch_add(1, Ordering::Relaxed);
+        (prev & SEQ_CLOSED == 0).then_some(prev + 1)
+    }
+
+    /// The last record's number so far.
+    fn last_seq(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed) & !SEQ_CLOSED
+    }
+
+    /// Closes the count and returns the final number: no record after it is published.
+    fn close_seq(&self) -> u64 {
+        self.seq.fetch_or(SEQ_CLOSED, Ordering::Relaxed) & !SEQ_CLOSED
+    }
 }
 
 /// Pings one target forever, one round per interval.
@@ -170,7 +195,8 @@ async fn target_loop(ctx: Arc<Ctx>, target: String) {
             Err(e) => Err(e),
         };
         let mut rec = ctx.agent.record(&target, &reached, outcome);
-        rec.seq = Some(ctx.seq.fetch_add(1, Ordering::Relaxed) + 1);
+        let Some(seq) = ctx.next_seq() else { return };
+        rec.seq = Some(seq);
         ctx.stats.rounds.inc();
         if rec.status == record::Status::Error {
             ctx.stats.error_records.inc();
@@ -435,7 +461,7 @@ async fn run(args: Args) -> Result<()> {
         for (_, h) in t.tasks.drain() {
             h.abort();
         }
-        t.ctx.seq.load(Ordering::Relaxed)
+        t.ctx.close_seq()
     };
     // A clean disconnect does not fire the will: say goodbye ourselves.
     tracing::info!(last_seq = last, "stopping: announcing it on {alive_topic} and {rip_topic}");
@@ -461,7 +487,7 @@ impl Alive {
     fn payload(&self) -> Vec<u8> {
         let mut p = self.base.clone();
         p.stopping = self.stopping.load(Ordering::Relaxed);
-        p.seq = Some(self.ctx.seq.load(Ordering::Relaxed));
+        p.seq = Some(self.ctx.last_seq());
         serde_json::to_vec(&p).unwrap_or_default()
     }
 }
