@@ -149,6 +149,34 @@ impl Cloud {
         self.ok(&args)
     }
 
+    /// What a failed wait prints: one line per box (instance, role, version, address,
+    /// state, service, boot seconds, error), then the last 12 lines of each box's journal.
+    pub fn report(&self) -> String {
+        let s = self.status();
+        let boxes = s["boxes"].as_array().cloned().unwrap_or_default();
+        let mut out = String::from("boxes:\n");
+        for b in &boxes {
+            out += &format!(
+                "  {} {} {} {} {} {} {:.0}s {}\n",
+                b["instance"].as_str().unwrap_or("?"),
+                b["role"].as_str().unwrap_or("?"),
+                b["version"].as_str().unwrap_or("?"),
+                b["ip"].as_str().unwrap_or("?"),
+                b["state"].as_str().unwrap_or("?"),
+                b["service"].as_str().unwrap_or("?"),
+                b["boot_seconds"].as_f64().unwrap_or(0.0),
+                b["error"].as_str().unwrap_or("")
+            );
+        }
+        for b in &boxes {
+            let id = b["instance"].as_str().unwrap_or("?");
+            let o = self.run(&["local", "logs", id, "-n", "12"]);
+            out +=
+                &format!("--- {id} ({}):\n{}", b["role"].as_str().unwrap_or("?"), String::from_utf8_lossy(&o.stdout));
+        }
+        out
+    }
+
     pub fn boxes(&self, role: &str) -> Vec<Value> {
         let s = self.status();
         s["boxes"].as_array().cloned().unwrap_or_default().into_iter().filter(|b| b["role"] == role).collect()
