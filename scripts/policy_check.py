@@ -13,6 +13,10 @@ Rules (each finding names its rule):
   queue          every SQS queue is encrypted (SqsManagedSseEnabled or KmsMasterKeyId)
   secret         no parameter default or literal property looks like a secret; no NoEcho
                  parameters (secrets live in SSM Parameter Store, by name)
+  broker-exposure  no ingress rule admits an MQTT port (1883, 8883) from an address range,
+                 but for a Ref to a parameter whose AllowedPattern ends in /17 (a bee
+                 region's private half, docs/MULTI-REGION.md 6.4): MQTT is reached from
+                 security groups, never from the internet or a whole VPC
   listener       every load balancer listener is HTTPS/TLS with a TLS 1.2+ policy, TCP/UDP,
                  or plain HTTP on port 80 (checkov's CKV_AWS_2/103 cannot read Fn::If)
 
@@ -347,7 +351,54 @@ def rule_listener(t: dict):
             yield ("listener", rid, f"{proto} listener on port {lport}: only plain HTTP on 80 is allowed")
 
 
-RULES = [rule_open_ingress, rule_imdsv2, rule_bucket, rule_queue, rule_secret, rule_listener]
+MQTT_PORTS = {1883, 8883}
+
+
+def rule_broker_exposure(t: dict):
+    params = t.get("Parameters") or {}
+
+    def ports(rule: dict) -> set:
+        proto = {str(v).lower() for v in concrete(rule.get("IpProtocol"), t)}
+        if proto & {"-1", "all"}:
+            return set(MQTT_PORTS)
+        found = set()
+        los = [v for v in concrete(rule.get("FromPort"), t) if v is not None]
+        his = [v for v in concrete(rule.get("ToPort"), t) if v is not None]
+        for lo, hi in zip(los, his):
+            try:
+                lo, hi = int(lo), int(hi)
+            except (TypeError, ValueError):
+                continue
+            found |= {p for p in MQTT_PORTS if lo <= p <= hi}
+        return found
+
+    def bee_region_range(value) -> bool:
+        if isinstance(value, dict) and set(value) == {"Ref"}:
+            pattern = (params.get(value["Ref"]) or {}).get("AllowedPattern", "")
+            return isinstance(pattern, str) and pattern.endswith("/17$")
+        return False
+
+    def check(owner: str, rule: dict):
+        hit = ports(rule)
+        if not hit:
+            return
+        for key in ("CidrIp", "CidrIpv6"):
+            if key in rule and not bee_region_range(rule[key]):
+                yield ("broker-exposure", owner,
+                       f"admits MQTT port(s) {sorted(hit)} from an address range ({key}); "
+                       f"admit the clients' security groups (or a bee region's /17 parameter)")
+
+    for rid, res in t["Resources"].items():
+        typ = res.get("Type")
+        if typ == "AWS::EC2::SecurityGroup":
+            for rule in as_list(props(res).get("SecurityGroupIngress", []), t):
+                if isinstance(rule, dict):
+                    yield from check(rid, rule)
+        elif typ == "AWS::EC2::SecurityGroupIngress":
+            yield from check(rid, props(res))
+
+
+RULES = [rule_open_ingress, rule_imdsv2, rule_bucket, rule_queue, rule_secret, rule_listener, rule_broker_exposure]
 
 
 def check(path: str) -> list[tuple[str, str, str]]:

@@ -187,15 +187,33 @@ fn help_lists_the_roles_of_the_library_it_runs_with() {
 }
 
 /// Clients reach the broker through its internal NLB, whose addresses are in the VPC but
-/// not in the broker's security group: an egress rule naming that group blocks them on
-/// AWS (the emulator ignores egress rules, so only the template can show it).
+/// not in the broker's security group: an egress rule of a client group naming that group
+/// blocks them on AWS (the emulator ignores egress rules, so only the template can show
+/// it). Only the NLB's own group sends to the broker group.
 #[test]
 fn mqtt_clients_may_reach_the_broker_nlb() {
     let base = std::fs::read_to_string(root().join("roles/base/template.yaml")).unwrap();
-    assert!(
-        !base.contains("DestinationSecurityGroupId: !GetAtt BrokerSecurityGroup.GroupId"),
-        "an MQTT egress rule names the broker's group instead of the VPC the NLB is in"
-    );
-    let to_nlb = base.matches("Description: MQTT to the broker NLB in the VPC").count();
-    assert_eq!(to_nlb, 3, "routers, bees and indexers each need egress 1883 to the VPC");
+    // The resource blocks: from "  Name:" at two spaces' indent to the next one.
+    let block = |name: &str| -> String {
+        let start = base.find(&format!("\n  {name}:\n")).unwrap_or_else(|| panic!("no resource {name}"));
+        let rest = &base[start + 1..];
+        let end = rest
+            .match_indices('\n')
+            .map(|(i, _)| i)
+            .find(|&i| {
+                let l = &rest[i + 1..];
+                l.starts_with("  ") && !l.starts_with("   ") && !l.starts_with("  #")
+            })
+            .unwrap_or(rest.len());
+        rest[..end].to_string()
+    };
+    for client in ["RouterSecurityGroup", "BeeSecurityGroup", "IndexerSecurityGroup"] {
+        let b = block(client);
+        assert!(!b.contains("DestinationSecurityGroupId"), "{client} names a group as an MQTT destination:\n{b}");
+        assert!(
+            b.contains("Description: MQTT (TLS on 8883 with a broker certificate) to the broker NLB in the VPC"),
+            "{client} needs egress to the broker NLB in the VPC:\n{b}"
+        );
+    }
+    assert!(block("NlbSecurityGroup").contains("DestinationSecurityGroupId: !GetAtt BrokerSecurityGroup.GroupId"));
 }

@@ -2,6 +2,7 @@
 //! calls into the engine's plain types and SDK errors into [`AwsError`] with one clear
 //! sentence.
 
+pub mod acm;
 pub mod asg;
 pub mod cfn;
 pub mod ec2;
@@ -105,6 +106,7 @@ pub struct Aws {
     pub ssm: aws_sdk_ssm::Client,
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub acm: aws_sdk_acm::Client,
     calls: Arc<Counts>,
 }
 
@@ -409,6 +411,7 @@ impl Clouds {
                 aws_sdk_s3::Client::from_conf(c)
             },
             sqs: client!(aws_sdk_sqs),
+            acm: client!(aws_sdk_acm),
             calls,
         }
     }

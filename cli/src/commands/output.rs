@@ -148,6 +148,11 @@ impl Reporter for StderrReporter {
         self.clear();
         eprintln!("==> {msg}");
     }
+
+    fn warn(&mut self, msg: &str) {
+        self.clear();
+        eprintln!("!!! WARNING: {msg}");
+    }
 }
 
 impl Drop for StderrReporter {

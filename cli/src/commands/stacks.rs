@@ -21,7 +21,7 @@ pub struct StacksArgs {
 enum StacksCmd {
     /// Create a swarm's base stack in a VPC: security groups, ALB, broker NLB, queue, bucket, instance roles, secrets
     #[command(
-        after_help = "Examples:\n  tyrell stacks create -v vpc-0abc1234 swarm1\n  tyrell stacks create -v vpc-0abc1234 --allow-cidr 203.0.113.0/24 \\\n      --certificate-arn arn:aws:acm:eu-west-1:123456789012:certificate/... swarm1\n\nOnly the load balancer's port is open to the world; --allow-cidr admits an admin range (SSH)\nto the instances. Prefer `aws ssm start-session`: every instance runs the SSM agent."
+        after_help = "Examples:\n  tyrell stacks create -v vpc-0abc1234 swarm1\n  tyrell stacks create -v vpc-0abc1234 --allow-cidr 203.0.113.0/24 \\\n      --certificate-arn arn:aws:acm:eu-west-1:123456789012:certificate/... \\\n      --broker-certificate-arn arn:aws:acm:eu-west-1:123456789012:certificate/... \\\n      --broker-dns-name mqtt.swarm1.example.org swarm1\n\nOnly the load balancer's port is open to the world; --allow-cidr admits an admin range (SSH)\nto the instances. Prefer `aws ssm start-session`: every instance runs the SSM agent."
     )]
     Create {
         /// Swarm name (the base stack's name, prefix of every version stack)
@@ -35,6 +35,14 @@ enum StacksCmd {
         /// Serve HTTPS on 443 with this ACM certificate (HTTP then redirects)
         #[arg(long, value_name = "ARN")]
         certificate_arn: Option<String>,
+        /// TLS for MQTT: the broker NLB listens on 8883 with this ACM certificate and every
+        /// client verifies it (needs --broker-dns-name). Without it MQTT is plain text in the VPC
+        #[arg(long, value_name = "ARN")]
+        broker_certificate_arn: Option<String>,
+        /// The name on --broker-certificate-arn the clients connect to (make it a CNAME to the
+        /// NLB's DNS name, shown by `stacks describe`)
+        #[arg(long, value_name = "NAME")]
+        broker_dns_name: Option<String>,
         /// Metrics box whose InfluxDB this swarm's indexers write to (default: the one in the VPC, if any)
         #[arg(long, value_name = "NAME")]
         metrics: Option<String>,
@@ -155,8 +163,24 @@ impl Outcome for Removed {
 
 pub async fn run(e: &mut Engine, a: StacksArgs) -> anyhow::Result<Printed> {
     match a.cmd.unwrap_or(StacksCmd::List) {
-        StacksCmd::Create { name, vpc, allow_cidr, certificate_arn, metrics } => {
-            let req = CreateBase { name, vpc_id: vpc, allow_cidrs: allow_cidr, certificate_arn, metrics };
+        StacksCmd::Create {
+            name,
+            vpc,
+            allow_cidr,
+            certificate_arn,
+            broker_certificate_arn,
+            broker_dns_name,
+            metrics,
+        } => {
+            let req = CreateBase {
+                name,
+                vpc_id: vpc,
+                allow_cidrs: allow_cidr,
+                certificate_arn,
+                broker_certificate_arn,
+                broker_dns_name,
+                metrics,
+            };
             let base = e.create_base(&req).await?;
             Printed::of(&Created { base })
         }

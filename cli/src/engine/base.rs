@@ -8,7 +8,7 @@ use super::model::{Base, Secrets, Swarm};
 use super::values::SwarmName;
 use super::{admin_cidrs_param, generate_secret, tags, validate, Engine, TAG_ROLE, TAG_STACK};
 use crate::aws::cfn::{self, StackInfo, StackSpec, StackStatus};
-use crate::aws::{ec2, s3, sqs, ssm};
+use crate::aws::{acm, ec2, s3, sqs, ssm};
 
 pub const ROLE: &str = "base";
 
@@ -18,6 +18,13 @@ pub struct CreateBase {
     pub vpc_id: String,
     pub allow_cidrs: Vec<String>,
     pub certificate_arn: Option<String>,
+    /// The broker NLB's TLS listener (8883): an ACM certificate of this region, `ISSUED`,
+    /// covering `broker_dns_name` (docs/MULTI-REGION.md 8.1). `None`: MQTT in plain text
+    /// on 1883 inside the VPC only, and a warning.
+    pub broker_certificate_arn: Option<String>,
+    /// The name on `broker_certificate_arn` the clients connect to and verify (a CNAME to
+    /// the NLB's DNS name, kept by the operator). Required with, and only with, it.
+    pub broker_dns_name: Option<String>,
     /// A metrics box to accept this swarm's indexers; `None` picks the one in the VPC, if any.
     pub metrics: Option<String>,
 }
@@ -36,6 +43,24 @@ impl Engine {
                     "invalid --certificate-arn {arn:?}: expected an ACM certificate ARN (arn:aws:acm:...)"
                 );
             }
+        }
+        match (&req.broker_certificate_arn, &req.broker_dns_name) {
+            (Some(_), None) => crate::refuse!(
+                Invalid,
+                "--broker-certificate-arn needs --broker-dns-name: the name on the certificate that the swarm's clients connect to and verify"
+            ),
+            (None, Some(_)) => crate::refuse!(
+                Invalid,
+                "--broker-dns-name needs --broker-certificate-arn: without a certificate the broker has no TLS listener to name"
+            ),
+            (Some(arn), Some(dns)) => {
+                validate::dns_name("--broker-dns-name", dns)?;
+                self.check_certificate("--broker-certificate-arn", arn, Some(dns)).await?;
+            }
+            (None, None) => {}
+        }
+        if let Some(arn) = &req.certificate_arn {
+            self.check_certificate("--certificate-arn", arn, None).await?;
         }
         self.ensure_free(&req.name).await?;
         let vpc = ec2::vpc(&self.aws.ec2, &req.vpc_id)
@@ -72,6 +97,8 @@ impl Engine {
                 ("PrivateSubnetIds".into(), join(&private)),
                 ("AdminCidrs".into(), admin),
                 ("CertificateArn".into(), req.certificate_arn.clone().unwrap_or_default()),
+                ("BrokerCertificateArn".into(), req.broker_certificate_arn.clone().unwrap_or_default()),
+                ("BrokerDnsName".into(), req.broker_dns_name.clone().unwrap_or_default()),
                 ("BrokerPasswordParam".into(), secrets.broker_password.clone()),
                 ("RouterTokenParam".into(), secrets.router_token.clone()),
                 ("MetricsSecurityGroupId".into(), metrics_sg.unwrap_or_default()),
@@ -80,6 +107,18 @@ impl Engine {
         };
         // Checked before the secrets are written: nothing is made for a stack AWS would refuse.
         super::limits::check_stack(&spec)?;
+        if req.certificate_arn.is_none() {
+            self.report.warn(&format!(
+                "swarm {}: no --certificate-arn: the public ALB serves plain HTTP on port 80, router API tokens included; give an ACM certificate for HTTPS on 443 (HTTP then redirects)",
+                req.name
+            ));
+        }
+        if req.broker_certificate_arn.is_none() {
+            self.report.warn(&format!(
+                "swarm {}: no --broker-certificate-arn: MQTT runs in plain text (1883) inside the VPC and bees in other regions cannot join; give an ACM certificate and --broker-dns-name for TLS on 8883 (docs/MULTI-REGION.md)",
+                req.name
+            ));
+        }
         let mut created = Vec::new();
         for p in &secrets.names() {
             if !ssm::exists(&self.aws.ssm, p).await? {
@@ -96,6 +135,36 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Refuses (before any change) a certificate that ACM of this region does not hold,
+    /// that is not `ISSUED`, or (with `host`) does not cover `host`: AWS would refuse the
+    /// listener half-way through the stack, or clients would refuse the broker.
+    /// `flag` names the option in the sentence.
+    async fn check_certificate(&self, flag: &str, arn: &str, host: Option<&str>) -> anyhow::Result<()> {
+        if !(arn.starts_with("arn:") && arn.contains(":acm:")) {
+            crate::refuse!(Invalid, "invalid {flag} {arn:?}: expected an ACM certificate ARN (arn:aws:acm:...)");
+        }
+        let region = self.region();
+        let Some(c) = acm::certificate(&self.aws.acm, arn).await? else {
+            crate::refuse!(
+                Invalid,
+                "{flag} {arn}: ACM in {region} has no such certificate (a load balancer takes a certificate of its own region only)"
+            );
+        };
+        if c.status != "ISSUED" {
+            crate::refuse!(Invalid, "{flag} {arn} is {}, not ISSUED: finish its validation in ACM first", c.status);
+        }
+        if let Some(h) = host {
+            if !c.covers(h) {
+                crate::refuse!(
+                    Invalid,
+                    "{flag} {arn} does not cover {h} (it names {}): clients verifying the broker would refuse it",
+                    c.names.join(", ")
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The security group of the metrics box that should accept this VPC's indexers.

@@ -230,6 +230,10 @@ impl Engine {
             version: version.into(),
             broker_host: base.output("BrokerHost").unwrap_or_default().into(),
             broker_port: base.output("BrokerPort").and_then(|p| p.parse().ok()).unwrap_or(render::BROKER_PORT),
+            broker_tls: if base.output("BrokerTls") == Some("true") { "true" } else { "false" }.into(),
+            // A base stack made before BrokerNlbHost existed: its BrokerHost is the NLB.
+            broker_nlb_host: base.output("BrokerNlbHost").or(base.output("BrokerHost")).unwrap_or_default().into(),
+            broker_listen_port: render::BROKER_PORT,
             queue_url: b.queue_url.clone(),
             bucket: b.bucket.clone(),
             metrics_host: metrics.as_ref().map(|m| m.private_ip.clone()).unwrap_or_default(),

@@ -35,6 +35,12 @@ pub struct Traffic {
     /// required for `alb`/`nlb` roles, and no two roles may claim the same one.
     #[serde(default)]
     pub listener: Option<String>,
+    /// Base stack outputs of further listeners that every switch points where it points
+    /// `listener` (the broker NLB's TLS listener, `BrokerTlsListenerArn`), each before
+    /// `listener` itself; an output the base stack lacks (no broker certificate) is
+    /// skipped. Weights are read from `listener` only.
+    #[serde(default)]
+    pub follow: Vec<String>,
     /// Other names `tyrell traffic` accepts for this role (`elb`, `alb` for the routers).
     #[serde(default)]
     pub aliases: Vec<String>,

@@ -26,6 +26,12 @@ pub use crate::names::{tags, TAG_ACTIVE, TAG_BUILT_BY, TAG_ROLE, TAG_STACK, TAG_
 pub trait Reporter: cfn::Progress + Send {
     /// One line about what tyrell is doing now.
     fn step(&mut self, msg: &str);
+
+    /// Something the operator must not miss (an insecure choice, say): shown louder than
+    /// a step. The default shows it as a step beginning `WARNING:`.
+    fn warn(&mut self, msg: &str) {
+        self.step(&format!("WARNING: {msg}"));
+    }
 }
 
 /// The deployer, working in one region: `aws` is that region's client set (from

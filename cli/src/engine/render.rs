@@ -15,8 +15,20 @@ pub struct Vars {
     pub stack: String,
     pub role: String,
     pub version: String,
+    /// Where the swarm's MQTT clients connect: the base stack's `BrokerHost` (the name on
+    /// the broker certificate with TLS, else the NLB's DNS name).
     pub broker_host: String,
+    /// The clients' MQTT port (`BrokerPort`: 8883 with TLS, else 1883).
     pub broker_port: u16,
+    /// `"true"` when the clients use TLS and verify the broker's certificate against the
+    /// system roots (`BrokerTls`), else `"false"`.
+    pub broker_tls: String,
+    /// The broker NLB's own DNS name (`BrokerNlbHost`): its plain listener on
+    /// `broker_listen_port`, which the brokers use to find each other.
+    pub broker_nlb_host: String,
+    /// The port mosquitto listens on in plain text inside the VPC, and the NLB forwards to
+    /// ([`BROKER_PORT`]).
+    pub broker_listen_port: u16,
     pub queue_url: String,
     pub bucket: String,
     pub metrics_host: String,
@@ -45,6 +57,9 @@ impl Vars {
             version: "v261123101500".into(),
             broker_host: "swarm1-broker-0123456789.elb.eu-west-1.amazonaws.com".into(),
             broker_port: BROKER_PORT,
+            broker_tls: "false".into(),
+            broker_nlb_host: "swarm1-broker-0123456789.elb.eu-west-1.amazonaws.com".into(),
+            broker_listen_port: BROKER_PORT,
             queue_url: "https://sqs.eu-west-1.amazonaws.com/123456789012/swarm1-pings".into(),
             bucket: "swarm1-archive-123456789012".into(),
             metrics_host: "10.0.1.10".into(),

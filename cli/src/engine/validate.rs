@@ -89,6 +89,26 @@ pub fn vpc_cidr(s: &str) -> Result<(), Invalid> {
     }
 }
 
+/// A DNS host name a TLS client connects to and checks against a certificate: lowercase
+/// labels of letters, digits and inner hyphens, 1-63 characters each, at least two labels,
+/// a letter-only last label, 253 characters at most (RFC 1035 §2.3.1, RFC 1123 §2.1; the
+/// same pattern as the base template's `BrokerDnsName`). `what` names the option.
+pub fn dns_name(what: &str, s: &str) -> Result<(), Invalid> {
+    let labels: Vec<&str> = s.split('.').collect();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let last_ok = labels.last().is_some_and(|l| l.len() >= 2 && l.bytes().all(|b| b.is_ascii_lowercase()));
+    if s.len() <= 253 && labels.len() >= 2 && labels.iter().all(|l| label_ok(l)) && last_ok {
+        Ok(())
+    } else {
+        bad(format!("invalid {what} {s:?}: expected a lowercase DNS name like mqtt.swarm1.example.org"))
+    }
+}
+
 /// An admin CIDR: never the whole internet.
 pub fn admin_cidr(s: &str) -> Result<(), Invalid> {
     let len = cidr(s)?;

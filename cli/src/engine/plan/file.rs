@@ -96,6 +96,10 @@ struct BaseSchema {
     allow_cidrs: Vec<Spanned<String>>,
     #[serde(default)]
     certificate_arn: Option<Spanned<String>>,
+    #[serde(default)]
+    broker_certificate_arn: Option<Spanned<String>>,
+    #[serde(default)]
+    broker_dns_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +175,10 @@ pub struct BaseWant {
     pub allow_cidrs: Vec<String>,
     /// HTTPS on 443 with this ACM certificate; `None`: HTTP on 80.
     pub certificate_arn: Option<String>,
+    /// TLS on the broker NLB (8883) with this ACM certificate; `None`: plain MQTT in the VPC.
+    pub broker_certificate_arn: Option<String>,
+    /// The name on `broker_certificate_arn` the clients connect to; set exactly when it is.
+    pub broker_dns_name: Option<String>,
     pub place: Place,
 }
 
@@ -342,7 +350,35 @@ pub fn parse(file: &str, text: &str, home: &Region, lib: &Library) -> anyhow::Re
 
     // The base stack.
     let b = raw.base.get_ref();
+    let acm_arn = |key: &str, a: &Option<Spanned<String>>| -> anyhow::Result<Option<String>> {
+        match a {
+            Some(a) if a.get_ref().is_empty() => Ok(None),
+            Some(a) if !(a.get_ref().starts_with("arn:") && a.get_ref().contains(":acm:")) => Err(src
+                .bad(a.span(), format!("{key} {:?}: expected an ACM certificate ARN (arn:aws:acm:...)", a.get_ref()))),
+            Some(a) => Ok(Some(a.get_ref().clone())),
+            None => Ok(None),
+        }
+    };
+    let broker_certificate_arn = acm_arn("broker_certificate_arn", &b.broker_certificate_arn)?;
+    let broker_dns_name = match (&broker_certificate_arn, &b.broker_dns_name) {
+        (Some(_), Some(n)) => {
+            valid(n, &|s| validate::dns_name("broker_dns_name", s))?;
+            Some(n.get_ref().clone())
+        }
+        (None, Some(n)) => {
+            return Err(src.bad(n.span(), "broker_dns_name needs broker_certificate_arn (the certificate on that name)"))
+        }
+        (Some(_), None) => {
+            return Err(src.bad(
+                raw.base.span(),
+                "broker_certificate_arn needs broker_dns_name: the name on the certificate that the clients connect to",
+            ))
+        }
+        (None, None) => None,
+    };
     let base = BaseWant {
+        broker_certificate_arn,
+        broker_dns_name,
         network: network_ref(&b.network, &region, "base")?,
         allow_cidrs: cidrs(&b.allow_cidrs)?,
         certificate_arn: match &b.certificate_arn {

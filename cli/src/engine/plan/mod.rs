@@ -347,7 +347,7 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
                     "the swarm's base stack in network {}{}",
                     d.base.network,
                     if d.base.certificate_arn.is_some() { ", HTTPS" } else { "" }
-                ),
+                ) + if d.base.broker_certificate_arn.is_some() { ", MQTT over TLS" } else { "" },
             ));
             out.steps.push(Step::Base { metrics: d.metrics.as_ref().map(|m| m.name.clone()) });
         }
@@ -355,6 +355,8 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
             let mut want = BTreeMap::from([
                 ("AdminCidrs".to_string(), admin_cidrs_param(&d.base.allow_cidrs)?),
                 ("CertificateArn".to_string(), d.base.certificate_arn.clone().unwrap_or_default()),
+                ("BrokerCertificateArn".to_string(), d.base.broker_certificate_arn.clone().unwrap_or_default()),
+                ("BrokerDnsName".to_string(), d.base.broker_dns_name.clone().unwrap_or_default()),
             ]);
             if let Some(v) = vpcs.get(&d.base.network) {
                 want.insert("VpcId".into(), v.clone());
@@ -722,6 +724,8 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
                     vpc_id,
                     allow_cidrs: d.base.allow_cidrs.clone(),
                     certificate_arn: d.base.certificate_arn.clone(),
+                    broker_certificate_arn: d.base.broker_certificate_arn.clone(),
+                    broker_dns_name: d.base.broker_dns_name.clone(),
                     metrics: metrics.clone(),
                 })
                 .await?;

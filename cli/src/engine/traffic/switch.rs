@@ -184,6 +184,29 @@ impl Engine {
         Ok(done)
     }
 
+    /// Points `listener` and the role's `[traffic] follow` listeners (those the base stack
+    /// has) at `targets` ((target group ARN, weight) pairs), the followers first. The calls
+    /// are not atomic together: for a moment new connections on two listeners may reach
+    /// two versions, as existing connections already do during any broker switch.
+    async fn forward_all(
+        &self,
+        m: &Manifest,
+        swarm: &str,
+        listener: &str,
+        targets: &[(String, i32)],
+    ) -> anyhow::Result<()> {
+        if !m.traffic.follow.is_empty() {
+            let base = self.base(swarm).await?;
+            for out in &m.traffic.follow {
+                if let Some(arn) = base.output(out) {
+                    elb::forward(&self.aws.elb, arn, targets).await?;
+                }
+            }
+        }
+        elb::forward(&self.aws.elb, listener, targets).await?;
+        Ok(())
+    }
+
     /// Waits (within the operation timeout) until the new version's boxes report that they
     /// hold the swarm state the live version's hold ([`super::state::carried`]); refuses
     /// ([`Error::Unhealthy`]) when they do not by then. `None` when neither reports (a role
@@ -382,7 +405,7 @@ impl Engine {
                 for (i, pct) in plan.iter().enumerate() {
                     let t = tokio::time::Instant::now();
                     let targets = split(old_tg.as_deref(), new_tg, *pct);
-                    elb::forward(&self.aws.elb, listener, &targets).await?;
+                    self.forward_all(m, swarm, listener, &targets).await?;
                     self.report.in_flight(Some(interrupted(&format!("at {pct}%"))));
                     steps.push(*pct);
                     let rest = match (&from, *pct) {
@@ -405,7 +428,7 @@ impl Engine {
                         if let Err(problems) = held {
                             // `shift_plan` makes steps below 100% only when there is an old version.
                             if let Some(back) = old_tg.as_deref() {
-                                elb::forward(&self.aws.elb, listener, &[(back.to_string(), 1)]).await?;
+                                self.forward_all(m, swarm, listener, &[(back.to_string(), 1)]).await?;
                             }
                             crate::refuse!(
                                 Unhealthy,

@@ -1,0 +1,344 @@
+//! Encrypted by default (issue 12 item 4, docs/MULTI-REGION.md 8): the real binary
+//! against the emulator, everything read back through AWS.
+//!
+//! * With a broker certificate the broker NLB gets a TLS listener on 8883 (its policy and
+//!   certificate), the swarm's MQTT clients are rendered with TLS to the certificate's
+//!   name, the broker port is reachable from security groups only (no address range), and
+//!   a broker switch moves both listeners.
+//! * With an ALB certificate port 80 answers with a redirect to HTTPS.
+//! * Without certificates `stacks create` warns, through the reporter, on stderr.
+//! * A broker certificate that ACM does not hold, that is not issued, or that does not
+//!   cover the name is refused before anything is made.
+//!
+//! The emulator turns every load balancer into an ALB, so the TLS listener reads back as
+//! HTTPS there (roles/base/template.yaml, OnEmulator); cfn-lint and the policy check judge
+//! the TLS form AWS gets. Egress rules are not modelled by the emulator (EMULATOR.md).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use base64::Engine as _;
+use support::*;
+
+const POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
+
+async fn acm() -> aws_sdk_acm::Client {
+    aws_sdk_acm::Client::new(&emulator().sdk().await)
+}
+
+/// A self-signed certificate for `names` (the first is the subject), imported into the
+/// emulator's ACM: an ISSUED certificate, as a DNS-validated one would be. Returns its ARN.
+fn imported_certificate(names: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
+    let out = Command::new(testkit::system_tool("openssl"))
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "key.pem", "-out"])
+        .args(["cert.pem", "-subj", &format!("/CN={}", names[0]), "-addext", &format!("subjectAltName={san}")])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let read = |f: &str| aws_sdk_acm::primitives::Blob::new(std::fs::read(dir.path().join(f)).unwrap());
+    block_on(async {
+        let c =
+            acm().await.import_certificate().certificate(read("cert.pem")).private_key(read("key.pem")).send().await;
+        c.unwrap().certificate_arn().unwrap().to_string()
+    })
+}
+
+/// An ACM certificate requested for `name` and not yet validated (PENDING_VALIDATION).
+fn pending_certificate(name: &str) -> String {
+    block_on(async {
+        let out = acm()
+            .await
+            .request_certificate()
+            .domain_name(name)
+            .validation_method(aws_sdk_acm::types::ValidationMethod::Dns)
+            .send()
+            .await
+            .unwrap();
+        out.certificate_arn().unwrap().to_string()
+    })
+}
+
+/// A listener as read back: (port, protocol, SSL policy, certificate ARNs, load balancer).
+struct Listener {
+    port: i32,
+    protocol: String,
+    policy: Option<String>,
+    certificates: Vec<String>,
+    load_balancer: String,
+    actions: Vec<aws_sdk_elasticloadbalancingv2::types::Action>,
+}
+
+fn listeners_of_lb_of(listener_arn: &str) -> Vec<Listener> {
+    block_on(async {
+        let elb = emulator().elb().await;
+        let one = elb.describe_listeners().listener_arns(listener_arn).send().await.unwrap();
+        let lb = one.listeners()[0].load_balancer_arn().unwrap().to_string();
+        let all = elb.describe_listeners().load_balancer_arn(&lb).send().await.unwrap();
+        all.listeners()
+            .iter()
+            .map(|l| Listener {
+                port: l.port().unwrap(),
+                protocol: l.protocol().unwrap().as_str().to_string(),
+                policy: l.ssl_policy().map(str::to_string),
+                certificates: l.certificates().iter().filter_map(|c| c.certificate_arn()).map(str::to_string).collect(),
+                load_balancer: lb.clone(),
+                actions: l.default_actions().to_vec(),
+            })
+            .collect()
+    })
+}
+
+/// One ingress permission: (from port, to port, source groups, address ranges).
+type Ingress = (i32, i32, BTreeSet<String>, BTreeSet<String>);
+
+/// The ingress permissions of a security group.
+fn ingress(group: &str) -> Vec<Ingress> {
+    block_on(async {
+        let ec2 = emulator().ec2().await;
+        let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
+        out.security_groups()[0]
+            .ip_permissions()
+            .iter()
+            .map(|p| {
+                let groups = p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(str::to_string).collect();
+                let mut ranges: BTreeSet<String> =
+                    p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string).collect();
+                ranges.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(str::to_string));
+                (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1), groups, ranges)
+            })
+            .collect()
+    })
+}
+
+/// Every security group of a VPC.
+fn groups_in(vpc: &str) -> Vec<String> {
+    block_on(async {
+        let ec2 = emulator().ec2().await;
+        let f = aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(vpc).build();
+        let out = ec2.describe_security_groups().filters(f).send().await.unwrap();
+        out.security_groups().iter().filter_map(|g| g.group_id()).map(str::to_string).collect()
+    })
+}
+
+/// Fails naming the rule when any group of the VPC admits an MQTT port from an address range.
+fn assert_mqtt_only_from_groups(vpc: &str) {
+    for g in groups_in(vpc) {
+        for (from, to, _, ranges) in ingress(&g) {
+            let mqtt = from == -1 || [1883, 8883].iter().any(|p| (from..=to).contains(p));
+            assert!(!mqtt || ranges.is_empty(), "{g} admits MQTT ports {from}-{to} from {ranges:?}");
+        }
+    }
+}
+
+/// The decoded user data of a role version's launch template.
+fn user_data(stack: &str) -> String {
+    let id = output(stack, "LaunchTemplateId");
+    block_on(async {
+        let ec2 = emulator().ec2().await;
+        let out =
+            ec2.describe_launch_template_versions().launch_template_id(id).versions("$Latest").send().await.unwrap();
+        let data = out.launch_template_versions()[0].launch_template_data().unwrap();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data.user_data().unwrap()).unwrap()).unwrap()
+    })
+}
+
+fn env_line<'a>(user_data: &'a str, key: &str) -> Option<&'a str> {
+    user_data.lines().map(str::trim).find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+fn network() -> String {
+    json(&["network", "create", &unique("tlsn")])["vpc_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn broker_tls_listener_alb_redirect_and_mqtt_only_from_groups() {
+    let swarm = unique("tls");
+    let mqtt = format!("mqtt.{swarm}.example.org");
+    let cert = imported_certificate(&[&mqtt, "app.example.org"]);
+    let vpc = network();
+    let out = run(&[
+        "stacks",
+        "create",
+        "-v",
+        &vpc,
+        "--certificate-arn",
+        &cert,
+        "--broker-certificate-arn",
+        &cert,
+        "--broker-dns-name",
+        &mqtt,
+        &swarm,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stacks create: {stderr}");
+    assert!(!stderr.contains("WARNING"), "no warning with both certificates:\n{stderr}");
+
+    // The outputs the clients are rendered from.
+    let s = stack(&swarm).unwrap();
+    assert_eq!(s.outputs["BrokerTls"], "true");
+    assert_eq!(s.outputs["BrokerPort"], "8883");
+    assert_eq!(s.outputs["BrokerHost"], mqtt);
+    assert_ne!(s.outputs["BrokerNlbHost"], mqtt);
+    let describe = ok(&["stacks", "describe", &swarm]);
+    assert!(describe.contains(&format!("{mqtt}:8883")), "describe shows the TLS endpoint:\n{describe}");
+
+    // The broker load balancer: 8883 with the policy and the certificate, beside the plain 1883.
+    let nlb = listeners_of_lb_of(&s.outputs["BrokerTlsListenerArn"]);
+    let tls = nlb.iter().find(|l| l.port == 8883).expect("a listener on 8883");
+    assert_eq!(tls.protocol, "HTTPS", "the emulator's analogue of TLS (every load balancer is an ALB there)");
+    assert_eq!(tls.policy.as_deref(), Some(POLICY));
+    assert_eq!(tls.certificates, vec![cert.clone()]);
+    let plain = listeners_of_lb_of(&s.outputs["BrokerListenerArn"]);
+    assert_eq!(plain[0].load_balancer, tls.load_balancer, "both listeners are on the one broker NLB");
+    assert_eq!(nlb.iter().map(|l| l.port).collect::<BTreeSet<_>>(), BTreeSet::from([1883, 8883]));
+
+    // The ALB: 443 with the certificate, 80 a permanent redirect to it.
+    let alb = listeners_of_lb_of(&s.outputs["AlbListenerArn"]);
+    let https = alb.iter().find(|l| l.port == 443).expect("an HTTPS listener on 443");
+    assert_eq!((https.protocol.as_str(), https.policy.as_deref()), ("HTTPS", Some(POLICY)));
+    assert_eq!(https.certificates, vec![cert.clone()]);
+    let http = alb.iter().find(|l| l.port == 80).expect("a listener on 80");
+    let redirect = http.actions[0].redirect_config().expect("port 80 redirects");
+    assert_eq!(http.actions[0].r#type().map(|t| t.as_str()), Some("redirect"));
+    assert_eq!(redirect.protocol(), Some("HTTPS"));
+    assert_eq!(redirect.port(), Some("443"));
+    assert_eq!(redirect.status_code().map(|c| c.as_str()), Some("HTTP_301"));
+
+    // Security groups: the NLB admits 8883 from the client groups and 1883 from the brokers
+    // only; the brokers admit 1883 from the NLB and each other; no MQTT from any range.
+    let o = &s.outputs;
+    let nlb_sg = &o["NlbSecurityGroupId"];
+    let mut rules = ingress(nlb_sg);
+    rules.sort();
+    let clients: BTreeSet<String> = ["RouterSecurityGroupId", "BeeSecurityGroupId", "IndexerSecurityGroupId"]
+        .iter()
+        .map(|k| o[*k].clone())
+        .collect();
+    let from = |port: i32| -> BTreeSet<String> {
+        rules.iter().filter(|r| r.0 == port && r.1 == port).flat_map(|r| r.2.iter().cloned()).collect()
+    };
+    assert_eq!(from(8883), clients, "8883 from the router, bee and indexer groups: {rules:?}");
+    assert_eq!(from(1883), BTreeSet::from([o["BrokerSecurityGroupId"].clone()]), "1883 from the brokers: {rules:?}");
+    assert!(rules.iter().all(|r| [1883, 8883].contains(&r.0) && r.3.is_empty()), "nothing else: {rules:?}");
+    let broker: Vec<Ingress> = ingress(&o["BrokerSecurityGroupId"]).into_iter().filter(|r| r.0 == 1883).collect();
+    let broker_from: BTreeSet<String> = broker.iter().flat_map(|r| r.2.iter().cloned()).collect();
+    assert_eq!(broker_from, BTreeSet::from([nlb_sg.clone(), o["BrokerSecurityGroupId"].clone()]));
+    assert_mqtt_only_from_groups(&vpc);
+
+    // The clients are rendered with TLS to the certificate's name; the broker listens in
+    // plain text behind the NLB and finds other brokers through its plain listener.
+    create("bees", &swarm, "v1", "1");
+    create("brokers", &swarm, "v1", "1");
+    let bee = user_data(&format!("{swarm}-bee-v1"));
+    assert_eq!(env_line(&bee, "BROKER_TLS"), Some("true"), "{bee}");
+    assert_eq!(env_line(&bee, "BROKER_PORT"), Some("8883"));
+    assert_eq!(env_line(&bee, "BROKER_HOST"), Some(mqtt.as_str()));
+    let broker_ud = user_data(&format!("{swarm}-broker-v1"));
+    assert!(broker_ud.contains("listener 1883"), "{broker_ud}");
+    assert!(
+        broker_ud.contains(&format!("tyrell-broker-bridge '{}' '1883'", o["BrokerNlbHost"])),
+        "the bridge reads the announcements through the NLB's plain listener:\n{broker_ud}"
+    );
+
+    // A broker switch moves both listeners, the TLS one included.
+    ok(&["traffic", "nlb", &swarm, "--version", "v1", "--timeout", "60s"]);
+    let tg = output(&format!("{swarm}-broker-v1"), "TargetGroupArn");
+    assert_eq!(forwards(&o["BrokerTlsListenerArn"]), vec![(tg.clone(), 1)]);
+    assert_eq!(forwards(&o["BrokerListenerArn"]), vec![(tg, 1)]);
+
+    ok(&["stacks", "remove", "--all", &swarm]);
+}
+
+#[test]
+fn without_certificates_stacks_create_warns_and_mqtt_stays_in_the_groups() {
+    let swarm = unique("plain");
+    let vpc = network();
+    let out = run(&["stacks", "create", "-v", &vpc, &swarm]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stacks create: {stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARNING")).collect();
+    assert_eq!(warnings.len(), 2, "one warning per missing certificate:\n{stderr}");
+    assert!(warnings.iter().any(|w| w.contains("--certificate-arn") && w.contains("plain HTTP")), "{stderr}");
+    assert!(warnings.iter().any(|w| w.contains("--broker-certificate-arn") && w.contains("plain text")), "{stderr}");
+    assert!(out.stdout.iter().all(|b| *b != b'!'), "warnings go to stderr, not into the result");
+
+    let s = stack(&swarm).unwrap();
+    assert_eq!((s.outputs["BrokerTls"].as_str(), s.outputs["BrokerPort"].as_str()), ("false", "1883"));
+    assert!(!s.outputs.contains_key("BrokerTlsListenerArn"));
+    let nlb = listeners_of_lb_of(&s.outputs["BrokerListenerArn"]);
+    assert_eq!(nlb.iter().map(|l| l.port).collect::<Vec<_>>(), vec![1883], "no TLS listener without a certificate");
+    let alb = listeners_of_lb_of(&s.outputs["AlbListenerArn"]);
+    assert_eq!(alb.iter().map(|l| l.port).collect::<Vec<_>>(), vec![80]);
+
+    // Plain MQTT still only from the swarm's groups, never from an address range.
+    let o = &s.outputs;
+    let from: BTreeSet<String> =
+        ingress(&o["NlbSecurityGroupId"]).into_iter().filter(|r| r.0 == 1883).flat_map(|r| r.2.into_iter()).collect();
+    let want: BTreeSet<String> =
+        ["RouterSecurityGroupId", "BeeSecurityGroupId", "IndexerSecurityGroupId", "BrokerSecurityGroupId"]
+            .iter()
+            .map(|k| o[*k].clone())
+            .collect();
+    assert_eq!(from, want);
+    assert_mqtt_only_from_groups(&vpc);
+
+    create("bees", &swarm, "v1", "1");
+    let bee = user_data(&format!("{swarm}-bee-v1"));
+    assert_eq!(env_line(&bee, "BROKER_TLS"), Some("false"));
+    assert_eq!(env_line(&bee, "BROKER_PORT"), Some("1883"));
+    ok(&["stacks", "remove", "--all", &swarm]);
+}
+
+#[test]
+fn bad_broker_certificates_are_refused_before_any_change() {
+    let vpc = network();
+    let swarm = unique("badc");
+    let mqtt = format!("mqtt.{swarm}.example.org");
+    let other = imported_certificate(&["other.example.org"]);
+    let wildcard = imported_certificate(&["*.example.net"]);
+    let pending = pending_certificate(&mqtt);
+    let elsewhere = other.replace(":us-east-1:", ":eu-west-1:");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--broker-certificate-arn", &other], "needs --broker-dns-name"),
+        (vec!["--broker-dns-name", &mqtt], "needs --broker-certificate-arn"),
+        (vec!["--broker-certificate-arn", &other, "--broker-dns-name", &mqtt], "does not cover"),
+        (vec!["--broker-certificate-arn", &wildcard, "--broker-dns-name", "a.b.example.net"], "does not cover"),
+        (vec!["--broker-certificate-arn", &pending, "--broker-dns-name", &mqtt], "PENDING_VALIDATION, not ISSUED"),
+        (vec!["--broker-certificate-arn", &elsewhere, "--broker-dns-name", &mqtt], "has no such certificate"),
+        (vec!["--broker-certificate-arn", &other, "--broker-dns-name", "Not_A_Name"], "invalid --broker-dns-name"),
+        (vec!["--certificate-arn", &pending], "--certificate-arn"),
+    ];
+    for (flags, says) in cases {
+        let mut args = vec!["stacks", "create", "-v", &vpc];
+        args.extend(flags.iter().copied());
+        args.push(&swarm);
+        let err = fails(exit::USAGE, &args);
+        assert!(err.contains(says), "{flags:?}: expected {says:?} in:\n{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one sentence:\n{err}");
+        assert!(stack(&swarm).is_none(), "{flags:?}: a stack was made");
+        let secret = block_on(async {
+            emulator().ssm().await.get_parameter().name(format!("/tyrell/{swarm}/broker-password")).send().await
+        });
+        assert!(secret.is_err(), "{flags:?}: a secret was made");
+    }
+    // A wildcard covers one label: accepted.
+    let ok_name = "mqtt.example.net";
+    let out = ok(&[
+        "stacks",
+        "create",
+        "-v",
+        &vpc,
+        "--broker-certificate-arn",
+        &wildcard,
+        "--broker-dns-name",
+        ok_name,
+        &swarm,
+    ]);
+    assert!(out.contains(&format!("{ok_name}:8883")), "{out}");
+    ok(&["stacks", "remove", &swarm]);
+}
