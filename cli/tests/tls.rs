@@ -342,3 +342,76 @@ fn bad_broker_certificates_are_refused_before_any_change() {
     assert!(out.contains(&format!("{ok_name}:8883")), "{out}");
     ok(&["stacks", "remove", &swarm]);
 }
+
+/// Grafana over TLS (docs/MULTI-REGION.md 8.5): with a certificate, an ALB of the box's
+/// own serves HTTPS on 443 and redirects 80, both from the admin ranges only, and the box
+/// admits Grafana's port from that ALB only; without one, `metrics create` warns.
+#[test]
+fn grafana_behind_an_https_alb_from_the_admin_ranges_only() {
+    let vpc = network();
+    let name = unique("graf");
+    let cert = imported_certificate(&["grafana.example.org"]);
+    let admin = "203.0.113.0/24";
+    let out =
+        run(&["metrics", "create", "-v", &vpc, "-a", &ami(), "--allow-cidr", admin, "--certificate-arn", &cert, &name]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "metrics create: {stderr}");
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+    let s = stack(&name).unwrap();
+    assert!(s.outputs["GrafanaUrl"].starts_with("https://"), "{:?}", s.outputs);
+
+    let alb = listeners_of_lb_of(&s.outputs["GrafanaListenerArn"]);
+    let https = alb.iter().find(|l| l.port == 443).expect("HTTPS on 443");
+    assert_eq!((https.protocol.as_str(), https.policy.as_deref()), ("HTTPS", Some(POLICY)));
+    assert_eq!(https.certificates, vec![cert.clone()]);
+    let http = alb.iter().find(|l| l.port == 80).expect("a listener on 80");
+    let redirect = http.actions[0].redirect_config().expect("port 80 redirects");
+    assert_eq!((redirect.protocol(), redirect.port()), (Some("HTTPS"), Some("443")));
+    assert_eq!(redirect.status_code().map(|c| c.as_str()), Some("HTTP_301"));
+
+    // The ALB's group admits 443 and 80 from the admin range only; the box admits Grafana
+    // from the ALB's group only, no address range.
+    let alb_sg = block_on(async {
+        let elb = emulator().elb().await;
+        let out = elb.describe_load_balancers().load_balancer_arns(&alb[0].load_balancer).send().await.unwrap();
+        out.load_balancers()[0].security_groups()[0].clone()
+    });
+    let mut rules = ingress(&alb_sg);
+    rules.sort();
+    let want: Vec<Ingress> =
+        [80, 443].into_iter().map(|p| (p, p, BTreeSet::new(), BTreeSet::from([admin.to_string()]))).collect();
+    assert_eq!(rules, want, "{:?}", groups_in(&vpc).iter().map(|g| (g.clone(), ingress(g))).collect::<Vec<_>>());
+    let box_rules = ingress(&s.outputs["SecurityGroupId"]);
+    let grafana: Vec<&Ingress> = box_rules.iter().filter(|r| r.0 <= 3000 && 3000 <= r.1).collect();
+    assert_eq!(grafana.len(), 1, "{box_rules:?}");
+    assert_eq!(grafana[0].2, BTreeSet::from([alb_sg.clone()]));
+    assert!(grafana[0].3.is_empty(), "Grafana is not reachable from an address range: {box_rules:?}");
+    let ud = block_on(async {
+        let ec2 = emulator().ec2().await;
+        let id = s.outputs["InstanceId"].clone();
+        let a = ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .unwrap();
+        let b64 = a.user_data().and_then(|v| v.value()).unwrap().to_string();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+    });
+    assert!(ud.contains("GF_SECURITY_COOKIE_SECURE=true"), "{ud}");
+    ok(&["metrics", "remove", &name]);
+
+    // Without a certificate: plain HTTP on 3000 from the admin range, and a warning.
+    let plain = unique("grafp");
+    let out = run(&["metrics", "create", "-v", &vpc, "-a", &ami(), "--allow-cidr", admin, &plain]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.lines().any(|l| l.contains("WARNING") && l.contains("plain HTTP")), "{stderr}");
+    let s = stack(&plain).unwrap();
+    assert!(s.outputs["GrafanaUrl"].starts_with("http://") && s.outputs["GrafanaUrl"].ends_with(":3000"));
+    assert!(!s.outputs.contains_key("GrafanaListenerArn"));
+    let rules = ingress(&s.outputs["SecurityGroupId"]);
+    assert_eq!(rules, vec![(3000, 3000, BTreeSet::new(), BTreeSet::from([admin.to_string()]))]);
+    ok(&["metrics", "remove", &plain]);
+}

@@ -19,7 +19,7 @@ pub struct MetricsArgs {
 enum MetricsCmd {
     /// Create a metrics box (InfluxDB + Grafana) in a VPC; swarms created after it send their indexers' writes to it
     #[command(
-        after_help = "Example:\n  tyrell metrics create -v vpc-0abc1234 -a ami-0123abcd --allow-cidr 203.0.113.0/24 metrics1\n\nGrafana (3000) admits only --allow-cidr; InfluxDB (8086) only the indexers of swarms in the VPC."
+        after_help = "Example:\n  tyrell metrics create -v vpc-0abc1234 -a ami-0123abcd --allow-cidr 203.0.113.0/24 metrics1\n\nGrafana admits only --allow-cidr: over HTTPS (443) through a load balancer with --certificate-arn,\nelse plain HTTP on 3000; InfluxDB (8086) only the indexers of swarms in the VPC."
     )]
     Create {
         name: String,
@@ -33,6 +33,9 @@ enum MetricsCmd {
         /// Admin address range allowed to Grafana (repeatable, up to 4)
         #[arg(long = "allow-cidr", value_name = "CIDR")]
         allow_cidr: Vec<String>,
+        /// Serve Grafana over HTTPS (443, HTTP redirects) through a load balancer with this ACM certificate
+        #[arg(long, value_name = "ARN")]
+        certificate_arn: Option<String>,
     },
     /// List metrics boxes
     List,
@@ -103,8 +106,8 @@ impl Outcome for Removed {
 
 pub async fn run(e: &mut Engine, a: MetricsArgs) -> anyhow::Result<Printed> {
     match a.cmd.unwrap_or(MetricsCmd::List) {
-        MetricsCmd::Create { name, vpc, ami, instance_type, allow_cidr } => {
-            let req = CreateMetrics { name, vpc_id: vpc, ami, instance_type, allow_cidrs: allow_cidr };
+        MetricsCmd::Create { name, vpc, ami, instance_type, allow_cidr, certificate_arn } => {
+            let req = CreateMetrics { name, vpc_id: vpc, ami, instance_type, allow_cidrs: allow_cidr, certificate_arn };
             Printed::of(&Created(e.create_metrics(&req).await?))
         }
         MetricsCmd::List => Printed::of(&List { metrics: e.metrics_boxes().await? }),

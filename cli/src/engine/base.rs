@@ -141,7 +141,7 @@ impl Engine {
     /// that is not `ISSUED`, or (with `host`) does not cover `host`: AWS would refuse the
     /// listener half-way through the stack, or clients would refuse the broker.
     /// `flag` names the option in the sentence.
-    async fn check_certificate(&self, flag: &str, arn: &str, host: Option<&str>) -> anyhow::Result<()> {
+    pub(super) async fn check_certificate(&self, flag: &str, arn: &str, host: Option<&str>) -> anyhow::Result<()> {
         if !(arn.starts_with("arn:") && arn.contains(":acm:")) {
             crate::refuse!(Invalid, "invalid {flag} {arn:?}: expected an ACM certificate ARN (arn:aws:acm:...)");
         }

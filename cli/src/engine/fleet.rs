@@ -241,6 +241,7 @@ impl Engine {
             broker_password_param: b.secrets.broker_password.clone(),
             router_token_param: b.secrets.router_token.clone(),
             grafana_password_param: metrics.map(|m| m.grafana_password_param).unwrap_or_default(),
+            grafana_tls: "false".into(),
             live_param: crate::names::live_param(&base.name, role),
             state_param: crate::names::state_param(&base.name, role, version),
         })

@@ -20,6 +20,10 @@ pub struct CreateMetrics {
     pub ami: AmiRef,
     pub instance_type: String,
     pub allow_cidrs: Vec<String>,
+    /// Grafana over HTTPS: an ACM certificate of this region, `ISSUED`, for an ALB of the
+    /// box's own (443, and 80 redirecting), reachable from `allow_cidrs` only
+    /// (docs/MULTI-REGION.md 8.5). `None`: plain HTTP on 3000, and a warning.
+    pub certificate_arn: Option<String>,
 }
 
 impl Engine {
@@ -33,6 +37,9 @@ impl Engine {
             validate::admin_cidr(c)?;
         }
         let admin = admin_cidrs_param(&req.allow_cidrs)?;
+        if let Some(arn) = &req.certificate_arn {
+            self.check_certificate("--certificate-arn", arn, None).await?;
+        }
         self.ensure_free(&req.name).await?;
         let vpc = ec2::vpc(&self.aws.ec2, &req.vpc_id)
             .await?
@@ -46,12 +53,26 @@ impl Engine {
             .find(|s| s.public)
             .or(subnets.first())
             .ok_or_else(|| Error::Invalid(format!("VPC {} has no subnets", vpc.id)))?;
+        let public: Vec<&ec2::Subnet> = subnets.iter().filter(|s| s.public).collect();
+        if req.certificate_arn.is_some() {
+            let azs: std::collections::BTreeSet<_> = public.iter().map(|s| &s.az).collect();
+            if azs.len() < 2 {
+                crate::refuse!(
+                    Invalid,
+                    "VPC {} needs public subnets in at least 2 availability zones for Grafana's HTTPS load balancer (found {} in {}); `tyrell network create` makes such a VPC",
+                    vpc.id,
+                    public.len(),
+                    azs.len()
+                );
+            }
+        }
         let password = secret_param(&req.name, GRAFANA_PASSWORD);
         let mut vars = Vars::sample(ROLE);
         vars.region = self.region().to_string();
         vars.stack = req.name.clone();
         vars.version = String::new();
         vars.grafana_password_param = password.clone();
+        vars.grafana_tls = req.certificate_arn.is_some().to_string();
         let user_data = render::cloud_init(&self.lib, ROLE, &serde_json::to_value(&vars)?)?;
         let template =
             render::template_with_user_data(&self.lib, ROLE, &user_data).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -66,10 +87,18 @@ impl Engine {
                 ("InstanceType".into(), req.instance_type.clone()),
                 ("AdminCidrs".into(), admin),
                 ("GrafanaPasswordParam".into(), password.clone()),
+                ("CertificateArn".into(), req.certificate_arn.clone().unwrap_or_default()),
+                ("PublicSubnetIds".into(), public.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(",")),
             ]),
             tags: tags(ROLE, &req.name, None),
         };
         super::limits::check_stack(&spec)?;
+        if req.certificate_arn.is_none() {
+            self.report.warn(&format!(
+                "metrics box {}: no --certificate-arn: Grafana serves plain HTTP on port 3000 (its admin login included); give an ACM certificate for HTTPS through a load balancer",
+                req.name
+            ));
+        }
         let created = !ssm::exists(&self.aws.ssm, &password).await?;
         if created {
             self.report.step(&format!("generating secret {password} (SSM SecureString)"));

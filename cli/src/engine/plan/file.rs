@@ -112,6 +112,8 @@ struct MetricsSchema {
     instance_type: Option<Spanned<String>>,
     #[serde(default)]
     allow_cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    certificate_arn: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +194,8 @@ pub struct MetricsWant {
     /// Default `t3.small`, as `tyrell metrics create`.
     pub instance_type: String,
     pub allow_cidrs: Vec<String>,
+    /// Grafana over HTTPS through its own ALB with this ACM certificate; `None`: HTTP on 3000.
+    pub certificate_arn: Option<String>,
     pub place: Place,
 }
 
@@ -427,6 +431,7 @@ pub fn parse(file: &str, text: &str, home: &Region, lib: &Library) -> anyhow::Re
                 image_place: src.place(spec.image.span()),
                 instance_type: instance_type(&spec.instance_type, "t3.small")?,
                 allow_cidrs: cidrs(&spec.allow_cidrs)?,
+                certificate_arn: acm_arn("certificate_arn", &spec.certificate_arn)?,
                 place: src.place(m.span()),
             })
         }

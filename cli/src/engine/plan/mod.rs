@@ -321,6 +321,7 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
                     ("AmiId".to_string(), ami),
                     ("InstanceType".to_string(), m.instance_type.clone()),
                     ("AdminCidrs".to_string(), admin_cidrs_param(&m.allow_cidrs)?),
+                    ("CertificateArn".to_string(), m.certificate_arn.clone().unwrap_or_default()),
                 ]);
                 if let Some(v) = vpcs.get(&m.network) {
                     want.insert("VpcId".into(), v.clone());
@@ -714,6 +715,7 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
                     ami: AmiRef::Id(ami.clone()),
                     instance_type: want.instance_type.clone(),
                     allow_cidrs: want.allow_cidrs.clone(),
+                    certificate_arn: want.certificate_arn.clone(),
                 })
                 .await?;
             }
