@@ -30,6 +30,23 @@ pub fn stack_name(swarm: &str, role: &str, version: &str) -> String {
     format!("{swarm}-{role}-{version}")
 }
 
+/// A swarm's bee-region stack in a region other than its home region: `<swarm>-region`
+/// (docs/MULTI-REGION.md 6.2; one per swarm and region).
+pub fn bee_region_stack(swarm: &str) -> String {
+    format!("{swarm}-region")
+}
+
+/// The home region's side of one bee region: `<swarm>-link-<bee region>`.
+pub fn bee_link_stack(swarm: &str, region: &str) -> String {
+    format!("{swarm}-link-{region}")
+}
+
+/// Tag on a bee-region stack (and its VPC peering) naming the swarm's home region.
+pub const TAG_HOME_REGION: &str = "tyrell:home-region";
+
+/// Tag on a bee-link stack naming its bee region.
+pub const TAG_BEE_REGION: &str = "tyrell:bee-region";
+
 /// The SSM parameter holding one of a swarm's (or metrics box's) secrets:
 /// `/tyrell/<owner>/<what>`.
 pub fn secret_param(owner: &str, what: &str) -> String {

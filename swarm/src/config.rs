@@ -121,8 +121,19 @@ impl SecretSource {
             let v = std::fs::read_to_string(f).with_context(|| format!("reading the {what} from {}", f.display()))?;
             return Ok(Some(v.trim_end_matches(['\r', '\n']).to_string()));
         }
-        if let Some(name) = self.param.as_deref().filter(|p| !p.is_empty()) {
-            let ssm = aws_sdk_ssm::Client::new(&aws().await);
+        if let Some(param) = self.param.as_deref().filter(|p| !p.is_empty()) {
+            // A parameter ARN is read in its own region (a bee region reads the home
+            // region's broker password: docs/MULTI-REGION.md 6.5); a name, in AWS_REGION.
+            let (region, name) = match param_arn(param).with_context(|| format!("reading the {what}"))? {
+                Some((region, name)) => (Some(region), name),
+                None => (None, param.to_string()),
+            };
+            let mut conf = aws().await.into_builder();
+            if let Some(r) = region {
+                conf = conf.region(aws_config::Region::new(r));
+            }
+            let ssm = aws_sdk_ssm::Client::new(&conf.build());
+            let name = name.as_str();
             let out = ssm
                 .get_parameter()
                 .name(name)
@@ -135,6 +146,28 @@ impl SecretSource {
             return Ok(Some(v));
         }
         Ok(None)
+    }
+}
+
+/// An SSM parameter ARN `arn:PARTITION:ssm:REGION:ACCOUNT:parameter/NAME` as (region,
+/// `/NAME`); `Ok(None)` for a value not starting with `arn:` (a parameter name). Errors: an
+/// `arn:` value of another shape, in one sentence (ARN format: AWS General Reference,
+/// "Amazon Resource Names"; SSM's resource type `parameter`).
+pub fn param_arn(value: &str) -> Result<Option<(String, String)>> {
+    if !value.starts_with("arn:") {
+        return Ok(None);
+    }
+    let parts: Vec<&str> = value.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && !parts[1].is_empty()
+        && parts[2] == "ssm"
+        && !parts[3].is_empty()
+        && parts[3].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit());
+    match parts.get(5).and_then(|r| r.strip_prefix("parameter/")) {
+        Some(name) if ok && !name.is_empty() => Ok(Some((parts[3].to_string(), format!("/{name}")))),
+        _ => bail!("{value:?} is not an SSM parameter ARN (arn:aws:ssm:REGION:ACCOUNT:parameter/NAME)"),
     }
 }
 
@@ -261,6 +294,27 @@ where
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn parameter_arns_name_their_region() {
+        assert_eq!(param_arn("/tyrell/s/broker-password").unwrap(), None);
+        assert_eq!(
+            param_arn("arn:aws:ssm:eu-west-1:123456789012:parameter/tyrell/s/broker-password").unwrap(),
+            Some(("eu-west-1".to_string(), "/tyrell/s/broker-password".to_string()))
+        );
+        for bad in [
+            "arn:aws:ssm:eu-west-1:123456789012:secret/x",
+            "arn:aws:s3:eu-west-1:123456789012:parameter/x",
+            "arn:aws:ssm::123456789012:parameter/x",
+            "arn:aws:ssm:eu-west-1:1234:parameter/x",
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/",
+            "arn:aws",
+        ] {
+            let e = param_arn(bad).unwrap_err().to_string();
+            assert!(e.contains("is not an SSM parameter ARN"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]

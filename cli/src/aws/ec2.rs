@@ -169,3 +169,48 @@ pub async fn deregister(ec2: &Client, image: &Image) -> Result<(), AwsError> {
     }
     Ok(())
 }
+
+/// Requests a VPC peering from `vpc` (this client's region) to `peer_vpc` in `peer_region`
+/// (same account), tagged with `tags`; returns its id (`pcx-...`). It waits for
+/// [`accept_peering`] in the peer region.
+pub async fn request_peering(
+    ec2: &Client,
+    vpc: &str,
+    peer_vpc: &str,
+    peer_region: &str,
+    tags: &BTreeMap<String, String>,
+) -> Result<String, AwsError> {
+    let spec = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::VpcPeeringConnection)
+        .set_tags(Some(tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
+        .build();
+    let out = ec2
+        .create_vpc_peering_connection()
+        .vpc_id(vpc)
+        .peer_vpc_id(peer_vpc)
+        .peer_region(peer_region)
+        .tag_specifications(spec)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot request a VPC peering from {vpc} to {peer_vpc} in {peer_region}"), e))?;
+    Ok(out.vpc_peering_connection().and_then(|p| p.vpc_peering_connection_id()).unwrap_or_default().to_string())
+}
+
+/// Accepts a VPC peering; `ec2` must be the accepter's (the peer VPC's) region.
+pub async fn accept_peering(ec2: &Client, id: &str) -> Result<(), AwsError> {
+    ec2.accept_vpc_peering_connection()
+        .vpc_peering_connection_id(id)
+        .send()
+        .await
+        .map_err(|e| describe(&format!("cannot accept VPC peering {id}"), e))?;
+    Ok(())
+}
+
+/// Deletes a VPC peering; one already gone is fine.
+pub async fn delete_peering(ec2: &Client, id: &str) -> Result<(), AwsError> {
+    match ec2.delete_vpc_peering_connection().vpc_peering_connection_id(id).send().await {
+        Ok(_) => Ok(()),
+        Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidVpcPeeringConnectionID")) => Ok(()),
+        Err(e) => Err(describe(&format!("cannot delete VPC peering {id}"), e)),
+    }
+}

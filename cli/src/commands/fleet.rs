@@ -306,7 +306,8 @@ pub async fn run(e: &mut Engine, role: &str, a: FleetArgs) -> anyhow::Result<Pri
             Printed::of(&Created(v))
         }
         FleetCmd::List { stack } => {
-            let vs = e.versions(&m, stack.as_deref()).await?;
+            // Every region: this one's, and each bee region of the swarms homed here.
+            let vs = e.versions_everywhere(&m, stack.as_deref()).await?;
             // `tyrell bees diff`: a mistyped verb reads as a swarm name. Only an empty
             // listing needs the extra look at the base stacks to say so.
             if let Some(w) = stack.as_ref().filter(|_| vs.is_empty()) {

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::output::{key_values, table, Outcome, Printed};
+use super::output::{key_values, table, InFlight, Outcome, Printed, StderrReporter};
 use crate::engine::base::{next_steps, CreateBase};
+use crate::engine::bee_region::BeeRegion;
 use crate::engine::model::{Base, Region};
 use crate::engine::values::SwarmName;
 use crate::engine::{Engine, TAG_ROLE};
@@ -46,6 +47,31 @@ enum StacksCmd {
         /// Metrics box whose InfluxDB this swarm's indexers write to (default: the one in the VPC, if any)
         #[arg(long, value_name = "NAME")]
         metrics: Option<String>,
+    },
+    /// Add a bee region to a swarm: a VPC peering from NETWORK (in --bee-region) to the home VPC, the bee-region stack there and its link stack here
+    #[command(
+        name = "add-region",
+        after_help = "Example:\n  tyrell network create --region eu-west-1 --cidr 10.1.0.0/16 bees-eu\n  tyrell stacks add-region swarm1 --bee-region eu-west-1 --network bees-eu\n  tyrell bees create --region eu-west-1 -a ami-0123abcd swarm1\n\nThe swarm's broker must have TLS (stacks create --broker-certificate-arn); the network\nneeds a NAT gateway and a CIDR apart from the home VPC's and every other bee region's.\nSee docs/MULTI-REGION.md."
+    )]
+    AddRegion {
+        /// The swarm (its base stack is in this, the home, region)
+        name: SwarmName,
+        /// The region the bees go to
+        #[arg(long, value_name = "REGION")]
+        bee_region: Region,
+        /// A tyrell network in that region (with a NAT gateway)
+        #[arg(long, value_name = "NAME")]
+        network: String,
+        /// Admin address range allowed SSH to those bees (repeatable, up to 4)
+        #[arg(long = "allow-cidr", value_name = "CIDR")]
+        allow_cidr: Vec<String>,
+    },
+    /// Remove a swarm's bee region (refused while bee versions live there)
+    #[command(name = "remove-region")]
+    RemoveRegion {
+        name: SwarmName,
+        #[arg(long, value_name = "REGION")]
+        bee_region: Region,
     },
     /// List base stacks with the versions of each role and which one is active
     List,
@@ -149,6 +175,26 @@ impl Outcome for Described {
     }
 }
 
+/// `stacks add-region`: the bee region made.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct RegionAdded(pub BeeRegion);
+
+impl Outcome for RegionAdded {
+    fn render(&self) -> String {
+        let b = &self.0;
+        key_values(&[
+            ("swarm".into(), b.swarm.clone()),
+            ("bee region".into(), b.region.to_string()),
+            ("home region".into(), b.home_region.clone()),
+            ("vpc".into(), format!("{} ({})", b.vpc_id, b.vpc_cidr)),
+            ("peering".into(), b.peering.clone()),
+            ("broker".into(), format!("{} (TLS)", b.broker)),
+            ("next".into(), format!("tyrell bees create --region {} -a AMI_ID {}", b.region, b.swarm)),
+        ])
+    }
+}
+
 /// `stacks remove`: every stack removed, role versions first, the base stack last.
 #[derive(Serialize)]
 pub struct Removed {
@@ -214,6 +260,14 @@ pub async fn run(e: &mut Engine, a: StacksArgs) -> anyhow::Result<Printed> {
                 versions: versions.iter().map(|v| v.name.clone()).collect(),
                 roles: versions.iter().map(|v| (v.name.clone(), v.tag(TAG_ROLE).unwrap_or("?").to_string())).collect(),
             })
+        }
+        StacksCmd::AddRegion { name, bee_region, network, allow_cidr } => {
+            let mut there = e.elsewhere(&bee_region, Box::new(StderrReporter::new(InFlight::default())));
+            Printed::of(&RegionAdded(e.add_bee_region(&mut there, &name, &network, &allow_cidr).await?))
+        }
+        StacksCmd::RemoveRegion { name, bee_region } => {
+            let mut there = e.elsewhere(&bee_region, Box::new(StderrReporter::new(InFlight::default())));
+            Printed::of(&Removed { removed: e.remove_bee_region(&mut there, &name).await? })
         }
         StacksCmd::Remove { name, all } => Printed::of(&Removed { removed: e.remove_base(&name, all).await? }),
     }

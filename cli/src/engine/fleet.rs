@@ -146,7 +146,8 @@ impl Engine {
             validate_cron(&down)?;
             validate::role_size(&m.role, up_size)?;
         }
-        let base = self.base(&req.swarm).await?;
+        // The base stack, or in a bee region the bee-region stack (docs/MULTI-REGION.md 6.3).
+        let base = self.fleet_home(&req.swarm, &m.security_group_output).await?;
         let existing = self.versions(m, Some(&req.swarm)).await?;
         let taken: Vec<String> = existing.iter().map(|v| v.version.clone()).collect();
         let version = match &req.version {
@@ -238,7 +239,11 @@ impl Engine {
             bucket: b.bucket.clone(),
             metrics_host: metrics.as_ref().map(|m| m.private_ip.clone()).unwrap_or_default(),
             router_port: render::ROUTER_PORT,
-            broker_password_param: b.secrets.broker_password.clone(),
+            // A bee region's boxes read the home region's parameter by its ARN.
+            broker_password_param: match base.tag(super::TAG_ROLE) {
+                Some(super::bee_region::ROLE) => base.output("BrokerPasswordParamArn").unwrap_or_default().into(),
+                _ => b.secrets.broker_password.clone(),
+            },
             router_token_param: b.secrets.router_token.clone(),
             grafana_password_param: metrics.map(|m| m.grafana_password_param).unwrap_or_default(),
             grafana_tls: "false".into(),

@@ -2,6 +2,7 @@
 //! only through `crate::aws`; prints nothing itself (progress goes to a [`Reporter`]).
 
 pub mod base;
+pub mod bee_region;
 pub mod builds;
 pub mod error;
 pub mod fleet;
@@ -41,6 +42,8 @@ pub struct Engine {
     pub lib: Library,
     pub wait: WaitOptions,
     pub report: Box<dyn Reporter>,
+    /// The configuration it came from, for engines in other regions ([`Engine::elsewhere`]).
+    clouds: Clouds,
 }
 
 /// Pads admin CIDRs to the fixed four entries the templates take.
@@ -56,7 +59,13 @@ pub fn admin_cidrs_param(cidrs: &[String]) -> anyhow::Result<String> {
 impl Engine {
     /// An engine working in `region`, with that region's clients from `clouds`.
     pub fn new(clouds: &Clouds, region: &Region, lib: Library, wait: WaitOptions, report: Box<dyn Reporter>) -> Engine {
-        Engine { aws: clouds.region(region), lib, wait, report }
+        Engine { aws: clouds.region(region), lib, wait, report, clouds: clouds.clone() }
+    }
+
+    /// An engine in another region from the same configuration (one client cache, one
+    /// call count, one retry budget), reporting to `report`.
+    pub fn elsewhere(&self, region: &Region, report: Box<dyn Reporter>) -> Engine {
+        Engine::new(&self.clouds, region, self.lib.clone(), self.wait.clone(), report)
     }
 
     /// The region this engine works in; every stack it lists carries it.

@@ -94,7 +94,7 @@ impl Engine {
 
     /// The routing of a role in a swarm: each version's weight and health, and the lock.
     pub async fn traffic(&self, m: &Manifest, swarm: &str) -> anyhow::Result<TrafficState> {
-        self.base(swarm).await?;
+        self.fleet_home(swarm, &m.security_group_output).await?;
         let mut versions = Vec::new();
         for v in self.versions(m, Some(swarm)).await? {
             let (o, _) = self.observe(&v).await?;

@@ -113,7 +113,7 @@ impl Engine {
         req.shift.steps().map_err(Error::Invalid)?;
         let listener = self.listener(m, swarm).await?;
         if listener.is_none() {
-            self.base(swarm).await?;
+            self.fleet_home(swarm, &m.security_group_output).await?;
         }
         if let Target::Version(v) = &req.target {
             validate::version(v)?;

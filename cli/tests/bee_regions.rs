@@ -1,0 +1,296 @@
+//! Bee fleets in other regions (issue 12 item 3, docs/MULTI-REGION.md 6): the real binary
+//! against the emulator with a home region and two bee regions, everything read back
+//! through AWS in each region: the VPC peering (requested in the bee region, accepted at
+//! home), the routes both ways, the bee-region and bee-link stacks, the NLB's one rule per
+//! bee region (8883 from that region's private /17, nothing else from a range), the bee
+//! fleet's user data (TLS to the certificate's name, the home password parameter by ARN);
+//! the refusals before any change; and removal in reverse, leaving nothing.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use base64::Engine as _;
+use support::*;
+
+const HOME: &str = "us-east-1";
+
+/// SDK configuration for the emulator in `region`.
+async fn sdk(region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&emulator().url)
+        .region(aws_config::Region::new(region.to_string()))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await
+}
+
+fn ec2(region: &str) -> aws_sdk_ec2::Client {
+    block_on(async { aws_sdk_ec2::Client::new(&sdk(region).await) })
+}
+
+/// A stack in `region`: (tags, outputs), unless there is none.
+fn stack_in(
+    region: &str,
+    name: &str,
+) -> Option<(std::collections::BTreeMap<String, String>, std::collections::BTreeMap<String, String>)> {
+    block_on(async {
+        let cfn = aws_sdk_cloudformation::Client::new(&sdk(region).await);
+        let out = cfn.describe_stacks().stack_name(name).send().await.ok()?;
+        let s = out.stacks().first()?;
+        if s.stack_status().map(|x| x.as_str()) == Some("DELETE_COMPLETE") {
+            return None;
+        }
+        Some((
+            s.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect(),
+            s.outputs()
+                .iter()
+                .map(|o| (o.output_key().unwrap().to_string(), o.output_value().unwrap().to_string()))
+                .collect(),
+        ))
+    })
+}
+
+/// The peering's status code as `region` sees it (`None`: unknown there or deleted).
+fn peering(region: &str, id: &str) -> Option<String> {
+    let c = ec2(region);
+    block_on(async {
+        let out = c.describe_vpc_peering_connections().vpc_peering_connection_ids(id).send().await.ok()?;
+        let code = out.vpc_peering_connections().first()?.status()?.code()?.as_str().to_string();
+        (code != "deleted").then_some(code)
+    })
+}
+
+/// The destinations a route table sends over peering `pcx`.
+fn routes_over(region: &str, table: &str, pcx: &str) -> Vec<String> {
+    let c = ec2(region);
+    block_on(async {
+        let out = c.describe_route_tables().route_table_ids(table).send().await.unwrap();
+        out.route_tables()[0]
+            .routes()
+            .iter()
+            .filter(|r| r.vpc_peering_connection_id() == Some(pcx))
+            .filter_map(|r| r.destination_cidr_block().map(str::to_string))
+            .collect()
+    })
+}
+
+/// (port, port, source CIDRs) of every ingress permission of a group with an address range.
+fn ranged_ingress(region: &str, group: &str) -> Vec<(i32, i32, BTreeSet<String>)> {
+    let c = ec2(region);
+    block_on(async {
+        let out = c.describe_security_groups().group_ids(group).send().await.unwrap();
+        out.security_groups()[0]
+            .ip_permissions()
+            .iter()
+            .filter(|p| !p.ip_ranges().is_empty())
+            .map(|p| {
+                (
+                    p.from_port().unwrap_or(-1),
+                    p.to_port().unwrap_or(-1),
+                    p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string).collect(),
+                )
+            })
+            .collect()
+    })
+}
+
+fn user_data(region: &str, template: &str) -> String {
+    let c = ec2(region);
+    block_on(async {
+        let out = c
+            .describe_launch_template_versions()
+            .launch_template_id(template)
+            .versions("$Latest")
+            .send()
+            .await
+            .unwrap();
+        let data = out.launch_template_versions()[0].launch_template_data().unwrap();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data.user_data().unwrap()).unwrap()).unwrap()
+    })
+}
+
+/// A self-signed certificate for `name` imported into the emulator's ACM in the home region.
+fn certificate(name: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(testkit::system_tool("openssl"))
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "key.pem", "-out"])
+        .args(["cert.pem", "-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName=DNS:{name}")])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let read = |f: &str| aws_sdk_acm::primitives::Blob::new(std::fs::read(dir.path().join(f)).unwrap());
+    block_on(async {
+        let acm = aws_sdk_acm::Client::new(&sdk(HOME).await);
+        let c = acm.import_certificate().certificate(read("cert.pem")).private_key(read("key.pem")).send().await;
+        c.unwrap().certificate_arn().unwrap().to_string()
+    })
+}
+
+/// A network in `region` with `cidr`: its stack outputs.
+fn network(region: &str, cidr: &str) -> (String, std::collections::BTreeMap<String, String>) {
+    let name = unique("brn");
+    ok(&["network", "create", "--region", region, "--cidr", cidr, &name]);
+    let (_, outputs) = stack_in(region, &name).unwrap();
+    (name, outputs)
+}
+
+#[test]
+fn a_swarm_with_bees_in_two_other_regions_is_built_checked_and_removed() {
+    let swarm = unique("mr");
+    let mqtt = format!("mqtt.{swarm}.example.org");
+    let cert = certificate(&mqtt);
+    let (_, home_net) = network(HOME, "10.40.0.0/16");
+    ok(&[
+        "stacks",
+        "create",
+        "-v",
+        &home_net["VpcId"],
+        "--broker-certificate-arn",
+        &cert,
+        "--broker-dns-name",
+        &mqtt,
+        &swarm,
+    ]);
+    let (_, base) = stack_in(HOME, &swarm).unwrap();
+
+    // Refused before any change: a network overlapping the home VPC, the home region itself.
+    let (overlapping, _) = network("eu-west-1", "10.40.0.0/16");
+    let err =
+        fails(exit::USAGE, &["stacks", "add-region", &swarm, "--bee-region", "eu-west-1", "--network", &overlapping]);
+    assert!(err.contains("overlaps") && err.contains("10.40.0.0/16"), "{err}");
+    let err = fails(exit::USAGE, &["stacks", "add-region", &swarm, "--bee-region", HOME, "--network", &overlapping]);
+    assert!(err.contains("home region"), "{err}");
+    assert!(stack_in("eu-west-1", &format!("{swarm}-region")).is_none());
+    assert!(c_peerings("eu-west-1").is_empty(), "a refused region made a peering");
+
+    let regions =
+        [("eu-west-1", "10.41.0.0/16", "10.41.128.0/17"), ("ap-southeast-2", "10.42.0.0/16", "10.42.128.0/17")];
+    let mut made = Vec::new();
+    for (region, cidr, private) in regions {
+        let (net, outs) = network(region, cidr);
+        let added = json(&["stacks", "add-region", &swarm, "--bee-region", region, "--network", &net]);
+        assert_eq!(added["region"], region);
+        assert_eq!(added["home_region"], HOME);
+        assert_eq!(added["broker"], format!("{mqtt}:8883"));
+        let pcx = added["peering"].as_str().unwrap().to_string();
+
+        // The bee-region stack there, tagged with its home region.
+        let (tags, o) = stack_in(region, &format!("{swarm}-region")).expect("a bee-region stack");
+        assert_eq!(tags["tyrell:role"], "bee-region");
+        assert_eq!(tags["tyrell:stack"], swarm);
+        assert_eq!(tags["tyrell:home-region"], HOME);
+        assert_eq!(
+            (o["BrokerHost"].as_str(), o["BrokerPort"].as_str(), o["BrokerTls"].as_str()),
+            (mqtt.as_str(), "8883", "true")
+        );
+        assert_eq!(o["BrokerPasswordParamArn"], base["BrokerPasswordParamArn"]);
+        assert!(o["BrokerPasswordParamArn"].contains(&format!(":ssm:{HOME}:")));
+        // The peering: active seen from both sides, routes both ways.
+        assert_eq!(peering(region, &pcx).as_deref(), Some("active"));
+        assert_eq!(peering(HOME, &pcx).as_deref(), Some("active"));
+        assert_eq!(routes_over(region, &outs["PrivateRouteTableId"], &pcx), vec!["10.40.0.0/16".to_string()]);
+        assert_eq!(routes_over(HOME, &home_net["PrivateRouteTableId"], &pcx), vec![cidr.to_string()]);
+        // The bees there admit nothing from any range.
+        assert!(ranged_ingress(region, &o["BeeSecurityGroupId"]).is_empty());
+        // The home link stack.
+        let (ltags, _) = stack_in(HOME, &format!("{swarm}-link-{region}")).expect("a bee-link stack");
+        assert_eq!(ltags["tyrell:bee-region"], region);
+        made.push((region, private, pcx, o));
+    }
+    // The broker NLB admits, from address ranges, exactly 8883 from each bee region's /17.
+    let mut ranged = ranged_ingress(HOME, &base["NlbSecurityGroupId"]);
+    ranged.sort();
+    let want: Vec<(i32, i32, BTreeSet<String>)> = vec![(8883, 8883, regions.iter().map(|r| r.2.to_string()).collect())];
+    assert_eq!(ranged, want);
+
+    // A region already added, and a network overlapping another bee region: refused.
+    let (again, _) = network("eu-west-1", "10.43.0.0/16");
+    let err = fails(exit::EXISTS, &["stacks", "add-region", &swarm, "--bee-region", "eu-west-1", "--network", &again]);
+    assert!(err.contains("already has bee region eu-west-1"), "{err}");
+    let (clash, _) = network("sa-east-1", "10.41.0.0/16");
+    let err = fails(exit::USAGE, &["stacks", "add-region", &swarm, "--bee-region", "sa-east-1", "--network", &clash]);
+    assert!(err.contains("overlaps the VPC of swarm") && err.contains("eu-west-1"), "{err}");
+    assert!(stack_in("sa-east-1", &format!("{swarm}-region")).is_none());
+
+    // A bee fleet in each bee region, rendered for TLS to the home broker.
+    for (region, _, _, o) in &made {
+        let ami = ami();
+        ok(&["bees", "create", "--region", region, "-a", &ami, "-s", "2", "--version", "v1", &swarm]);
+        let (tags, vo) = stack_in(region, &format!("{swarm}-bee-v1")).expect("the bee version there");
+        assert_eq!(tags["tyrell:role"], "bee");
+        let ud = user_data(region, &vo["LaunchTemplateId"]);
+        for want in [
+            format!("BROKER_HOST={mqtt}"),
+            "BROKER_PORT=8883".to_string(),
+            "BROKER_TLS=true".to_string(),
+            format!("BROKER_PASSWORD_PARAM={}", o["BrokerPasswordParamArn"]),
+            format!("AWS_REGION={region}"),
+        ] {
+            assert!(ud.lines().any(|l| l.trim() == want), "{region}: user data lacks {want}:\n{ud}");
+        }
+        let listed = json(&["bees", "--region", region]);
+        assert!(listed.to_string().contains(&format!("{swarm}-bee-v1")), "{listed}");
+        ok(&["bees", "scale", "--region", region, &swarm, "v1", "3"]);
+        // Removing the region is refused while its bees live.
+        let err = fails(exit::IN_USE, &["stacks", "remove-region", &swarm, "--bee-region", region]);
+        assert!(err.contains("still has bee version"), "{err}");
+    }
+
+    // `tyrell bees` in the home region lists the fleets of every region of the swarm.
+    let listed = json(&["bees", &swarm]);
+    let rows: Vec<(String, String)> = listed["versions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no versions in {listed}"))
+        .iter()
+        .map(|v| (v["region"].as_str().unwrap().to_string(), v["stack_name"].as_str().unwrap().to_string()))
+        .collect();
+    let want: Vec<(String, String)> = made.iter().map(|(r, ..)| (r.to_string(), format!("{swarm}-bee-v1"))).collect();
+    assert_eq!(rows.iter().cloned().collect::<BTreeSet<_>>(), want.into_iter().collect::<BTreeSet<_>>(), "{listed}");
+    let table = ok(&["bees", &swarm]);
+    assert!(table.contains("eu-west-1") && table.contains("ap-southeast-2"), "{table}");
+
+    // Down: bees, then each region, then the swarm; nothing left in any region.
+    for (region, _, pcx, _) in &made {
+        ok(&["bees", "remove", "--region", region, "--force", &swarm, "v1"]);
+        ok(&["stacks", "remove-region", &swarm, "--bee-region", region]);
+        assert!(stack_in(region, &format!("{swarm}-region")).is_none());
+        assert!(stack_in(HOME, &format!("{swarm}-link-{region}")).is_none());
+        assert_eq!(peering(region, pcx), None, "the peering is gone");
+    }
+    // Not checked: that the NLB's rule for each bee region went with its link stack. The
+    // emulator (moto 5.2.5) never revokes an AWS::EC2::SecurityGroupIngress when its stack
+    // is deleted (its SecurityGroupIngress resource has no delete), so the rule stays
+    // there; CloudFormation on AWS revokes it.
+    ok(&["stacks", "remove", &swarm]);
+}
+
+/// Every peering the emulator holds in `region` that is not deleted.
+fn c_peerings(region: &str) -> Vec<String> {
+    let c = ec2(region);
+    block_on(async {
+        let out = c.describe_vpc_peering_connections().send().await.unwrap();
+        out.vpc_peering_connections()
+            .iter()
+            .filter(|p| p.status().and_then(|s| s.code()).map(|c| c.as_str()) != Some("deleted"))
+            .filter_map(|p| p.vpc_peering_connection_id().map(str::to_string))
+            .collect()
+    })
+}
+
+#[test]
+fn a_swarm_without_broker_tls_gets_no_bee_region() {
+    let (_, home_net) = network(HOME, "10.50.0.0/16");
+    let swarm = unique("mrp");
+    ok(&["stacks", "create", "-v", &home_net["VpcId"], &swarm]);
+    let (net, _) = network("eu-central-1", "10.51.0.0/16");
+    let before = c_peerings("eu-central-1");
+    let err = fails(exit::USAGE, &["stacks", "add-region", &swarm, "--bee-region", "eu-central-1", "--network", &net]);
+    assert!(err.contains("no TLS listener"), "{err}");
+    assert_eq!(c_peerings("eu-central-1"), before);
+    assert!(stack_in("eu-central-1", &format!("{swarm}-region")).is_none());
+    ok(&["stacks", "remove", &swarm]);
+}
