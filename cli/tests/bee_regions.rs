@@ -253,9 +253,26 @@ fn a_swarm_with_bees_in_two_other_regions_is_built_checked_and_removed() {
     let table = ok(&["bees", &swarm]);
     assert!(table.contains("eu-west-1") && table.contains("ap-southeast-2"), "{table}");
 
+    // A switch in a bee region moves that region's active bees only.
+    let (r0, ..) = &made[0];
+    ok(&["bees", "create", "--region", r0, "-a", &ami(), "-s", "1", "--version", "v2", &swarm]);
+    ok(&["traffic", "bees", "--region", r0, &swarm, "--version", "v2", "--timeout", "60s"]);
+    let state = json(&["traffic", "bees", "--region", r0, &swarm]);
+    assert_eq!(state["active"], "v2", "{state}");
+    assert_eq!(state["region"], *r0);
+    let other = json(&["traffic", "bees", "--region", made[1].0, &swarm]);
+    assert_eq!(other["active"], "v1", "the other bee region keeps its version: {other}");
+    ok(&["bees", "remove", "--region", r0, &swarm, "v1"]);
+
+    // The swarm cannot go while it has bee regions (their rules name its NLB's group).
+    let err = fails(exit::IN_USE, &["stacks", "remove", "--all", &swarm]);
+    assert!(err.contains("still has bee region"), "{err}");
+    assert!(stack_in(HOME, &swarm).is_some());
+
     // Down: bees, then each region, then the swarm; nothing left in any region.
     for (region, _, pcx, _) in &made {
-        ok(&["bees", "remove", "--region", region, "--force", &swarm, "v1"]);
+        let live = if *region == made[0].0 { "v2" } else { "v1" };
+        ok(&["bees", "remove", "--region", region, "--force", &swarm, live]);
         ok(&["stacks", "remove-region", &swarm, "--bee-region", region]);
         assert!(stack_in(region, &format!("{swarm}-region")).is_none());
         assert!(stack_in(HOME, &format!("{swarm}-link-{region}")).is_none());

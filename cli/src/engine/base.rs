@@ -270,6 +270,17 @@ impl Engine {
     pub async fn remove_base(&mut self, name: &str, all: bool) -> anyhow::Result<Vec<String>> {
         validate::name("swarm", name)?;
         let base = self.existing(name, ROLE, "base stack").await?;
+        // A bee region's link stack names this swarm's NLB security group: AWS would refuse
+        // to delete the group under it, half-way through.
+        let links = self.bee_links(name).await?;
+        if !links.is_empty() {
+            let regions: Vec<&str> = links.iter().filter_map(|l| l.tag(crate::names::TAG_BEE_REGION)).collect();
+            crate::refuse!(
+                InUse,
+                "swarm {name} still has bee region(s) {}: remove them first (tyrell stacks remove-region {name} --bee-region REGION)",
+                regions.join(", ")
+            );
+        }
         let versions = self.swarm_versions(name).await?;
         if !versions.is_empty() && !all {
             crate::refuse!(

@@ -39,7 +39,7 @@ use crate::aws::cfn::{self, StackInfo};
 use crate::aws::{ec2, s3, sqs, Region};
 
 /// Why `up` refuses a bee fleet outside the home region (docs/MULTI-REGION.md, 6.2-6.5).
-pub const BEE_REGION_MISSING: &str = "a bee fleet outside the home region needs a bee-region stack (its subnets, bee security group and an instance profile that reads the home region's broker password) and a way to the home broker (VPC peering and the NLB's TLS listener), none of which tyrell has yet (docs/MULTI-REGION.md)";
+pub const BEE_REGION_MISSING: &str = "a bee fleet outside the home region needs a network there, a bee-region stack and a VPC peering to the home VPC, which tyrell up does not make yet: make them with tyrell network create --region REGION, tyrell stacks add-region SWARM --bee-region REGION --network NET, then tyrell bees create --region REGION (docs/MULTI-REGION.md)";
 
 /// What a change does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
