@@ -154,28 +154,32 @@ pub fn start(cloud: &str, spec: &Spec) -> anyhow::Result<Running> {
     Ok(Running { record, container, started: Instant::now(), console })
 }
 
-/// One look at a starting box: `Ok(true)` once systemd finished starting up (the record
-/// becomes `booted`), `Ok(false)` while it is still booting, an error (the record becomes
-/// `failed`, with the console's tail) when nspawn stopped or `within` passed.
-pub fn check_booted(cloud: &str, b: &mut Running, within: Duration) -> anyhow::Result<bool> {
+/// What one look at a starting box found.
+#[derive(Debug)]
+pub enum Boot {
+    /// systemd finished starting up (the record is `booted`).
+    Booted,
+    /// Still booting.
+    Booting,
+    /// nspawn stopped before the box booted: the reason, with the console's tail. The record
+    /// is left as it was: the caller starts the box again or marks it failed ([`mark_failed`]).
+    Exited(String),
+}
+
+/// One look at a starting box (see [`Boot`]); an error (the record becomes `failed`, with
+/// the console's tail) when `within` passed.
+pub fn check_booted(cloud: &str, b: &mut Running, within: Duration) -> anyhow::Result<Boot> {
     if b.record.state == "booted" {
-        return Ok(true);
+        return Ok(Boot::Booted);
     }
-    let fail = |b: &mut Running, why: String| -> anyhow::Result<bool> {
-        b.record.state = "failed".into();
-        b.record.error = Some(why.clone());
-        state::save_box(cloud, &b.record)?;
-        anyhow::bail!(why)
-    };
     if let Some(status) = b.container.child.try_wait()? {
-        let why = format!(
+        return Ok(Boot::Exited(format!(
             "box {} ({} {}) stopped while booting ({status}); its console:\n{}",
             b.record.instance,
             b.record.role,
             b.record.ip,
             nspawn::console_tail(&b.console, 20)
-        );
-        return fail(b, why);
+        )));
     }
     if let Some(l) = nspawn::leader(b.container.child.id()) {
         if let Ok(o) =
@@ -186,7 +190,7 @@ pub fn check_booted(cloud: &str, b: &mut Running, within: Duration) -> anyhow::R
                 b.record.state = "booted".into();
                 b.record.boot_seconds = Some(b.started.elapsed().as_secs_f64());
                 state::save_box(cloud, &b.record)?;
-                return Ok(true);
+                return Ok(Boot::Booted);
             }
         }
     }
@@ -199,9 +203,17 @@ pub fn check_booted(cloud: &str, b: &mut Running, within: Duration) -> anyhow::R
             within.as_secs(),
             nspawn::console_tail(&b.console, 20)
         );
-        return fail(b, why);
+        mark_failed(cloud, b, &why)?;
+        anyhow::bail!(why)
     }
-    Ok(false)
+    Ok(Boot::Booting)
+}
+
+/// Records the box as `failed` with `why` (what `tyrell local status` shows).
+pub fn mark_failed(cloud: &str, b: &mut Running, why: &str) -> anyhow::Result<()> {
+    b.record.state = "failed".into();
+    b.record.error = Some(why.to_string());
+    state::save_box(cloud, &b.record)
 }
 
 /// Stops a box this process holds and removes its namespace, seed and record.

@@ -532,14 +532,26 @@ async fn grace_until(asg: &aws_sdk_autoscaling::Client, id: &str, launched: &str
     until
 }
 
+/// How many times a box whose nspawn stopped while booting is started before it is left
+/// `failed`. nspawn itself sometimes exits early on a busy host (seen under three clouds at
+/// once: "Attempted to remove disk file system under /run/systemd/nspawn/propagate/…"),
+/// which says nothing about the image or its user data; a box that fails three times does.
+const BOOT_ATTEMPTS: u32 = 3;
+
+thread_local! {
+    /// Instance → how many of its boxes stopped while booting.
+    static EXITED: std::cell::RefCell<HashMap<String, u32>> = std::cell::RefCell::new(HashMap::new());
+}
+
 fn check_boots(opts: &Options) {
+    let mut exited = Vec::new();
     HELD.with(|h| {
         for b in h.borrow_mut().values_mut() {
             if b.record.state != "starting" {
                 continue;
             }
             match boxes::check_booted(&opts.cloud, b, opts.boot_timeout) {
-                Ok(true) => tracing::info!(
+                Ok(boxes::Boot::Booted) => tracing::info!(
                     "box {} ({} {} {}) booted in {:.1}s",
                     b.record.instance,
                     b.record.role,
@@ -547,11 +559,38 @@ fn check_boots(opts: &Options) {
                     b.record.ip,
                     b.record.boot_seconds.unwrap_or_default()
                 ),
-                Ok(false) => {}
+                Ok(boxes::Boot::Booting) => {}
+                Ok(boxes::Boot::Exited(why)) => exited.push((b.record.instance.clone(), why)),
                 Err(e) => tracing::error!("{e:#}"),
             }
         }
     });
+    for (id, why) in exited {
+        let n = EXITED.with(|e| {
+            let mut e = e.borrow_mut();
+            let n = e.entry(id.clone()).or_default();
+            *n += 1;
+            *n
+        });
+        if n < BOOT_ATTEMPTS {
+            // Its remains go; the next reconcile starts the wanted instance's box afresh.
+            tracing::warn!("{why}\nstarting it again (attempt {} of {BOOT_ATTEMPTS})", n + 1);
+            if let Some(mut b) = HELD.with(|h| h.borrow_mut().remove(&id)) {
+                if let Err(e) = boxes::stop(&opts.cloud, &mut b) {
+                    tracing::error!("removing box {id} before starting it again: {e:#}");
+                }
+            }
+        } else {
+            tracing::error!("{why}\nthe box stays failed: it stopped while booting {n} times");
+            HELD.with(|h| {
+                if let Some(b) = h.borrow_mut().get_mut(&id) {
+                    if let Err(e) = boxes::mark_failed(&opts.cloud, b, &why) {
+                        tracing::error!("recording box {id} as failed: {e:#}");
+                    }
+                }
+            });
+        }
+    }
 }
 
 fn reconcile(
