@@ -26,6 +26,8 @@
 //! reader of schema 2 treats an absent field as "not measured". Readers ignore fields
 //! they do not know, so a later schema that only adds fields reads too.
 
+mod check;
+
 use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -575,8 +577,12 @@ pub fn decode_checked(body: &str, encoding: Encoding) -> Result<Checked<'_>, Dec
             let gz = base64::engine::general_purpose::STANDARD
                 .decode(body.trim())
                 .map_err(|e| DecodeError::Base64(e.to_string()))?;
-            // NDJSON of ping records compresses about 3 to 6 times.
-            let mut out = Vec::with_capacity(gz.len().saturating_mul(6).min(MAX_DECODED_BYTES + 1));
+            // Room for what the gzip says it holds: ISIZE, the last member's size (RFC 1952
+            // §2.3.1, the last 4 bytes, little-endian), so that the text is not copied as
+            // the buffer grows; at least 6 times the gzip (ping NDJSON compresses 3 to 25
+            // times), at most the bound.
+            let isize = gz.last_chunk::<4>().map_or(0, |b| u32::from_le_bytes(*b) as usize);
+            let mut out = Vec::with_capacity(isize.max(gz.len().saturating_mul(6)).min(MAX_DECODED_BYTES + 1));
             flate2::read::MultiGzDecoder::new(&gz[..])
                 .take(MAX_DECODED_BYTES as u64 + 1)
                 .read_to_end(&mut out)
@@ -592,12 +598,23 @@ pub fn decode_checked(body: &str, encoding: Encoding) -> Result<Checked<'_>, Dec
     }
     let mut lines = Vec::new();
     let mut rejected = Vec::new();
-    let mut start = 0;
-    for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
-        let at = start;
-        start += raw.len() + 1;
+    // The lines are the pieces between `\n`s (the last one may be empty: a blank line).
+    let (mut at, mut line) = (0, 0);
+    while at <= text.len() {
+        line += 1;
+        // Most lines are records in the shape producers write: checked in one pass that
+        // also finds their end ([`check::record_line`]); the others as below.
+        if let Some((end, utc)) = check::record_line(&text, at) {
+            let raw_end = if end > at && text[end - 1] == b'\r' { end - 1 } else { end };
+            lines.push(CheckedLine { line, range: at..raw_end, utc });
+            at = end + 1;
+            continue;
+        }
+        let end = text[at..].iter().position(|&b| b == b'\n').map_or(text.len(), |n| at + n);
+        let raw = &text[at..end];
+        let start = at;
+        at = end + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = i + 1;
         let Ok(text) = std::str::from_utf8(raw) else {
             rejected.push(Rejected {
                 line,
@@ -610,7 +627,7 @@ pub fn decode_checked(body: &str, encoding: Encoding) -> Result<Checked<'_>, Dec
             continue;
         }
         match check_record(text) {
-            Ok(utc) => lines.push(CheckedLine { line, range: at..at + raw.len(), utc }),
+            Ok(utc) => lines.push(CheckedLine { line, range: start..start + raw.len(), utc }),
             Err(reason) => rejected.push(Rejected { line, raw: text.to_string(), reason }),
         }
     }
@@ -993,6 +1010,81 @@ mod tests {
         assert_eq!(decode_checked(&two, Encoding::GzipBase64).unwrap().lines.len(), 2);
         assert!(matches!(decode_checked("\n", Encoding::Ndjson), Err(DecodeError::Empty)));
         assert!(matches!(decode_checked("!!!", Encoding::GzipBase64), Err(DecodeError::Base64(_))));
+    }
+
+    /// Lines in the shapes producers write: the fast path reads each of them.
+    fn fast_samples() -> Vec<String> {
+        let mut error = rec("e");
+        (error.status, error.loss, error.rtt_ms, error.error) = (Status::Error, 1.0, None, Some("no route".into()));
+        (error.ttl, error.addr, error.resolve_ms, error.late_ms) = (None, None, Some(12.5), Some(0.0));
+        let mut odd = rec("o");
+        odd.rtt_ms = Rtt::from_samples(&[1e-7, 2.0e3, 0.1 + 0.2]);
+        odd.loss = 0.30000000000000004;
+        odd.seq = Some(u64::MAX);
+        vec![
+            serde_json::to_string(&rec("a")).unwrap(),
+            serde_json::to_string(&error).unwrap(),
+            serde_json::to_string(&odd).unwrap(),
+            serde_json::to_string(&rec("a").tap_ts("2026-11-23T12:30:00.5+01:00")).unwrap(),
+            SCHEMA_1.to_string(),
+            SCHEMA_1.replace("\",", "\" ,\t").replace("\":", "\" : ") + " \r",
+        ]
+    }
+
+    #[test]
+    fn fast_path_never_accepts_what_serde_refuses() {
+        // The rule is serde's (check_record); the fast path may only say "valid" where it
+        // does, with the same time. Every one-byte deletion, replacement and insertion of
+        // each sample is tried.
+        let serde = |line: &[u8]| std::str::from_utf8(line).map_err(|e| e.to_string()).and_then(check_record);
+        let fast = |line: &[u8]| {
+            check::record_line(line, 0).map(|(end, utc)| {
+                let raw = &line[..end];
+                (raw.strip_suffix(b"\r").unwrap_or(raw).to_vec(), utc)
+            })
+        };
+        let bytes = b"{}[]\",:0123456789.-+eEnulltrfas \\\r\n\tx\x7f\xc3\xa9\x00\x1f";
+        let (mut tried, mut fast_valid) = (0, 0);
+        for sample in fast_samples() {
+            let sample = sample.as_bytes();
+            let (raw, utc) =
+                fast(sample).unwrap_or_else(|| panic!("fast path refused {}", String::from_utf8_lossy(sample)));
+            assert_eq!(serde(&raw), Ok(utc));
+            let mut edits = Vec::new();
+            for i in 0..=sample.len() {
+                if i < sample.len() {
+                    edits.push([&sample[..i], &sample[i + 1..]].concat());
+                }
+                for &b in bytes {
+                    edits.push([&sample[..i], &[b], &sample[i..]].concat());
+                    if i < sample.len() {
+                        edits.push([&sample[..i], &[b], &sample[i + 1..]].concat());
+                    }
+                }
+            }
+            for edit in edits {
+                tried += 1;
+                if let Some((raw, utc)) = fast(&edit) {
+                    fast_valid += 1;
+                    assert_eq!(serde(&raw), Ok(utc), "{}", String::from_utf8_lossy(&edit));
+                }
+            }
+        }
+        assert!(tried > 50_000 && fast_valid > 1_000, "{tried} edits, {fast_valid} valid by the fast path");
+    }
+
+    #[test]
+    fn bodies_read_the_same_through_the_fast_path() {
+        let lines = fast_samples();
+        let nd = lines.join("\n") + "\n";
+        let c = decode_checked(&nd, Encoding::Ndjson).unwrap();
+        assert!(c.rejected.is_empty(), "{:?}", c.rejected);
+        for (l, want) in c.lines.iter().zip(&lines) {
+            let want = want.strip_suffix('\r').unwrap_or(want);
+            assert_eq!(&c.text[l.range.clone()], want.as_bytes());
+            assert_eq!(Ok(l.utc), check_record(want));
+        }
+        assert_eq!(c.lines.len(), lines.len());
     }
 
     #[test]

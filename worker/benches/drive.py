@@ -11,11 +11,12 @@ keeping the queue <= 10 messages deep. Prints each worker's CPU seconds per mill
 records (wait4 rusage: user + system), checks every record is in S3, and, measured in this
 process on the same bodies, base64 + gunzip alone and with gzip level 1 into 5 MiB objects
 (C zlib through Python: a yardstick, not the worker's zlib-rs). PERF=file records a perf
-profile of each worker (file.N). The Rust bench (`cargo bench -p tyrell-worker --bench
+profile of each worker (file.N). A build given with flags, as one quoted argument
+("path --receivers 1"), runs with them; each worker's exit counters (its calls) are printed. The Rust bench (`cargo bench -p tyrell-worker --bench
 throughput`) measures the same with its comparison in Rust, but builds the test support's
 AWS SDKs in release first (too long for a loaded shared machine).
 """
-import atexit, base64, gzip, json, os, socket, subprocess, sys, time, uuid
+import atexit, base64, gzip, json, os, shlex, socket, subprocess, sys, time, uuid
 import boto3
 n = int(os.environ.get("N", "1000000"))
 builds = sys.argv[1:]
@@ -24,7 +25,7 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.clos
 moto = subprocess.Popen([f"{root}/.venv/bin/moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 atexit.register(moto.terminate)
 env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_REGION="us-east-1", AWS_ACCESS_KEY_ID="bench",
-           AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true", RUST_LOG="warn")
+           AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true", RUST_LOG="warn,tyrell_worker::metrics=info")
 for _ in range(100):
     try: socket.create_connection(("127.0.0.1", port)).close(); break
     except OSError: time.sleep(0.1)
@@ -65,7 +66,7 @@ for k, build in enumerate(builds):
     name = f"b{k}-{uuid.uuid4().hex[:8]}"
     q = sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "120"})["QueueUrl"]
     s3.create_bucket(Bucket=name)
-    w = subprocess.Popen([build, "--queue-url", q, "--bucket", name, "--stack", "swarm1", "--drain", "--wait-seconds", "3",
+    w = subprocess.Popen([*shlex.split(build), "--queue-url", q, "--bucket", name, "--stack", "swarm1", "--drain", "--wait-seconds", "3",
                           "--flush-seconds", "60", "--stats-seconds", "10"], env=env, stderr=open(f"/tmp/worker-drive-{k}.log", "w"))
     perf = None
     if os.environ.get("PERF"):
@@ -96,5 +97,11 @@ for k, build in enumerate(builds):
     print(f"worker #{k} {build}: exit {os.waitstatus_to_exitcode(status)}, {cpu:.2f} CPU s = {cpu*1e6/n:.2f} CPU s per million records"
           f" (goal 1.00: {'met' if cpu*1e6/n <= 1 else 'not met'}); {n/wall:.0f} records/s over {wall:.1f} s (feed {fed:.1f} s);"
           f" {objs} objects, {count} records archived, {stored/1e6:.1f} MB stored")
+    # the worker's own counters at exit (its "exit" log line): the calls it made
+    exit_line = [json.loads(l) for l in open(f"/tmp/worker-drive-{k}.log") if '"exit"' in l]
+    if exit_line:
+        f = exit_line[-1].get("fields", {})
+        print("   calls: " + ", ".join(f"{c} {f.get(c)}" for c in ("sqs_receive", "sqs_delete", "sqs_visibility", "sqs_attributes", "s3_put")) +
+              f"; {f.get('messages')} messages, {(f.get('messages') or 0) / max(f.get('sqs_receive') or 1, 1):.1f} per receive")
 m = n / 1e6
 print(f"same run, this process (C zlib via Python): base64 + gunzip alone {floor(0)/m:.2f} CPU s per million; + gzip level 1 into 5 MiB objects {floor(1)/m:.2f}")

@@ -103,8 +103,11 @@ impl Buffer {
     /// (the object decodes to the same lines).
     pub fn add(&mut self, checked: Checked<'_>, set_aside: SetAside, now: Instant) {
         let hour_of = |t: time::OffsetDateTime| (t.year() as u16, t.month() as u8, t.day(), t.hour());
-        let one_hour = checked.lines.first().map(|l| hour_of(l.utc)).filter(|h| {
-            checked.gzip.is_some() && checked.lines.iter().all(|l| hour_of(l.utc) == *h) && checked.is_exact()
+        // Hours since 1970 (UTC): one division per record to compare them.
+        let hours = |t: time::OffsetDateTime| t.unix_timestamp().div_euclid(3600);
+        let one_hour = checked.lines.first().map(|l| hour_of(l.utc)).filter(|_| {
+            let first = hours(checked.lines[0].utc);
+            checked.gzip.is_some() && checked.lines.iter().all(|l| hours(l.utc) == first) && checked.is_exact()
         });
         if let (Some(hour), Some(gz)) = (one_hour, &checked.gzip) {
             let part = self.parts.entry(hour).or_default();
