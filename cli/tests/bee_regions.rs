@@ -9,7 +9,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use base64::Engine as _;
 use support::*;
@@ -112,22 +111,9 @@ fn user_data(region: &str, template: &str) -> String {
     })
 }
 
-/// A self-signed certificate for `name` imported into the emulator's ACM in the home region.
+/// A self-signed certificate for `name` in the emulator's ACM of the home region.
 fn certificate(name: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(testkit::system_tool("openssl"))
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "key.pem", "-out"])
-        .args(["cert.pem", "-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName=DNS:{name}")])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    let read = |f: &str| aws_sdk_acm::primitives::Blob::new(std::fs::read(dir.path().join(f)).unwrap());
-    block_on(async {
-        let acm = aws_sdk_acm::Client::new(&sdk(HOME).await);
-        let c = acm.import_certificate().certificate(read("cert.pem")).private_key(read("key.pem")).send().await;
-        c.unwrap().certificate_arn().unwrap().to_string()
-    })
+    imported_certificate(HOME, &[name])
 }
 
 /// A network in `region` with `cidr`: its stack outputs.

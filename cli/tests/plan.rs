@@ -350,8 +350,19 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
     assert_eq!(stack(&sw).unwrap().outputs, base.outputs, "the base stack's resources stay");
     let again = counted(dir.path(), &["up", "swarm.toml"]).ok();
     assert!(again.mutating.is_empty(), "{:?}", again.mutating);
-    // A certificate would replace the listeners: refused at the base table, nothing changed.
-    let cert = "arn:aws:acm:us-east-1:123456789012:certificate/0f1e2d3c";
+    // A certificate ACM does not hold: refused at the base table before anything changes.
+    let missing = format!("arn:aws:acm:{}:123456789012:certificate/0f1e2d3c", emulator().region);
+    std::fs::write(&file, admin.replace("[base]\n", &format!("[base]\ncertificate_arn = \"{missing}\"\n"))).unwrap();
+    let refused = counted(dir.path(), &["up", "swarm.toml"]);
+    assert_eq!(refused.code(), Some(exit::USAGE), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("swarm.toml:8:1: [base]") && refused.stderr().contains("no such certificate"),
+        "{}",
+        refused.stderr()
+    );
+    assert!(refused.mutating.is_empty(), "{:?}", refused.mutating);
+    // An issued certificate would replace the listeners: refused at the base table, nothing changed.
+    let cert = imported_certificate(&emulator().region, &["swarm.example.org"]);
     std::fs::write(&file, admin.replace("[base]\n", &format!("[base]\ncertificate_arn = \"{cert}\"\n"))).unwrap();
     let refused = counted(dir.path(), &["up", "swarm.toml"]);
     assert_eq!(refused.code(), Some(exit::USAGE), "{}", refused.stderr());
@@ -556,8 +567,9 @@ fn bad_plan_files_are_refused_at_their_place_and_change_nothing() {
 }
 
 /// A role whose cloud-init would pass every file check but fail at its version's create
-/// (user data over EC2's 16 KB) is refused by `up` before the network, metrics box and
-/// base stack are made: nothing half-changed.
+/// (user data over EC2's 16 KB), or a broker certificate that does not cover the broker's
+/// name, is refused by `up` before the network, metrics box and base stack are made:
+/// nothing half-changed.
 #[test]
 fn what_would_fail_late_is_refused_before_the_first_change() {
     let (ami, _) = two_amis();
@@ -579,6 +591,20 @@ fn what_would_fail_late_is_refused_before_the_first_change() {
     assert!(!r.out.status.success(), "{err}");
     let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{err}"));
     assert!(line.starts_with("error: p.toml:7:8: roles.worker") && line.contains("16384"), "{err}");
+    assert!(r.mutating.is_empty(), "{:?}", r.mutating);
+    assert!(stacks_of(&sw).is_empty(), "{:?}", stacks_of(&sw));
+
+    // A broker certificate ACM holds but that does not cover the broker's name: refused
+    // before the network is made (the base stack comes after it).
+    let cert = imported_certificate(&emulator().region, &["other.example.org"]);
+    let plan = format!(
+        "swarm = \"{sw}\"\n[networks.{sw}-n]\n[base]\nnetwork = \"{sw}-n\"\nbroker_certificate_arn = \"{cert}\"\nbroker_dns_name = \"mqtt.example.org\"\n[roles.bee]\nimage = \"{ami}\"\n"
+    );
+    std::fs::write(dir.path().join("c.toml"), plan).unwrap();
+    let r = counted(dir.path(), &["up", "c.toml"]);
+    let err = r.stderr();
+    assert_eq!(r.code(), Some(exit::USAGE), "{err}");
+    assert!(err.contains("c.toml:3:1: [base]") && err.contains("does not cover mqtt.example.org"), "{err}");
     assert!(r.mutating.is_empty(), "{:?}", r.mutating);
     assert!(stacks_of(&sw).is_empty(), "{:?}", stacks_of(&sw));
 }

@@ -17,7 +17,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use base64::Engine as _;
 use support::*;
@@ -28,24 +27,9 @@ async fn acm() -> aws_sdk_acm::Client {
     aws_sdk_acm::Client::new(&emulator().sdk().await)
 }
 
-/// A self-signed certificate for `names` (the first is the subject), imported into the
-/// emulator's ACM: an ISSUED certificate, as a DNS-validated one would be. Returns its ARN.
+/// A self-signed certificate for `names` in the emulator's ACM of the tests' region.
 fn imported_certificate(names: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
-    let out = Command::new(testkit::system_tool("openssl"))
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "key.pem", "-out"])
-        .args(["cert.pem", "-subj", &format!("/CN={}", names[0]), "-addext", &format!("subjectAltName={san}")])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    let read = |f: &str| aws_sdk_acm::primitives::Blob::new(std::fs::read(dir.path().join(f)).unwrap());
-    block_on(async {
-        let c =
-            acm().await.import_certificate().certificate(read("cert.pem")).private_key(read("key.pem")).send().await;
-        c.unwrap().certificate_arn().unwrap().to_string()
-    })
+    support::imported_certificate(&emulator().region, names)
 }
 
 /// An ACM certificate requested for `name` and not yet validated (PENDING_VALIDATION).

@@ -197,3 +197,31 @@ pub fn stack(name: &str) -> Option<Stack> {
         })
     })
 }
+
+/// A self-signed certificate for `names` (the first is the subject, all are DNS names in
+/// its subjectAltName), made with openssl and imported into the emulator's ACM in `region`:
+/// an `ISSUED` certificate, as a DNS-validated one would be. Returns its ARN.
+pub fn imported_certificate(region: &str, names: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
+    let out = Command::new(testkit::system_tool("openssl"))
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "key.pem", "-out"])
+        .args(["cert.pem", "-subj", &format!("/CN={}", names[0]), "-addext", &format!("subjectAltName={san}")])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let read = |f: &str| aws_sdk_acm::primitives::Blob::new(std::fs::read(dir.path().join(f)).unwrap());
+    block_on(async {
+        let conf = aws_sdk_acm::config::Builder::from(&emulator().sdk().await)
+            .region(aws_sdk_acm::config::Region::new(region.to_string()))
+            .build();
+        let c = aws_sdk_acm::Client::from_conf(conf)
+            .import_certificate()
+            .certificate(read("cert.pem"))
+            .private_key(read("key.pem"))
+            .send()
+            .await;
+        c.unwrap().certificate_arn().unwrap().to_string()
+    })
+}

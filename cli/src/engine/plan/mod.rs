@@ -241,7 +241,8 @@ fn size_of(v: &VersionInfo) -> i32 {
 /// in the home region; `away` holds an engine for each other region the plan names.
 ///
 /// Errors: what would make `up` fail before it changes anything — an image that does not
-/// resolve or exist, a plan version that contradicts the running one, a stack name taken
+/// resolve or exist, a certificate ACM does not hold as `ISSUED` (or, for the broker, that
+/// does not cover `broker_dns_name`), a plan version that contradicts the running one, a stack name taken
 /// by another kind of stack — each naming its place in the file; AWS.
 pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> anyhow::Result<Planned> {
     let home = e.region().clone();
@@ -263,6 +264,25 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
     };
 
     let mut images = BTreeSet::new();
+
+    // Certificates, checked with ACM here: `up` runs this plan before it changes anything,
+    // so a certificate ACM would refuse stops it before the first network is made.
+    if let Some(m) = &d.metrics {
+        if let Some(arn) = &m.certificate_arn {
+            e.check_certificate("certificate_arn", arn, None)
+                .await
+                .map_err(|err| err.context(format!("{}: [metrics]", m.place)))?;
+        }
+    }
+    let b = &d.base;
+    for (key, arn, host) in [
+        ("certificate_arn", &b.certificate_arn, None),
+        ("broker_certificate_arn", &b.broker_certificate_arn, b.broker_dns_name.as_deref()),
+    ] {
+        if let Some(arn) = arn {
+            e.check_certificate(key, arn, host).await.map_err(|err| err.context(format!("{}: [base]", b.place)))?;
+        }
+    }
 
     // Networks.
     let mut vpcs: BTreeMap<String, String> = BTreeMap::new();
