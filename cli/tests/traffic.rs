@@ -299,7 +299,8 @@ fn unknown_or_foreign_versions_are_refused_before_anything_changes() {
     let err = fails(exit::NOT_FOUND, &["traffic", "elb", &a, "--router", "nope"]);
     assert!(err.contains(&format!("swarm {a} has no router version nope")), "{err}");
     let err = fails(exit::NOT_FOUND, &["traffic", "elb", "no-such-swarm", "--router", "v1"]);
-    assert!(err.contains("there is no base stack named no-such-swarm"), "{err}");
+    let want = format!("there is no base stack named no-such-swarm in {}", emulator().region);
+    assert!(err.contains(&want), "{err}");
     let err = fails(exit::USAGE, &["traffic", "brokers", &a, "--version", "v1", "--canary", "10"]);
     assert!(err.contains("only the ALB"), "{err}");
     let err = fails(exit::USAGE, &["traffic", "elb", &a, "--router", "v1", "--canary", "50,10"]);

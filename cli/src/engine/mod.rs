@@ -122,7 +122,8 @@ impl Engine {
     /// A stack that must exist, be tyrell's, have the given role and be settled.
     pub async fn existing(&self, name: &str, role: &str, what: &str) -> anyhow::Result<StackInfo> {
         let s = cfn::get(&self.aws.cfn, name).await?;
-        let Some(s) = s else { crate::refuse!(NotFound, "there is no {what} named {name}") };
+        // The region named: a stack of that name in another region is not seen from here.
+        let Some(s) = s else { crate::refuse!(NotFound, "there is no {what} named {name} in {}", self.region()) };
         if s.tag(TAG_ROLE) != Some(role) {
             crate::refuse!(NotFound, "stack {name} is not a tyrell {what}");
         }

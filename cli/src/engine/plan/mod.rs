@@ -676,7 +676,7 @@ async fn stack_update(
 async fn vpc_of(e: &Engine, name: &str) -> anyhow::Result<String> {
     let s = cfn::get(&e.aws.cfn, name)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("there is no network named {name}")))?;
+        .ok_or_else(|| Error::NotFound(format!("there is no network named {name} in {}", e.region())))?;
     Ok(Network::from(&s).vpc_id)
 }
 
