@@ -22,12 +22,15 @@ enum MetricsCmd {
         after_help = "Example:\n  tyrell metrics create -v vpc-0abc1234 -a ami-0123abcd --allow-cidr 203.0.113.0/24 metrics1\n\nGrafana admits only --allow-cidr: over HTTPS (443) through a load balancer with --certificate-arn,\nelse plain HTTP on 3000; InfluxDB (8086) only the indexers of swarms in the VPC."
     )]
     Create {
+        /// The metrics box's name, also its stack's: 2-28 lowercase letters, digits and single hyphens, starting with a letter
         name: String,
+        /// The VPC to put it in (`tyrell network create` prints one): its indexers' swarms must be in it
         #[arg(short = 'v', long = "vpc")]
         vpc: String,
         /// The metrics AMI: an id, `latest` (the newest metrics build, see `tyrell builds`) or `latest:VERSION`
         #[arg(short = 'a', long = "ami")]
         ami: AmiRef,
+        /// EC2 instance type of the box
         #[arg(short = 't', long = "type", default_value = "t3.small")]
         instance_type: String,
         /// Admin address range allowed to Grafana (repeatable, up to 4)
@@ -40,7 +43,10 @@ enum MetricsCmd {
     /// List metrics boxes
     List,
     /// Remove a metrics box (refused while a swarm sends to it)
-    Remove { name: String },
+    Remove {
+        /// The metrics box's name
+        name: String,
+    },
 }
 
 /// `metrics create`: the box, as `key: value` lines.
