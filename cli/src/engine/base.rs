@@ -37,12 +37,7 @@ impl Engine {
         }
         let admin = admin_cidrs_param(&req.allow_cidrs)?;
         if let Some(arn) = &req.certificate_arn {
-            if !(arn.starts_with("arn:") && arn.contains(":acm:")) {
-                crate::refuse!(
-                    Invalid,
-                    "invalid --certificate-arn {arn:?}: expected an ACM certificate ARN (arn:aws:acm:...)"
-                );
-            }
+            validate::certificate_arn("--certificate-arn", arn)?;
         }
         match (&req.broker_certificate_arn, &req.broker_dns_name) {
             (Some(_), None) => crate::refuse!(
@@ -142,9 +137,7 @@ impl Engine {
     /// listener half-way through the stack, or clients would refuse the broker.
     /// `flag` names the option in the sentence.
     pub(super) async fn check_certificate(&self, flag: &str, arn: &str, host: Option<&str>) -> anyhow::Result<()> {
-        if !(arn.starts_with("arn:") && arn.contains(":acm:")) {
-            crate::refuse!(Invalid, "invalid {flag} {arn:?}: expected an ACM certificate ARN (arn:aws:acm:...)");
-        }
+        validate::certificate_arn(flag, arn)?;
         let region = self.region();
         let Some(c) = acm::certificate(&self.aws.acm, arn).await? else {
             crate::refuse!(

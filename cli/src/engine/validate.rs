@@ -89,6 +89,16 @@ pub fn vpc_cidr(s: &str) -> Result<(), Invalid> {
     }
 }
 
+/// An ACM certificate ARN in shape (`arn:<partition>:acm:...`); whether ACM holds it is
+/// asked of ACM (`Engine::check_certificate`). `what` names the option or key.
+pub fn certificate_arn(what: &str, s: &str) -> Result<(), Invalid> {
+    if s.starts_with("arn:") && s.contains(":acm:") {
+        Ok(())
+    } else {
+        bad(format!("invalid {what} {s:?}: expected an ACM certificate ARN (arn:aws:acm:...)"))
+    }
+}
+
 /// A DNS host name a TLS client connects to and checks against a certificate: lowercase
 /// labels of letters, digits and inner hyphens, 1-63 characters each, at least two labels,
 /// a letter-only last label, 253 characters at most (RFC 1035 §2.3.1, RFC 1123 §2.1; the

@@ -357,9 +357,7 @@ pub fn parse(file: &str, text: &str, home: &Region, lib: &Library) -> anyhow::Re
     let acm_arn = |key: &str, a: &Option<Spanned<String>>| -> anyhow::Result<Option<String>> {
         match a {
             Some(a) if a.get_ref().is_empty() => Ok(None),
-            Some(a) if !(a.get_ref().starts_with("arn:") && a.get_ref().contains(":acm:")) => Err(src
-                .bad(a.span(), format!("{key} {:?}: expected an ACM certificate ARN (arn:aws:acm:...)", a.get_ref()))),
-            Some(a) => Ok(Some(a.get_ref().clone())),
+            Some(a) => valid(a, &|s| validate::certificate_arn(key, s)).map(|()| Some(a.get_ref().clone())),
             None => Ok(None),
         }
     };
@@ -385,17 +383,7 @@ pub fn parse(file: &str, text: &str, home: &Region, lib: &Library) -> anyhow::Re
         broker_dns_name,
         network: network_ref(&b.network, &region, "base")?,
         allow_cidrs: cidrs(&b.allow_cidrs)?,
-        certificate_arn: match &b.certificate_arn {
-            Some(a) if a.get_ref().is_empty() => None,
-            Some(a) if !(a.get_ref().starts_with("arn:") && a.get_ref().contains(":acm:")) => {
-                return Err(src.bad(
-                    a.span(),
-                    format!("certificate_arn {:?}: expected an ACM certificate ARN (arn:aws:acm:...)", a.get_ref()),
-                ))
-            }
-            Some(a) => Some(a.get_ref().clone()),
-            None => None,
-        },
+        certificate_arn: acm_arn("certificate_arn", &b.certificate_arn)?,
         place: src.place(raw.base.span()),
     };
 
