@@ -276,9 +276,9 @@ fn a_whole_swarm_measures_archives_and_every_role_is_released_under_load_losing_
     for (role, noun) in [("indexer", "indexers"), ("worker", "workers")] {
         let t = Instant::now();
         phases.push((role, utc()));
-        let old: Vec<String> = cloud.boxes(role).iter().map(|b| b["version"].as_str().unwrap().to_string()).collect();
-        let old_ids: Vec<String> =
-            cloud.boxes(role).iter().map(|b| b["instance"].as_str().unwrap().to_string()).collect();
+        let olds = cloud.boxes(role);
+        let old: Vec<String> = olds.iter().map(|b| b["version"].as_str().unwrap().to_string()).collect();
+        let old_ids: Vec<String> = olds.iter().map(|b| b["instance"].as_str().unwrap().to_string()).collect();
         assert_eq!(
             termination_hook_seconds(&cloud, role, &old[0]),
             Some(drain_seconds(role)),
@@ -291,12 +291,7 @@ fn a_whole_swarm_measures_archives_and_every_role_is_released_under_load_losing_
                 .then_some(())
         });
         took.push((role, t.elapsed().as_secs_f64()));
-        let log = std::fs::read_to_string(
-            std::path::Path::new(&std::env::var("TYRELL_LOCAL_STATE").unwrap_or("/run/tyrell-local".into()))
-                .join(&cloud.name)
-                .join("runner.log"),
-        )
-        .unwrap_or_default();
+        let log = cloud.runner_log();
         for id in &old_ids {
             assert!(
                 log.lines().any(|l| l.contains(id.as_str()) && l.contains("its service stopped")),

@@ -149,6 +149,13 @@ impl Cloud {
         self.ok(&args)
     }
 
+    /// The runner's log (`tyrell-local`'s state directory: TYRELL_LOCAL_STATE, else
+    /// /run/tyrell-local), as text; empty when unreadable.
+    pub fn runner_log(&self) -> String {
+        let state = std::env::var_os("TYRELL_LOCAL_STATE").unwrap_or_else(|| "/run/tyrell-local".into());
+        std::fs::read_to_string(std::path::Path::new(&state).join(&self.name).join("runner.log")).unwrap_or_default()
+    }
+
     /// What a failed wait prints: one line per box (instance, role, version, address,
     /// state, service, boot seconds, error), then the last 12 lines of each box's journal.
     pub fn report(&self) -> String {
