@@ -110,13 +110,12 @@ pub fn box_veth(instance: &str) -> String {
     format!("v{}", tail.chars().rev().collect::<String>())
 }
 
-/// Makes a box's namespace, linked to the cloud's bridge, with `ip` on its `eth0`.
+/// Makes a box's namespace, linked to the cloud's bridge, with `ip` on its `eth0`. Remains
+/// of an earlier box of the same instance (its namespace, its veth) are removed first.
 pub fn add_box(cloud: &str, instance: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
     let ns = box_netns(cloud, instance);
     let veth = box_veth(instance);
-    if netns_exists(&ns) {
-        remove_box(cloud, instance)?;
-    }
+    remove_box(cloud, instance)?;
     ip(&["netns", "add", &ns])?;
     ip(&["-n", &ns, "link", "set", "lo", "up"])?;
     // Both ends are made inside the namespaces: nothing appears on the host, ever.
@@ -130,13 +129,49 @@ pub fn add_box(cloud: &str, instance: &str, addr: Ipv4Addr) -> anyhow::Result<()
     Ok(())
 }
 
-/// Removes a box's namespace (its veth pair and the cloud's route to it go with it).
+/// Removes a box's namespace: every process still in it is killed first, then its veth
+/// pair is deleted, then the namespace's name. The order matters: `ip netns del` only
+/// removes the name, and the namespace (with the veth's cloud end, which blocks a new box
+/// of the same instance with "File exists") lives on while any process is in it. Measured:
+/// a SIGKILLed `systemd-nspawn` leaves its container's systemd, journald, dbus and logind
+/// running in the namespace, orphaned.
 pub fn remove_box(cloud: &str, instance: &str) -> anyhow::Result<()> {
     let ns = box_netns(cloud, instance);
+    if netns_exists(&ns) {
+        kill_all_in(&ns);
+    }
+    let veth = box_veth(instance);
+    if netns_exists(cloud) && ip(&["-n", cloud, "link", "show", "dev", &veth]).is_ok() {
+        ip(&["-n", cloud, "link", "del", "dev", &veth]).with_context(|| format!("cannot delete veth {veth}"))?;
+    }
     if netns_exists(&ns) {
         ip(&["netns", "del", &ns]).with_context(|| format!("cannot remove network namespace {ns}"))?;
     }
     Ok(())
+}
+
+/// SIGKILLs every process in a named network namespace (`ip netns pids`) and waits up to
+/// 10 s for them to go.
+fn kill_all_in(ns: &str) {
+    let pids = |ns: &str| -> Vec<u32> {
+        ip(&["netns", "pids", ns]).map(|o| o.split_whitespace().filter_map(|p| p.parse().ok()).collect()).unwrap_or_default()
+    };
+    let found = pids(ns);
+    if found.is_empty() {
+        return;
+    }
+    tracing::warn!("network namespace {ns} still has {} processes: killing them", found.len());
+    let start = std::time::Instant::now();
+    loop {
+        let left: Vec<u32> = pids(ns).into_iter().filter(|p| cmd::alive(*p)).collect();
+        if left.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            return;
+        }
+        for p in left {
+            cmd::signal(p, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Removes the cloud namespace and every box namespace named after it.

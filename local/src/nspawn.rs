@@ -149,7 +149,8 @@ pub fn stop_pid(pid: u32, grace: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
     if cmd::alive(pid) {
-        // The container's processes die with nspawn's namespaces.
+        // A SIGKILLed nspawn leaves its container running, orphaned (measured): the
+        // caller's net::remove_box kills what is left in the box's namespace.
         cmd::signal(pid, libc::SIGKILL);
         let start = Instant::now();
         while cmd::alive(pid) && start.elapsed() < Duration::from_secs(5) {

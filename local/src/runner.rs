@@ -539,8 +539,22 @@ async fn grace_until(asg: &aws_sdk_autoscaling::Client, id: &str, launched: &str
 const BOOT_ATTEMPTS: u32 = 3;
 
 thread_local! {
-    /// Instance → how many of its boxes stopped while booting.
+    /// Instance → how many of its boxes could not be started or stopped while booting.
     static EXITED: std::cell::RefCell<HashMap<String, u32>> = std::cell::RefCell::new(HashMap::new());
+}
+
+/// Counts one failed attempt at an instance's box; returns how many there were.
+fn count_failed_attempt(id: &str) -> u32 {
+    EXITED.with(|e| {
+        let mut e = e.borrow_mut();
+        let n = e.entry(id.to_string()).or_default();
+        *n += 1;
+        *n
+    })
+}
+
+fn attempts_failed(id: &str) -> u32 {
+    EXITED.with(|e| e.borrow().get(id).copied().unwrap_or(0))
 }
 
 fn check_boots(opts: &Options) {
@@ -566,12 +580,7 @@ fn check_boots(opts: &Options) {
         }
     });
     for (id, why) in exited {
-        let n = EXITED.with(|e| {
-            let mut e = e.borrow_mut();
-            let n = e.entry(id.clone()).or_default();
-            *n += 1;
-            *n
-        });
+        let n = count_failed_attempt(&id);
         if n < BOOT_ATTEMPTS {
             // Its remains go; the next reconcile starts the wanted instance's box afresh.
             tracing::warn!("{why}\nstarting it again (attempt {} of {BOOT_ATTEMPTS})", n + 1);
@@ -607,6 +616,16 @@ fn reconcile(
     // Boxes whose instance stopped or terminated (or vanished).
     let gone: Vec<String> =
         HELD.with(|h| h.borrow().keys().filter(|k| !wanted.contains_key(k.as_str())).cloned().collect());
+    // Boxes given up on (they could not be started) whose instance is gone.
+    let given_up: Vec<String> = EXITED.with(|e| {
+        e.borrow().iter().filter(|(k, n)| **n >= BOOT_ATTEMPTS && !wanted.contains_key(k.as_str())).map(|(k, _)| k.clone()).collect()
+    });
+    for id in given_up {
+        if !HELD.with(|h| h.borrow().contains_key(&id)) {
+            state::forget_box(cloud, &id);
+        }
+        EXITED.with(|e| e.borrow_mut().remove(&id));
+    }
     for id in gone {
         if hold_for_hook(cloud, rt, asg, list, &id) {
             continue;
@@ -622,7 +641,7 @@ fn reconcile(
         }
     }
     for (id, i) in wanted {
-        if HELD.with(|h| h.borrow().contains_key(id)) {
+        if HELD.with(|h| h.borrow().contains_key(id)) || attempts_failed(id) >= BOOT_ATTEMPTS {
             continue;
         }
         let Some(image) = paths::image_of(&i.ami) else {
@@ -694,9 +713,29 @@ fn reconcile(
                 HELD.with(|h| h.borrow_mut().insert(id.to_string(), b));
             }
             Err(e) => {
-                tracing::error!("instance {id}: cannot start its box: {e:#}");
+                let n = count_failed_attempt(id);
                 let _ = net::remove_box(cloud, id);
-                state::forget_box(cloud, id);
+                if n < BOOT_ATTEMPTS {
+                    tracing::error!("instance {id}: cannot start its box: {e:#}\nstarting it again (attempt {} of {BOOT_ATTEMPTS})", n + 1);
+                    state::forget_box(cloud, id);
+                } else {
+                    let why = format!("instance {id}: cannot start its box: {e:#}");
+                    tracing::error!("{why}\nthe box stays failed: it could not be started {n} times");
+                    let failed = state::boxes(cloud).into_iter().find(|b| b.instance == id).map(|mut b| {
+                        b.state = "failed".into();
+                        b.error = Some(why);
+                        b.pid = None;
+                        b
+                    });
+                    match failed {
+                        Some(b) => {
+                            if let Err(e) = state::save_box(cloud, &b) {
+                                tracing::error!("recording box {id} as failed: {e:#}");
+                            }
+                        }
+                        None => state::forget_box(cloud, id),
+                    }
+                }
             }
         }
     }

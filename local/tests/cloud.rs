@@ -238,15 +238,26 @@ fn a_box_boots_and_runs_its_user_data() {
     let r = Runner::start(&cloud, region);
     let start = Instant::now();
     // A box whose nspawn stops while booting (it happens on a busy host) is started again:
-    // its first nspawn is killed here while systemd is still starting.
+    // its first nspawn is killed here once the container's systemd runs. A SIGKILLed nspawn
+    // leaves its container running, orphaned, in the box's network namespace (CI saw the
+    // second start refused: "RTNETLINK answers: File exists" for the veth it still held).
     let record = std::path::Path::new("/run/tyrell-local").join(&cloud).join("boxes").join(format!("{id}.json"));
-    let first = wait_for(Duration::from_secs(30), || {
+    let (first, init) = wait_for(Duration::from_secs(30), || {
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).ok()?).ok()?;
-        (v["state"] == "starting").then(|| v["pid"].as_u64()).flatten()
+        let pid = (v["state"] == "starting").then(|| v["pid"].as_u64()).flatten()?;
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        let init = children.split_whitespace().find(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "systemd")
+        })?;
+        Some((pid, init.to_string()))
     });
     let killed = std::process::Command::new("kill").args(["-KILL", &first.to_string()]).status().unwrap();
     assert!(killed.success(), "kill -KILL {first}");
     let b = r.wait_booted(&id, Duration::from_secs(90));
+    let orphan = std::fs::read_to_string(format!("/proc/{init}/stat")).ok().filter(|s| {
+        s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    });
+    assert!(orphan.is_none(), "the first box's systemd (pid {init}) outlived its nspawn: {orphan:?}");
     let log = std::fs::read_to_string(std::env::temp_dir().join(format!("{cloud}-runner.log"))).unwrap_or_default();
     assert!(
         log.contains("stopped while booting") && log.contains("starting it again (attempt 2 of 3)"),
