@@ -1,7 +1,6 @@
 //! The role definitions: `roles/<role>/role.toml` manifests, CloudFormation templates and
-//! cloud-init templates, plus the partials in `templates/`. Embedded in the binary at
-//! build time; `TYRELL_ROLES_DIR` (a roles directory, with `templates/` beside it) reads
-//! them from disk instead, for iterating on a role without rebuilding.
+//! cloud-init templates. Embedded in the binary at build time; `TYRELL_ROLES_DIR` (a
+//! roles directory) reads them from disk instead, for iterating on a role without rebuilding.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -166,23 +165,15 @@ impl Library {
 
     fn from_dir(roles: &Path) -> Result<Library, LibraryError> {
         let mut files = BTreeMap::new();
-        let root = roles.parent().unwrap_or(Path::new("."));
-        for (sub, base) in [("roles", roles.to_path_buf()), ("templates", root.join("templates"))] {
-            // Partials are optional: git keeps no empty templates/ directory.
-            if sub == "templates" && !base.exists() {
-                continue;
-            }
-            let mut stack = vec![base.clone()];
-            while let Some(d) = stack.pop() {
-                let rd = std::fs::read_dir(&d).map_err(|e| LibraryError::Io(d.display().to_string(), e))?;
-                for e in rd.flatten() {
-                    let p = e.path();
-                    if p.is_dir() {
-                        stack.push(p);
-                    } else if let Ok(text) = std::fs::read_to_string(&p) {
-                        let rel = p.strip_prefix(&base).unwrap().to_string_lossy().replace('\\', "/");
-                        files.insert(format!("{sub}/{rel}"), text);
-                    }
+        let mut stack = vec![roles.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let rd = std::fs::read_dir(&d).map_err(|e| LibraryError::Io(d.display().to_string(), e))?;
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let (Ok(text), Ok(rel)) = (std::fs::read_to_string(&p), p.strip_prefix(roles)) {
+                    files.insert(format!("roles/{}", rel.to_string_lossy().replace('\\', "/")), text);
                 }
             }
         }
@@ -235,14 +226,6 @@ impl Library {
     /// `roles/<dir>/cloud-init.yaml`, if the role has one.
     pub fn cloud_init(&self, dir: &str) -> Option<&str> {
         self.files.get(&format!("roles/{dir}/cloud-init.yaml")).map(String::as_str)
-    }
-
-    /// Partials: every file under `templates/`, named by its file name without extension.
-    pub fn partials(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.files.iter().filter_map(|(p, c)| {
-            let name = p.strip_prefix("templates/")?;
-            Some((name.split('.').next().unwrap_or(name), c.as_str()))
-        })
     }
 
     /// Every path under a role directory (e.g. extra config files).

@@ -107,9 +107,6 @@ pub fn cloud_init(lib: &Library, role: &str, vars: &serde_json::Value) -> Result
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);
-    for (name, text) in lib.partials() {
-        hb.register_partial(name, text).map_err(|e| err(format!("partial {name}: {e}")))?;
-    }
     let files: std::sync::Arc<std::collections::BTreeMap<String, String>> =
         std::sync::Arc::new(lib.files_under("roles/").map(|(p, c)| (p.to_string(), c.to_string())).collect());
     // {{file "roles/metrics/dashboard.json"}}: another file of the role definitions, as it is;
