@@ -36,7 +36,9 @@ fn main() {
         );
         std::process::exit(1);
     }
-    let mut src = String::from("/// Files of roles/, by path relative to the workspace root.\npub static EMBEDDED: &[(&str, &str)] = &[\n");
+    let mut src = String::from(
+        "/// Files of roles/, by path relative to the workspace root.\npub static EMBEDDED: &[(&str, &str)] = &[\n",
+    );
     for f in files {
         let rel = f.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
         if std::fs::read_to_string(&f).is_err() {

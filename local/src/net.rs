@@ -154,7 +154,9 @@ pub fn remove_box(cloud: &str, instance: &str) -> anyhow::Result<()> {
 /// 10 s for them to go.
 fn kill_all_in(ns: &str) {
     let pids = |ns: &str| -> Vec<u32> {
-        ip(&["netns", "pids", ns]).map(|o| o.split_whitespace().filter_map(|p| p.parse().ok()).collect()).unwrap_or_default()
+        ip(&["netns", "pids", ns])
+            .map(|o| o.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
     };
     let found = pids(ns);
     if found.is_empty() {

@@ -618,7 +618,11 @@ fn reconcile(
         HELD.with(|h| h.borrow().keys().filter(|k| !wanted.contains_key(k.as_str())).cloned().collect());
     // Boxes given up on (they could not be started) whose instance is gone.
     let given_up: Vec<String> = EXITED.with(|e| {
-        e.borrow().iter().filter(|(k, n)| **n >= BOOT_ATTEMPTS && !wanted.contains_key(k.as_str())).map(|(k, _)| k.clone()).collect()
+        e.borrow()
+            .iter()
+            .filter(|(k, n)| **n >= BOOT_ATTEMPTS && !wanted.contains_key(k.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect()
     });
     for id in given_up {
         if !HELD.with(|h| h.borrow().contains_key(&id)) {
@@ -716,7 +720,10 @@ fn reconcile(
                 let n = count_failed_attempt(id);
                 let _ = net::remove_box(cloud, id);
                 if n < BOOT_ATTEMPTS {
-                    tracing::error!("instance {id}: cannot start its box: {e:#}\nstarting it again (attempt {} of {BOOT_ATTEMPTS})", n + 1);
+                    tracing::error!(
+                        "instance {id}: cannot start its box: {e:#}\nstarting it again (attempt {} of {BOOT_ATTEMPTS})",
+                        n + 1
+                    );
                     state::forget_box(cloud, id);
                 } else {
                     let why = format!("instance {id}: cannot start its box: {e:#}");

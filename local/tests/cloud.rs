@@ -246,17 +246,17 @@ fn a_box_boots_and_runs_its_user_data() {
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).ok()?).ok()?;
         let pid = (v["state"] == "starting").then(|| v["pid"].as_u64()).flatten()?;
         let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-        let init = children.split_whitespace().find(|c| {
-            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "systemd")
-        })?;
+        let init = children
+            .split_whitespace()
+            .find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "systemd"))?;
         Some((pid, init.to_string()))
     });
     let killed = std::process::Command::new("kill").args(["-KILL", &first.to_string()]).status().unwrap();
     assert!(killed.success(), "kill -KILL {first}");
     let b = r.wait_booted(&id, Duration::from_secs(90));
-    let orphan = std::fs::read_to_string(format!("/proc/{init}/stat")).ok().filter(|s| {
-        s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    });
+    let orphan = std::fs::read_to_string(format!("/proc/{init}/stat"))
+        .ok()
+        .filter(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')));
     assert!(orphan.is_none(), "the first box's systemd (pid {init}) outlived its nspawn: {orphan:?}");
     let log = std::fs::read_to_string(std::env::temp_dir().join(format!("{cloud}-runner.log"))).unwrap_or_default();
     assert!(
