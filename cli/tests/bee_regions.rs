@@ -15,56 +15,9 @@ use support::*;
 
 const HOME: &str = "us-east-1";
 
-/// SDK configuration for the emulator in `region`.
-async fn sdk(region: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&emulator().url)
-        .region(aws_config::Region::new(region.to_string()))
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .load()
-        .await
-}
-
-fn ec2(region: &str) -> aws_sdk_ec2::Client {
-    block_on(async { aws_sdk_ec2::Client::new(&sdk(region).await) })
-}
-
-/// A stack in `region`: (tags, outputs), unless there is none.
-fn stack_in(
-    region: &str,
-    name: &str,
-) -> Option<(std::collections::BTreeMap<String, String>, std::collections::BTreeMap<String, String>)> {
-    block_on(async {
-        let cfn = aws_sdk_cloudformation::Client::new(&sdk(region).await);
-        let out = cfn.describe_stacks().stack_name(name).send().await.ok()?;
-        let s = out.stacks().first()?;
-        if s.stack_status().map(|x| x.as_str()) == Some("DELETE_COMPLETE") {
-            return None;
-        }
-        Some((
-            s.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect(),
-            s.outputs()
-                .iter()
-                .map(|o| (o.output_key().unwrap().to_string(), o.output_value().unwrap().to_string()))
-                .collect(),
-        ))
-    })
-}
-
-/// The peering's status code as `region` sees it (`None`: unknown there or deleted).
-fn peering(region: &str, id: &str) -> Option<String> {
-    let c = ec2(region);
-    block_on(async {
-        let out = c.describe_vpc_peering_connections().vpc_peering_connection_ids(id).send().await.ok()?;
-        let code = out.vpc_peering_connections().first()?.status()?.code()?.as_str().to_string();
-        (code != "deleted").then_some(code)
-    })
-}
-
 /// The destinations a route table sends over peering `pcx`.
 fn routes_over(region: &str, table: &str, pcx: &str) -> Vec<String> {
-    let c = ec2(region);
+    let c = ec2_in(region);
     block_on(async {
         let out = c.describe_route_tables().route_table_ids(table).send().await.unwrap();
         out.route_tables()[0]
@@ -76,28 +29,8 @@ fn routes_over(region: &str, table: &str, pcx: &str) -> Vec<String> {
     })
 }
 
-/// (port, port, source CIDRs) of every ingress permission of a group with an address range.
-fn ranged_ingress(region: &str, group: &str) -> Vec<(i32, i32, BTreeSet<String>)> {
-    let c = ec2(region);
-    block_on(async {
-        let out = c.describe_security_groups().group_ids(group).send().await.unwrap();
-        out.security_groups()[0]
-            .ip_permissions()
-            .iter()
-            .filter(|p| !p.ip_ranges().is_empty())
-            .map(|p| {
-                (
-                    p.from_port().unwrap_or(-1),
-                    p.to_port().unwrap_or(-1),
-                    p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string).collect(),
-                )
-            })
-            .collect()
-    })
-}
-
 fn user_data(region: &str, template: &str) -> String {
-    let c = ec2(region);
+    let c = ec2_in(region);
     block_on(async {
         let out = c
             .describe_launch_template_versions()
@@ -151,7 +84,7 @@ fn a_swarm_with_bees_in_two_other_regions_is_built_checked_and_removed() {
     let err = fails(exit::USAGE, &["stacks", "add-region", &swarm, "--bee-region", HOME, "--network", &overlapping]);
     assert!(err.contains("home region"), "{err}");
     assert!(stack_in("eu-west-1", &format!("{swarm}-region")).is_none());
-    assert!(c_peerings("eu-west-1").is_empty(), "a refused region made a peering");
+    assert!(peerings("eu-west-1").is_empty(), "a refused region made a peering");
 
     let regions =
         [("eu-west-1", "10.41.0.0/16", "10.41.128.0/17"), ("ap-southeast-2", "10.42.0.0/16", "10.42.128.0/17")];
@@ -271,29 +204,16 @@ fn a_swarm_with_bees_in_two_other_regions_is_built_checked_and_removed() {
     ok(&["stacks", "remove", &swarm]);
 }
 
-/// Every peering the emulator holds in `region` that is not deleted.
-fn c_peerings(region: &str) -> Vec<String> {
-    let c = ec2(region);
-    block_on(async {
-        let out = c.describe_vpc_peering_connections().send().await.unwrap();
-        out.vpc_peering_connections()
-            .iter()
-            .filter(|p| p.status().and_then(|s| s.code()).map(|c| c.as_str()) != Some("deleted"))
-            .filter_map(|p| p.vpc_peering_connection_id().map(str::to_string))
-            .collect()
-    })
-}
-
 #[test]
 fn a_swarm_without_broker_tls_gets_no_bee_region() {
     let (_, home_net) = network(HOME, "10.50.0.0/16");
     let swarm = unique("mrp");
     ok(&["stacks", "create", "-v", &home_net["VpcId"], &swarm]);
     let (net, _) = network("eu-central-1", "10.51.0.0/16");
-    let before = c_peerings("eu-central-1");
+    let before = peerings("eu-central-1");
     let err = fails(exit::USAGE, &["stacks", "add-region", &swarm, "--bee-region", "eu-central-1", "--network", &net]);
     assert!(err.contains("no TLS listener"), "{err}");
-    assert_eq!(c_peerings("eu-central-1"), before);
+    assert_eq!(peerings("eu-central-1"), before);
     assert!(stack_in("eu-central-1", &format!("{swarm}-region")).is_none());
     ok(&["stacks", "remove", &swarm]);
 }

@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -28,6 +29,8 @@ struct Run {
     out: Output,
     /// Every call's action, in order.
     actions: Vec<String>,
+    /// Every call's signed region, in order.
+    regions: Vec<String>,
     mutating: Vec<String>,
     calls: usize,
     took: Duration,
@@ -65,7 +68,9 @@ fn counted_with(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
     cmd.envs(env.iter().map(|(k, v)| (*k, *v)));
     let out = cmd.env("AWS_ENDPOINT_URL", &proxy.url).current_dir(dir).arg("-v").args(args).output().unwrap();
     let took = started.elapsed();
-    let actions: Vec<String> = proxy.calls().into_iter().map(|s| s.call.action).collect();
+    let seen = proxy.calls();
+    let actions: Vec<String> = seen.iter().map(|s| s.call.action.clone()).collect();
+    let regions: Vec<String> = seen.into_iter().map(|s| s.call.region).collect();
     let mutating: Vec<String> = actions.iter().filter(|a| !reads_only(a)).cloned().collect();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let calls = err
@@ -75,7 +80,7 @@ fn counted_with(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
         .and_then(|h| h.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    Run { out, actions, mutating, calls, took }
+    Run { out, actions, regions, mutating, calls, took }
 }
 
 /// `v` is an object with exactly these keys (the shapes of docs/PLAN.md, "--output json").
@@ -106,14 +111,7 @@ fn two_amis() -> (String, String) {
 
 /// (desired capacity, tyrell:active tag) of an Auto Scaling group.
 fn group(name: &str) -> (i32, Option<String>) {
-    block_on(async {
-        let asg = emulator().autoscaling().await;
-        let out = asg.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await.unwrap();
-        let g = &out.auto_scaling_groups()[0];
-        let active =
-            g.tags().iter().find(|t| t.key() == Some("tyrell:active")).and_then(|t| t.value()).map(str::to_string);
-        (g.desired_capacity().unwrap(), active)
-    })
+    group_in(&emulator().region, name)
 }
 
 /// The swarm's stacks, by name.
@@ -356,7 +354,7 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
     let refused = counted(dir.path(), &["up", "swarm.toml"]);
     assert_eq!(refused.code(), Some(exit::USAGE), "{}", refused.stderr());
     assert!(
-        refused.stderr().contains("swarm.toml:8:1: [base]") && refused.stderr().contains("no such certificate"),
+        refused.stderr().contains("swarm.toml:9:19: [base]") && refused.stderr().contains("no such certificate"),
         "{}",
         refused.stderr()
     );
@@ -421,65 +419,265 @@ fn a_plan_is_shown_built_converged_updated_and_removed() {
     assert!(nothing.mutating.is_empty());
 }
 
-/// Bee fleets in another region are read, checked and shown; `up` refuses the plan whole,
-/// in one sentence naming what is missing, and changes nothing in either region.
+/// The three-region plan of issue 12: a home region (network, base stack with the
+/// broker's TLS listener, a broker and bees) and two bee regions (each a network, the bee
+/// region — peering, bee-region and bee-link stacks — and a bee fleet). `plan` shows it
+/// all and makes nothing; `up` builds it, read back through AWS in each region; a second
+/// `up` makes no mutating call; a changed size and image in one bee region is an update
+/// there and a gated switch; `down` removes everything in every region. MEASURE lines:
+/// the calls (per region) and wall time of `up` from nothing and of a no-change `up`.
 #[test]
-fn bee_regions_are_planned_and_refused_by_up_before_any_change() {
-    let (ami, _) = two_amis();
-    let sw = unique("pr");
-    let net = unique("prn");
-    let away = unique("pra");
+fn a_three_region_plan_is_shown_built_converged_updated_and_removed() {
+    let (ami, other) = two_amis();
+    let home = emulator().region.clone();
+    let (r1, r2) = ("eu-west-1", "ap-southeast-2");
+    let sw = unique("p3");
+    let (hn, n1, n2) = (unique("p3h"), unique("p3e"), unique("p3a"));
+    let mqtt = format!("mqtt.{sw}.example.org");
+    let cert = imported_certificate(&home, &[&mqtt]);
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"swarm = "{sw}"
+    let text = |size2: u32, image2: &str| {
+        format!(
+            r#"swarm = "{sw}"
 
-[networks.{net}]
+[networks.{hn}]
+cidr = "10.60.0.0/16"
 
-[networks.{away}]
-region = "eu-central-1"
-cidr = "10.40.0.0/16"
+[networks.{n1}]
+region = "{r1}"
+cidr = "10.61.0.0/16"
+
+[networks.{n2}]
+region = "{r2}"
+cidr = "10.62.0.0/16"
 
 [base]
-network = "{net}"
+network = "{hn}"
+broker_certificate_arn = "{cert}"
+broker_dns_name = "{mqtt}"
 
-[roles.bee]
+[roles.broker]
 image = "{ami}"
 size = 1
 
-[bees.eu-central-1]
-network = "{away}"
+[roles.bee]
+image = "{ami}"
+size = 2
+after = ["broker"]
+targets = ["198.51.100.7"]
+
+[bees.{r1}]
+network = "{n1}"
 size = 3
-targets = ["192.0.2.1"]
+
+[bees.{r2}]
+network = "{n2}"
+image = "{image2}"
+size = {size2}
 "#
-    );
-    std::fs::write(dir.path().join("plan.toml"), text).unwrap();
-    let shown = counted(dir.path(), &["plan", "plan.toml", "-o", "json"]).ok();
-    assert!(shown.mutating.is_empty(), "{:?}", shown.mutating);
-    let p = shown.json();
-    let away_changes: Vec<&Value> =
-        p["changes"].as_array().unwrap().iter().filter(|c| c["region"] == "eu-central-1").collect();
-    assert_eq!(away_changes.len(), 2, "the bee region's network and fleet: {p:#}");
+        )
+    };
+    let file = dir.path().join("three.toml");
+    let everything = || {
+        let mut v = stacks_in(&home, &sw);
+        v.extend(stacks_in(&home, &hn));
+        for (r, n) in [(r1, &n1), (r2, &n2)] {
+            v.extend(stacks_in(r, &sw));
+            v.extend(stacks_in(r, n));
+        }
+        v
+    };
+
+    // Bad input in a bee region's table: refused at its place, nothing made anywhere.
+    std::fs::write(&file, text(2, &ami).replace("size = 3\n", "sizes = 3\n")).unwrap();
+    let r = counted(dir.path(), &["up", "three.toml"]);
+    assert_eq!(r.code(), Some(exit::USAGE), "{}", r.stderr());
+    assert!(r.stderr().contains("three.toml:31:1: unknown field `sizes`"), "{}", r.stderr());
+    std::fs::write(&file, text(2, "ami-0000000f")).unwrap();
+    let r = counted(dir.path(), &["up", "three.toml"]);
+    assert_eq!(r.code(), Some(exit::NOT_FOUND), "{}", r.stderr());
     assert!(
-        away_changes.iter().all(|c| c["blocked"].as_str().is_some_and(|b| b.contains("bee-region stack"))),
+        r.stderr().contains("three.toml:35:9: image ami-0000000f")
+            && r.stderr().contains(&format!("does not exist in {r2}")),
+        "{}",
+        r.stderr()
+    );
+    assert!(r.mutating.is_empty(), "{:?}", r.mutating);
+
+    // plan: everything in three regions, nothing made.
+    std::fs::write(&file, text(2, &ami)).unwrap();
+    let shown = counted(dir.path(), &["plan", "three.toml", "-o", "json"]).ok();
+    assert!(shown.mutating.is_empty(), "plan made mutating calls: {:?}", shown.mutating);
+    let p = shown.json();
+    let rows: Vec<(String, String, String)> = p["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(c["blocked"].is_null(), "{c}");
+            (
+                c["action"].as_str().unwrap().into(),
+                c["kind"].as_str().unwrap().into(),
+                c["region"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let row = |a: &str, k: &str, r: &str| (a.to_string(), k.to_string(), r.to_string());
+    // Networks first, in the order of their names (any region); bee regions last, in the
+    // order of the regions' names (the file's tables are read sorted by key).
+    let mut networks: Vec<(String, String, String)> = rows[..3].to_vec();
+    networks.sort();
+    let mut want = vec![row("create", "network", &home), row("create", "network", r1), row("create", "network", r2)];
+    want.sort();
+    assert_eq!(networks, want, "{p:#}");
+    assert_eq!(
+        rows[3..],
+        [
+            row("create", "base", &home),
+            row("create", "version", &home),
+            row("create", "version", &home),
+            row("switch", "traffic", &home),
+            row("create", "bee-region", r2),
+            row("create", "version", r2),
+            row("create", "bee-region", r1),
+            row("create", "version", r1),
+        ],
         "{p:#}"
     );
-    let fleet = away_changes.iter().find(|c| c["kind"] == "version").unwrap();
-    assert!(fleet["what"].as_str().unwrap().contains("3 x"), "{fleet}");
-    assert!(fleet["blocked"].as_str().unwrap().starts_with("plan.toml:16:7: bees.eu-central-1"), "{fleet}");
-    let table = counted(dir.path(), &["plan", "plan.toml"]).ok().stdout();
-    assert!(table.contains("eu-central-1") && table.contains("up refuses"), "{table}");
+    let table = counted(dir.path(), &["plan", "three.toml"]).ok().stdout();
+    assert!(table.contains(r1) && table.contains(r2) && table.contains("bee-region"), "{table}");
+    assert!(everything().is_empty(), "plan made stacks: {:?}", everything());
 
-    let up = counted(dir.path(), &["up", "plan.toml"]);
-    assert_eq!(up.code(), Some(exit::USAGE), "{}", up.stderr());
-    let err = up.stderr();
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap();
-    assert!(
-        line.contains("plan.toml:") && line.contains("bee-region stack") && line.contains("nothing was changed"),
-        "{err}"
+    // up from nothing.
+    let built = counted(dir.path(), &["up", "three.toml", "-o", "json"]).ok();
+    let per_region = |run: &Run| {
+        let mut m = std::collections::BTreeMap::<String, usize>::new();
+        for c in &run.regions {
+            *m.entry(c.clone()).or_default() += 1;
+        }
+        m
+    };
+    eprintln!(
+        "MEASURE up of a three-region swarm from nothing: {} AWS API calls ({} mutating), {:.2}s wall; per region: {:?}",
+        built.calls,
+        built.mutating.len(),
+        built.took.as_secs_f64(),
+        per_region(&built)
     );
-    assert!(!err.contains("panicked"));
-    assert!(up.mutating.is_empty(), "{:?}", up.mutating);
-    assert!(stack(&net).is_none() && stacks_of(&sw).is_empty());
+    assert_eq!(built.calls, built.actions.len(), "the -v count is the calls the proxy saw");
+    let done = built.json();
+    assert_eq!(done["changes"].as_array().unwrap().len(), 11, "{done:#}");
+    let created = done["created_versions"].as_object().unwrap();
+    assert!(created.contains_key(&format!("bee ({r1})")) && created.contains_key(&format!("bee ({r2})")), "{done:#}");
+
+    // Read back through AWS, region by region.
+    let (btags, base) = stack_in(&home, &sw).expect("the base stack");
+    assert_eq!(btags["tyrell:role"], "base");
+    assert_eq!((base["BrokerTls"].as_str(), base["BrokerPort"].as_str()), ("true", "8883"));
+    let tls = block_on(async {
+        let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sdk_in(&home).await);
+        let l = elb.describe_listeners().listener_arns(&base["BrokerTlsListenerArn"]).send().await.unwrap();
+        let l = &l.listeners()[0];
+        (
+            l.protocol().map(|p| p.as_str().to_string()),
+            l.port(),
+            l.certificates().iter().filter_map(|c| c.certificate_arn()).map(str::to_string).collect::<Vec<_>>(),
+        )
+    });
+    // HTTPS is the emulator's analogue of TLS: every load balancer is an ALB there
+    // (roles/base/template.yaml, OnEmulator; cli/tests/tls.rs checks the template's TLS).
+    assert_eq!(tls, (Some("HTTPS".to_string()), Some(8883), vec![cert.clone()]), "the broker's TLS listener");
+    let mut ranged = ranged_ingress(&home, &base["NlbSecurityGroupId"]);
+    ranged.sort();
+    assert_eq!(
+        ranged,
+        [(8883, 8883, ["10.61.128.0/17".to_string(), "10.62.128.0/17".to_string()].into_iter().collect())],
+        "from address ranges the NLB admits only 8883, only from the bee regions' private ranges"
+    );
+    let home_bee = stacks_in(&home, &format!("{sw}-bee-"));
+    assert_eq!(home_bee.len(), 1, "{home_bee:?}");
+    let (_, hb) = stack_in(&home, &home_bee[0]).unwrap();
+    assert_eq!(group_in(&home, &hb["AutoScalingGroupName"]), (2, Some("true".into())));
+    let mut first = std::collections::BTreeMap::new();
+    for (r, n, cidr, size) in [(r1, &n1, "10.61.0.0/16", 3), (r2, &n2, "10.62.0.0/16", 2)] {
+        let (ntags, nout) = stack_in(r, n).unwrap_or_else(|| panic!("network {n} in {r}"));
+        assert_eq!(ntags["tyrell:role"], "network");
+        let (rtags, rout) = stack_in(r, &format!("{sw}-region")).unwrap_or_else(|| panic!("the bee region {r}"));
+        assert_eq!(
+            (rtags["tyrell:role"].as_str(), rtags["tyrell:home-region"].as_str()),
+            ("bee-region", home.as_str())
+        );
+        assert_eq!((rout["BrokerHost"].as_str(), rout["BrokerPort"].as_str()), (mqtt.as_str(), "8883"));
+        assert_eq!(rout["VpcCidr"], cidr);
+        assert_eq!(peering(r, &rout["PeeringConnectionId"]).as_deref(), Some("active"));
+        assert_eq!(peering(&home, &rout["PeeringConnectionId"]).as_deref(), Some("active"));
+        assert!(ranged_ingress(r, &rout["BeeSecurityGroupId"]).is_empty(), "bees in {r} admit nothing from a range");
+        assert!(stack_in(&home, &format!("{sw}-link-{r}")).is_some(), "the link stack of {r}");
+        assert_eq!(nout["VpcId"], rout["VpcId"]);
+        let bees = stacks_in(r, &format!("{sw}-bee-"));
+        assert_eq!(bees.len(), 1, "{r}: {bees:?}");
+        let (vtags, vout) = stack_in(r, &bees[0]).unwrap();
+        assert_eq!((vtags["tyrell:role"].as_str(), vtags["tyrell:stack"].as_str()), ("bee", sw.as_str()));
+        assert_eq!(group_in(r, &vout["AutoScalingGroupName"]), (size, Some("true".into())), "{r}");
+        first.insert(r, (bees[0].clone(), vout["AutoScalingGroupName"].clone(), rout["PeeringConnectionId"].clone()));
+    }
+
+    // A second up: no mutating call in any region.
+    let again = counted(dir.path(), &["up", "three.toml"]).ok();
+    eprintln!(
+        "MEASURE no-change up of the three-region swarm: {} AWS API calls, {:.2}s wall; per region: {:?}; by action: {:?}",
+        again.calls,
+        again.took.as_secs_f64(),
+        per_region(&again),
+        again.actions.iter().fold(std::collections::BTreeMap::<&str, usize>::new(), |mut m, a| {
+            *m.entry(a.as_str()).or_default() += 1;
+            m
+        })
+    );
+    assert!(again.mutating.is_empty(), "a no-change up made mutating calls: {:?}", again.mutating);
+    assert!(again.stdout().starts_with("no changes"), "{}", again.stdout());
+
+    // One bee region's size and image change: an update there and a gated switch, there only.
+    std::fs::write(&file, text(4, &other)).unwrap();
+    let p = counted(dir.path(), &["plan", "three.toml", "-o", "json"]).ok().json();
+    let changes: Vec<(&str, &str, &str)> = p["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["action"].as_str().unwrap(), c["kind"].as_str().unwrap(), c["region"].as_str().unwrap()))
+        .collect();
+    assert_eq!(changes, [("update", "version", r2), ("switch", "traffic", r2)], "{p:#}");
+    assert_eq!(p["changes"][0]["parameters"]["DesiredCapacity"], serde_json::json!({"from": "2", "to": "4"}));
+    assert_eq!(p["changes"][0]["parameters"]["AmiId"], serde_json::json!({"from": ami, "to": other}));
+    let updated = counted(dir.path(), &["up", "three.toml", "-o", "json"]).ok().json();
+    assert_eq!(updated["switches"][0]["role"], "bee", "{updated:#}");
+    let bees = stacks_in(r2, &format!("{sw}-bee-"));
+    assert_eq!(bees.len(), 2, "{bees:?}");
+    let new = bees.iter().find(|b| **b != first[r2].0).unwrap();
+    let (_, nv) = stack_in(r2, new).unwrap();
+    assert_eq!(group_in(r2, &nv["AutoScalingGroupName"]), (4, Some("true".into())), "the new bees are live");
+    assert_eq!(group_in(r2, &first[r2].1), (0, Some("false".into())), "the old bees scaled in");
+    assert_eq!(group_in(r1, &first[r1].1), (3, Some("true".into())), "the other bee region is untouched");
+    let again = counted(dir.path(), &["up", "three.toml"]).ok();
+    assert!(again.mutating.is_empty(), "{:?}", again.mutating);
+
+    // down: everything, in every region.
+    let would = counted(dir.path(), &["plan", "three.toml", "--down", "-o", "json"]).ok();
+    assert!(would.mutating.is_empty());
+    let regions: BTreeSet<String> =
+        would.json()["changes"].as_array().unwrap().iter().map(|c| c["region"].as_str().unwrap().to_string()).collect();
+    assert_eq!(regions, [home.clone(), r1.to_string(), r2.to_string()].into_iter().collect(), "{}", would.stdout());
+    let gone = counted(dir.path(), &["down", "three.toml"]);
+    // The emulator cannot delete a network's internet gateway (../shared/EMULATOR.md): each
+    // network's delete is refused there, after which its stack is gone.
+    assert!(gone.out.status.success() || gone.stderr().contains("DependencyViolation"), "{}", gone.stderr());
+    assert!(everything().is_empty(), "left: {:?}", everything());
+    for r in [r1, r2] {
+        assert!(stack_in(&home, &format!("{sw}-link-{r}")).is_none(), "the link stack of {r}");
+        assert_eq!(peering(r, &first[r].2), None, "the peering of {r} is gone");
+    }
+    let nothing = counted(dir.path(), &["down", "three.toml"]).ok();
+    assert!(nothing.stdout().starts_with("nothing to remove"), "{}", nothing.stdout());
 }
 
 /// Bad plan files: one sentence naming the place, a non-zero exit, no mutating call.
@@ -604,7 +802,7 @@ fn what_would_fail_late_is_refused_before_the_first_change() {
     let r = counted(dir.path(), &["up", "c.toml"]);
     let err = r.stderr();
     assert_eq!(r.code(), Some(exit::USAGE), "{err}");
-    assert!(err.contains("c.toml:3:1: [base]") && err.contains("does not cover mqtt.example.org"), "{err}");
+    assert!(err.contains("c.toml:5:26: [base]") && err.contains("does not cover mqtt.example.org"), "{err}");
     assert!(r.mutating.is_empty(), "{:?}", r.mutating);
     assert!(stacks_of(&sw).is_empty(), "{:?}", stacks_of(&sw));
 }

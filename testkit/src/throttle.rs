@@ -36,6 +36,10 @@ pub struct Call {
     pub nth: u64,
     /// How many calls of any action reached the proxy, this one included.
     pub total: u64,
+    /// The region the call was signed for: the third field of the SigV4 credential scope
+    /// in its `Authorization` header (`Credential=AKID/20261130/eu-west-1/ec2/aws4_request`,
+    /// AWS General Reference, "Signature Version 4"); empty when unsigned.
+    pub region: String,
 }
 
 /// What the proxy did with one call.
@@ -123,6 +127,17 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut stopped: tokio::syn
     }
 }
 
+/// The region of a request's SigV4 credential scope (see [`Call::region`]).
+fn signed_region(headers: &hyper::HeaderMap) -> String {
+    headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').nth(2))
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The service protocol of a request, for the shape of its throttling error.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Protocol {
@@ -198,7 +213,7 @@ async fn handle(
     let (call, throttle) = {
         let mut seen = state.seen.lock().unwrap_or_else(|e| e.into_inner());
         let nth = seen.iter().filter(|s| s.call.action == action).count() as u64 + 1;
-        let call = Call { action, nth, total: seen.len() as u64 + 1 };
+        let call = Call { action, nth, total: seen.len() as u64 + 1, region: signed_region(&parts.headers) };
         let throttle = (state.rule)(&call);
         seen.push(Seen { call: call.clone(), throttled: throttle });
         (call, throttle)

@@ -24,9 +24,15 @@ const EXAMPLE: &str = r#"A plan file (docs/PLAN.md has every key):
   [networks.swarm1-net]
   cidr = "10.20.0.0/16"
 
+  [networks.euc1-net]                  # a bee region's network (its own range)
+  region = "eu-central-1"
+  cidr = "10.21.0.0/16"
+
   [base]
   network = "swarm1-net"
   allow_cidrs = ["203.0.113.0/24"]
+  broker_certificate_arn = "arn:aws:acm:eu-west-1:123456789012:certificate/..."
+  broker_dns_name = "mqtt.swarm1.example.org"   # MQTT over TLS (bee regions need it)
 
   [metrics]
   name = "swarm1-metrics"
@@ -44,7 +50,11 @@ const EXAMPLE: &str = r#"A plan file (docs/PLAN.md has every key):
   [roles.bee]
   image = "ami-0b1c2d3e"
   size = 5
-  targets = ["198.51.100.7", "example.org"]"#;
+  targets = ["198.51.100.7", "example.org"]
+
+  [bees.eu-central-1]                  # bees in another region, peered to the home VPC
+  network = "euc1-net"
+  size = 3                             # image and instance type: [roles.bee]'s"#;
 
 const PLAN_HELP: &str = r#"Examples:
   tyrell plan swarm1.toml               # what `up` would change, changing nothing
@@ -60,18 +70,21 @@ const UP_HELP: &str = r#"Examples:
   tyrell up swarm1.toml                 # build or converge the swarm
   tyrell --timeout 45m up swarm1.toml   # each AWS operation may take up to 45 minutes
 
-In order: networks, the metrics box, the base stack, new role versions, then the traffic
-switches (gated, in the order of the roles' `after`). Everything is checked first — the
+In order: networks (every region), the metrics box, the base stack, new role versions,
+the traffic switches (gated, in the order of the roles' `after`), then each bee region:
+its peering and stacks (as `stacks add-region`), its bee version and switch. Everything is checked first — the
 file, every image resolving, names being free — and a plan `up` cannot finish is refused
 before anything changes. A second `up` of the same plan changes nothing and says so."#;
 
 const DOWN_HELP: &str = r#"Examples:
-  tyrell down swarm1.toml                       # the swarm, its metrics box, its networks
+  tyrell down swarm1.toml                       # the swarm, its bee regions, metrics box, networks
   tyrell down swarm1.toml --delete-archive      # also the archived records in S3
 
-Refused, before anything is removed, while the swarm's queues hold messages, or while its
-archive bucket holds objects unless --delete-archive says to delete them. A metrics box or
-network that something outside the plan uses is kept (and said so)."#;
+Bee regions go first (their bees, then peering and stacks), then the swarm, its metrics
+box and its networks in every region. Refused, before anything is removed, while the
+swarm's queues hold messages, while its archive bucket holds objects unless
+--delete-archive says to delete them, or while it has a bee region the file does not
+name. A metrics box or network that something outside the plan uses is kept (and said so)."#;
 
 /// `tyrell plan FILE`.
 #[derive(Args, Debug)]
@@ -308,12 +321,12 @@ pub async fn run(
     }
     let printed = match cmd {
         PlanCommand::Plan(a) if a.down => {
-            Printed::of(&Downed { removal: plan::down_plan(&home, &d, a.delete_archive).await?, done: false })?
+            Printed::of(&Downed { removal: plan::down_plan(&home, &away, &d, a.delete_archive).await?, done: false })?
         }
         PlanCommand::Plan(_) => Printed::of(&Shown(plan::plan(&home, &away, &d).await?))?,
-        PlanCommand::Up(_) => Printed::of(&Upped(plan::up(&mut home, &away, &d).await?))?,
+        PlanCommand::Up(_) => Printed::of(&Upped(plan::up(&mut home, &mut away, &d).await?))?,
         PlanCommand::Down(a) => {
-            Printed::of(&Downed { removal: plan::down(&mut home, &d, a.delete_archive).await?, done: true })?
+            Printed::of(&Downed { removal: plan::down(&mut home, &mut away, &d, a.delete_archive).await?, done: true })?
         }
     };
     Ok((printed, home.aws.calls()))

@@ -225,3 +225,113 @@ pub fn imported_certificate(region: &str, names: &[&str]) -> String {
         c.unwrap().certificate_arn().unwrap().to_string()
     })
 }
+
+// ---- Other regions of the emulator (bee regions). ----
+
+/// SDK configuration for the emulator in `region`.
+pub async fn sdk_in(region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&emulator().url)
+        .region(aws_config::Region::new(region.to_string()))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await
+}
+
+pub fn ec2_in(region: &str) -> aws_sdk_ec2::Client {
+    block_on(async { aws_sdk_ec2::Client::new(&sdk_in(region).await) })
+}
+
+/// A stack in `region`: (tags, outputs), unless there is none.
+pub fn stack_in(
+    region: &str,
+    name: &str,
+) -> Option<(std::collections::BTreeMap<String, String>, std::collections::BTreeMap<String, String>)> {
+    block_on(async {
+        let cfn = aws_sdk_cloudformation::Client::new(&sdk_in(region).await);
+        let out = cfn.describe_stacks().stack_name(name).send().await.ok()?;
+        let s = out.stacks().first()?;
+        if s.stack_status().map(|x| x.as_str()) == Some("DELETE_COMPLETE") {
+            return None;
+        }
+        Some((
+            s.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect(),
+            s.outputs()
+                .iter()
+                .map(|o| (o.output_key().unwrap().to_string(), o.output_value().unwrap().to_string()))
+                .collect(),
+        ))
+    })
+}
+
+/// The peering's status code as `region` sees it (`None`: unknown there or deleted).
+pub fn peering(region: &str, id: &str) -> Option<String> {
+    let c = ec2_in(region);
+    block_on(async {
+        let out = c.describe_vpc_peering_connections().vpc_peering_connection_ids(id).send().await.ok()?;
+        let code = out.vpc_peering_connections().first()?.status()?.code()?.as_str().to_string();
+        (code != "deleted").then_some(code)
+    })
+}
+
+/// (port, port, source CIDRs) of every ingress permission of a group with an address range.
+pub fn ranged_ingress(region: &str, group: &str) -> Vec<(i32, i32, std::collections::BTreeSet<String>)> {
+    let c = ec2_in(region);
+    block_on(async {
+        let out = c.describe_security_groups().group_ids(group).send().await.unwrap();
+        out.security_groups()[0]
+            .ip_permissions()
+            .iter()
+            .filter(|p| !p.ip_ranges().is_empty())
+            .map(|p| {
+                (
+                    p.from_port().unwrap_or(-1),
+                    p.to_port().unwrap_or(-1),
+                    p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string).collect(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Every peering the emulator holds in `region` that is not deleted.
+pub fn peerings(region: &str) -> Vec<String> {
+    let c = ec2_in(region);
+    block_on(async {
+        let out = c.describe_vpc_peering_connections().send().await.unwrap();
+        out.vpc_peering_connections()
+            .iter()
+            .filter(|p| p.status().and_then(|s| s.code()).map(|c| c.as_str()) != Some("deleted"))
+            .filter_map(|p| p.vpc_peering_connection_id().map(str::to_string))
+            .collect()
+    })
+}
+
+/// (desired capacity, `tyrell:active` tag) of Auto Scaling group `name` in `region`.
+pub fn group_in(region: &str, name: &str) -> (i32, Option<String>) {
+    block_on(async {
+        let asg = aws_sdk_autoscaling::Client::new(&sdk_in(region).await);
+        let out = asg.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await.unwrap();
+        let g = &out.auto_scaling_groups()[0];
+        let active =
+            g.tags().iter().find(|t| t.key() == Some("tyrell:active")).and_then(|t| t.value()).map(str::to_string);
+        (g.desired_capacity().unwrap(), active)
+    })
+}
+
+/// The names of the stacks in `region` (not deleted) that start with `prefix`, sorted.
+pub fn stacks_in(region: &str, prefix: &str) -> Vec<String> {
+    block_on(async {
+        let cfn = aws_sdk_cloudformation::Client::new(&sdk_in(region).await);
+        let out = cfn.describe_stacks().send().await.unwrap();
+        let mut names: Vec<String> = out
+            .stacks()
+            .iter()
+            .filter(|s| s.stack_status().map(|x| x.as_str()) != Some("DELETE_COMPLETE"))
+            .filter_map(|s| s.stack_name().filter(|n| n.starts_with(prefix)).map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    })
+}

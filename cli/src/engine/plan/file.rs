@@ -181,6 +181,9 @@ pub struct BaseWant {
     pub broker_certificate_arn: Option<String>,
     /// The name on `broker_certificate_arn` the clients connect to; set exactly when it is.
     pub broker_dns_name: Option<String>,
+    /// Where `certificate_arn` and `broker_certificate_arn` are written (ACM's refusals point there).
+    pub certificate_place: Option<Place>,
+    pub broker_certificate_place: Option<Place>,
     pub place: Place,
 }
 
@@ -196,6 +199,8 @@ pub struct MetricsWant {
     pub allow_cidrs: Vec<String>,
     /// Grafana over HTTPS through its own ALB with this ACM certificate; `None`: HTTP on 3000.
     pub certificate_arn: Option<String>,
+    /// Where `certificate_arn` is written.
+    pub certificate_place: Option<Place>,
     pub place: Place,
 }
 
@@ -384,6 +389,8 @@ pub fn parse(file: &str, text: &str, home: &Region, lib: &Library) -> anyhow::Re
         network: network_ref(&b.network, &region, "base")?,
         allow_cidrs: cidrs(&b.allow_cidrs)?,
         certificate_arn: acm_arn("certificate_arn", &b.certificate_arn)?,
+        certificate_place: b.certificate_arn.as_ref().map(|a| src.place(a.span())),
+        broker_certificate_place: b.broker_certificate_arn.as_ref().map(|a| src.place(a.span())),
         place: src.place(raw.base.span()),
     };
 
@@ -420,6 +427,7 @@ pub fn parse(file: &str, text: &str, home: &Region, lib: &Library) -> anyhow::Re
                 instance_type: instance_type(&spec.instance_type, "t3.small")?,
                 allow_cidrs: cidrs(&spec.allow_cidrs)?,
                 certificate_arn: acm_arn("certificate_arn", &spec.certificate_arn)?,
+                certificate_place: spec.certificate_arn.as_ref().map(|a| src.place(a.span())),
                 place: src.place(m.span()),
             })
         }
@@ -560,8 +568,47 @@ pub fn parse(file: &str, text: &str, home: &Region, lib: &Library) -> anyhow::Re
                 return Err(src.bad(b.span(), format!("bees.{r} needs an image (or a [roles.bee] image to share)")))
             }
         };
+        let network = network_ref(&spec.network, &r, &format!("bees.{r}"))?;
+        // What `tyrell stacks add-region` would refuse is refused here, at its place:
+        // bees outside the home region reach the broker over TLS through a VPC peering, so
+        // the broker needs its TLS listener, the bee network a NAT gateway, and the peered
+        // ranges must be distinct (docs/MULTI-REGION.md 6).
+        if base.broker_certificate_arn.is_none() {
+            return Err(src.bad(
+                key.span(),
+                format!("bees.{r}: bees in another region connect to the broker over TLS only: give [base] a broker_certificate_arn and broker_dns_name"),
+            ));
+        }
+        let net = networks
+            .iter()
+            .find(|n| n.name == network)
+            .ok_or_else(|| src.bad(spec.network.span(), format!("bees.{r}: no network {network}")))?;
+        if !net.nat {
+            return Err(src.bad(
+                spec.network.span(),
+                format!("bees.{r}: network {network} has no NAT gateway (nat = false): bees need one for the pings and the AWS APIs"),
+            ));
+        }
+        let home_net = networks
+            .iter()
+            .find(|n| n.name == base.network)
+            .ok_or_else(|| src.bad(key.span(), format!("bees.{r}: no home network {}", base.network)))?;
+        let mut others = vec![(format!("the home network {}", home_net.name), home_net.cidr.clone())];
+        others.extend(
+            bees.iter()
+                .filter_map(|b: &BeeRegionWant| networks.iter().find(|n| n.name == b.network))
+                .map(|n| (format!("network {} of bees.{}", n.name, n.region), n.cidr.clone())),
+        );
+        for (what, cidr) in others {
+            if crate::engine::bee_region::overlap(&net.cidr, &cidr).unwrap_or(false) {
+                return Err(src.bad(
+                    spec.network.span(),
+                    format!("bees.{r}: network {network} ({}) overlaps {what} ({cidr}): peered VPCs need distinct ranges, e.g. 10.N.0.0/16 per region", net.cidr),
+                ));
+            }
+        }
         bees.push(BeeRegionWant {
-            network: network_ref(&spec.network, &r, &format!("bees.{r}"))?,
+            network,
             region: r,
             image: img,
             image_place: img_place,
@@ -665,8 +712,10 @@ mod tests {
 
     #[test]
     fn bee_regions_take_the_home_bees_defaults_and_their_own_network() {
+        let tls = "network = \"net1\"\nbroker_certificate_arn = \"arn:aws:acm:eu-west-1:123456789012:certificate/0b1c\"\nbroker_dns_name = \"mqtt.example.org\"\n";
         let text = format!(
-            "{GOOD}[roles.bee]\nimage = \"latest\"\nsize = 4\n[networks.far]\nregion = \"ap-south-1\"\n[bees.ap-south-1]\nnetwork = \"far\"\n"
+            "{}[roles.bee]\nimage = \"latest\"\nsize = 4\n[networks.far]\nregion = \"ap-south-1\"\ncidr = \"10.1.0.0/16\"\n[bees.ap-south-1]\nnetwork = \"far\"\n",
+            GOOD.replace("network = \"net1\"\n", tls)
         );
         let d = parse("p.toml", &text, &home(), &lib()).unwrap();
         assert_eq!((d.bees[0].region.to_string(), d.bees[0].size), ("ap-south-1".to_string(), 4));
@@ -674,5 +723,22 @@ mod tests {
         assert!(e.contains("bees.ap-south-1 is in ap-south-1, but network net1 is in eu-west-1"), "{e}");
         let e = err(&text.replace("[bees.ap-south-1]", "[bees.eu-west-1]"));
         assert!(e.contains("the home region's bees are [roles.bee]"), "{e}");
+        // What add-region would refuse, refused at its place in the file.
+        let e = err(&text.replace(tls, "network = \"net1\"\n"));
+        assert!(
+            e.starts_with("p.toml:16:7: bees.ap-south-1: bees in another region connect to the broker over TLS only"),
+            "{e}"
+        );
+        let e = err(&text.replace("cidr = \"10.1.0.0/16\"", "cidr = \"10.0.0.0/16\""));
+        assert!(
+            e.starts_with("p.toml:19:11: bees.ap-south-1: network far (10.0.0.0/16) overlaps the home network net1"),
+            "{e}"
+        );
+        let e = err(&text.replace("cidr = \"10.1.0.0/16\"", "cidr = \"10.1.0.0/16\"\nnat = false"));
+        assert!(e.contains("bees.ap-south-1: network far has no NAT gateway"), "{e}");
+        // Two bee regions on overlapping ranges.
+        let two = format!("{text}[networks.far2]\nregion = \"sa-east-1\"\ncidr = \"10.1.0.0/16\"\n[bees.sa-east-1]\nnetwork = \"far2\"\n");
+        let e = err(&two);
+        assert!(e.contains("overlaps network far of bees.ap-south-1"), "{e}");
     }
 }

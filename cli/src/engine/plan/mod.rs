@@ -3,13 +3,15 @@
 //! same engine paths as the single commands — `network create`, `metrics create`,
 //! `stacks create`, `ROLE create`, `traffic ROLE --version`, gated), and removed ([`down`]).
 //!
-//! Order (`up`): networks → metrics box → base stack → new role versions → traffic
-//! switches, the switches in the plan's dependency order (`after`). A changed image,
-//! instance type or size of a role is a new version and a gated switch to it (blue/green),
-//! never an in-place change of the live one. Everything is validated — the file, the
-//! images resolving, names being free, stacks being tyrell's — before the first mutating
-//! call, and a plan `up` cannot finish (a bee region, an in-place stack update) is refused
-//! whole before anything changes.
+//! Order (`up`): networks (every region) → metrics box → base stack → new role versions →
+//! traffic switches, the switches in the plan's dependency order (`after`) → per bee
+//! region: the bee region (peering, bee-region and bee-link stacks, as `tyrell stacks
+//! add-region`), its bee version, its switch. A changed image, instance type or size of a
+//! role is a new version and a gated switch to it (blue/green), never an in-place change
+//! of the live one. Everything is validated — the file, the images resolving in their
+//! regions, names being free, stacks being tyrell's — before the first mutating call, and
+//! a plan `up` cannot finish (an in-place stack update it does not make) is refused whole
+//! before anything changes.
 //!
 //! Diffs are computed from `DescribeStacks` (parameters) and `GetTemplate` (template
 //! bodies), not from a CloudFormation change set: creating a change set is itself a write
@@ -23,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 pub use file::{parse, Desired};
-use file::{MetricsWant, NetworkWant, Place};
+use file::{MetricsWant, NetworkWant, Place, RoleWant};
 
 use super::base::CreateBase;
 use super::error::Error;
@@ -37,9 +39,6 @@ use super::values::{AmiRef, Version};
 use super::{admin_cidrs_param, Engine, TAG_ROLE, TAG_STACK};
 use crate::aws::cfn::{self, StackInfo};
 use crate::aws::{ec2, s3, sqs, Region};
-
-/// Why `up` refuses a bee fleet outside the home region (docs/MULTI-REGION.md, 6.2-6.5).
-pub const BEE_REGION_MISSING: &str = "a bee fleet outside the home region needs a network there, a bee-region stack and a VPC peering to the home VPC, which tyrell up does not make yet: make them with tyrell network create --region REGION, tyrell stacks add-region SWARM --bee-region REGION --network NET, then tyrell bees create --region REGION (docs/MULTI-REGION.md)";
 
 /// What a change does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -127,15 +126,22 @@ enum Step {
         set: BTreeMap<String, String>,
         keep: Vec<String>,
     },
+    /// A bee region of the swarm in `region`, on the plan's network there.
+    BeeRegion {
+        region: Region,
+        network: String,
+    },
     Version {
+        region: Region,
         role: String,
         ami: String,
         instance_type: String,
         size: i32,
         version: Option<Version>,
     },
-    /// To `version`, or (`None`) to the version this `up` created for the role.
+    /// To `version`, or (`None`) to the version this `up` created for the role (in `region`).
     Switch {
+        region: Region,
         role: String,
         version: Option<String>,
         size: i32,
@@ -269,23 +275,30 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
     // so a certificate ACM would refuse stops it before the first network is made.
     if let Some(m) = &d.metrics {
         if let Some(arn) = &m.certificate_arn {
+            let place = m.certificate_place.as_ref().unwrap_or(&m.place);
             e.check_certificate("certificate_arn", arn, None)
                 .await
-                .map_err(|err| err.context(format!("{}: [metrics]", m.place)))?;
+                .map_err(|err| err.context(format!("{place}: [metrics]")))?;
         }
     }
     let b = &d.base;
-    for (key, arn, host) in [
-        ("certificate_arn", &b.certificate_arn, None),
-        ("broker_certificate_arn", &b.broker_certificate_arn, b.broker_dns_name.as_deref()),
+    for (key, arn, host, place) in [
+        ("certificate_arn", &b.certificate_arn, None, &b.certificate_place),
+        (
+            "broker_certificate_arn",
+            &b.broker_certificate_arn,
+            b.broker_dns_name.as_deref(),
+            &b.broker_certificate_place,
+        ),
     ] {
         if let Some(arn) = arn {
-            e.check_certificate(key, arn, host).await.map_err(|err| err.context(format!("{}: [base]", b.place)))?;
+            let place = place.as_ref().unwrap_or(&b.place);
+            e.check_certificate(key, arn, host).await.map_err(|err| err.context(format!("{place}: [base]")))?;
         }
     }
 
-    // Networks.
-    let mut vpcs: BTreeMap<String, String> = BTreeMap::new();
+    // Networks, in every region.
+    let mut vpcs: BTreeMap<(Region, String), String> = BTreeMap::new();
     for n in &d.networks {
         let en = engine_for(&n.region)?;
         let want = BTreeMap::from([
@@ -293,25 +306,19 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
             ("AzCount".to_string(), n.azs.to_string()),
             ("NatGateway".to_string(), n.nat.to_string()),
         ]);
-        let away_note = (n.region != home)
-            .then(|| format!("{}: network {} in {}: {BEE_REGION_MISSING}", n.place, n.name, n.region));
         match own(en, &n.name, super::network::ROLE, &n.place).await? {
-            None => {
-                let mut c = Change::new(
+            None => out.push(
+                Change::new(
                     Action::Create,
                     "network",
                     &n.name,
                     &n.region,
                     format!("VPC {} across {} AZs{}", n.cidr, n.azs, if n.nat { ", NAT gateway" } else { "" }),
-                );
-                c.blocked = away_note;
-                out.changes.push(c);
-                if n.region == home {
-                    out.steps.push(Step::Network(n.clone()));
-                }
-            }
+                ),
+                Some(Step::Network(n.clone())),
+            ),
             Some(s) => {
-                vpcs.insert(n.name.clone(), Network::from(&s).vpc_id);
+                vpcs.insert((n.region.clone(), n.name.clone()), Network::from(&s).vpc_id);
                 match stack_update(en, &s, &want, super::network::ROLE, true, &n.place, "network").await? {
                     Some((c, step)) => out.push(c, step),
                     None => out.unchanged.push(format!("network {} ({})", n.name, n.region)),
@@ -319,7 +326,6 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
             }
         }
     }
-
     // The metrics box.
     let mut metrics_sg: Option<String> = None;
     if let Some(m) = &d.metrics {
@@ -343,7 +349,7 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
                     ("AdminCidrs".to_string(), admin_cidrs_param(&m.allow_cidrs)?),
                     ("CertificateArn".to_string(), m.certificate_arn.clone().unwrap_or_default()),
                 ]);
-                if let Some(v) = vpcs.get(&m.network) {
+                if let Some(v) = vpcs.get(&(home.clone(), m.network.clone())) {
                     want.insert("VpcId".into(), v.clone());
                 }
                 // The metrics template carries rendered user data: its parameters are compared.
@@ -379,7 +385,7 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
                 ("BrokerCertificateArn".to_string(), d.base.broker_certificate_arn.clone().unwrap_or_default()),
                 ("BrokerDnsName".to_string(), d.base.broker_dns_name.clone().unwrap_or_default()),
             ]);
-            if let Some(v) = vpcs.get(&d.base.network) {
+            if let Some(v) = vpcs.get(&(home.clone(), d.base.network.clone())) {
                 want.insert("VpcId".into(), v.clone());
             }
             match (&d.metrics, &metrics_sg) {
@@ -408,152 +414,10 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
     };
     let mut switches = Vec::new();
     for r in &d.roles {
-        let m = e.manifest(&r.role)?;
-        let ami = resolve_image(e, &r.role, &r.image, &r.image_place, &mut images).await?;
-        let versions = match &base {
-            Some(_) => e.versions_among(&m, Some(&d.swarm), &listed).await?,
-            None => Vec::new(),
-        };
-        let live = versions.iter().find(|v| v.active);
-        let matches = |v: &VersionInfo| v.ami == ami && v.instance_type == r.instance_type;
-        let shift = if live.is_some() { r.shift.clone() } else { Shift::AllAtOnce };
-        let switch = |to: Option<String>| Step::Switch {
-            role: r.role.clone(),
-            version: to,
-            size: r.size,
-            shift: shift.clone(),
-            bake: r.bake,
-            retire: r.retire,
-        };
-        let named = r.version.as_ref().map(|v| v.to_string());
-        let existing = named.as_ref().and_then(|n| versions.iter().find(|v| &v.version == n));
-        match existing {
-            Some(x) => {
-                if !matches(x) {
-                    crate::refuse!(
-                        Invalid,
-                        "{}: roles.{}.version = {:?}: that version runs {} on {}, the plan says {ami} on {}: a change needs a new version id (or no `version`, to have one generated)",
-                        r.place, r.role, x.version, x.ami, x.instance_type, r.instance_type
-                    );
-                }
-                if x.active && size_of(x) == r.size {
-                    out.unchanged.push(format!("{} {} is live ({} instance(s))", r.role, x.version, r.size));
-                    continue;
-                }
-                if x.active {
-                    crate::refuse!(
-                        Invalid,
-                        "{}: roles.{}: version {} is live with {} instance(s), the plan says {}: a new size goes to a new version (blue/green): give a new version id, or no `version`",
-                        r.place, r.role, x.version, size_of(x), r.size
-                    );
-                }
-                let mut c = Change::new(
-                    Action::Switch,
-                    "traffic",
-                    &r.role,
-                    &home,
-                    format!(
-                        "{} -> {} ({} instance(s), {shift}), gated",
-                        live.map_or("nothing", |l| l.version.as_str()),
-                        x.version,
-                        r.size
-                    ),
-                );
-                c.parameters = BTreeMap::new();
-                switches.push((c, switch(Some(x.version.clone()))));
-            }
-            None => {
-                if let Some(l) = live.filter(|l| named.is_none() && matches(l) && size_of(l) == r.size) {
-                    out.unchanged.push(format!("{} {} is live ({} instance(s))", r.role, l.version, r.size));
-                    continue;
-                }
-                // The role's cloud-init renders (and fits EC2's user data limit) with this
-                // swarm's names: checked now, before anything is made.
-                let mut vars = super::render::Vars::sample(&r.role);
-                (vars.region, vars.stack) = (home.to_string(), d.swarm.to_string());
-                super::render::cloud_init(&e.lib, &r.role, &serde_json::to_value(&vars)?)
-                    .map_err(|err| anyhow::Error::from(err).context(format!("{}: roles.{}", r.place, r.role)))?;
-                let shown = named.clone().unwrap_or_else(|| "(new)".into());
-                let stack = stack_name(&d.swarm, &r.role, &shown);
-                if named.is_some() {
-                    if let Some(s) = cfn::get(&e.aws.cfn, &stack).await? {
-                        crate::refuse!(
-                            Exists,
-                            "{}: roles.{}.version: stack {stack} exists and is not a {} version of swarm {} ({})",
-                            r.place,
-                            r.role,
-                            r.role,
-                            d.swarm,
-                            s.tag(TAG_STACK).unwrap_or("not tyrell's")
-                        );
-                    }
-                }
-                let want = BTreeMap::from([
-                    ("AmiId".to_string(), ami.clone()),
-                    ("InstanceType".to_string(), r.instance_type.clone()),
-                    ("DesiredCapacity".to_string(), r.size.to_string()),
-                ]);
-                let mut c = match live {
-                    Some(l) => {
-                        let have = BTreeMap::from([
-                            ("AmiId".to_string(), l.ami.clone()),
-                            ("InstanceType".to_string(), l.instance_type.clone()),
-                            ("DesiredCapacity".to_string(), size_of(l).to_string()),
-                        ]);
-                        let mut c = Change::new(
-                            Action::Update,
-                            "version",
-                            &stack,
-                            &home,
-                            format!(
-                                "{}: a new version beside the live {} (blue/green), then a gated switch",
-                                r.role, l.version
-                            ),
-                        );
-                        c.parameters = param_diff(&have, &want);
-                        c
-                    }
-                    None => Change::new(
-                        Action::Create,
-                        "version",
-                        &stack,
-                        &home,
-                        format!("{} version {shown}: {} x {} ({ami})", r.role, r.size, r.instance_type),
-                    ),
-                };
-                if live.is_none() {
-                    c.parameters = param_diff(&BTreeMap::new(), &want);
-                }
-                out.changes.push(c);
-                out.steps.push(Step::Version {
-                    role: r.role.clone(),
-                    ami: ami.clone(),
-                    instance_type: r.instance_type.clone(),
-                    size: r.size,
-                    version: r.version.clone(),
-                });
-                // A role without inbound traffic whose first version is made is active at once.
-                let first_active = m.traffic.via == super::library::Via::None && live.is_none();
-                if !first_active {
-                    let c = Change::new(
-                        Action::Switch,
-                        "traffic",
-                        &r.role,
-                        &home,
-                        format!(
-                            "{} -> {shown} ({} instance(s), {shift}), gated",
-                            live.map_or("nothing", |l| l.version.as_str()),
-                            r.size
-                        ),
-                    );
-                    switches.push((c, switch(named.clone())));
-                }
-            }
-        }
+        plan_role(e, d, r, base.is_some(), &listed, &mut images, &mut out, &mut switches).await?;
     }
     for (c, s) in switches {
-        out.changes.push(c);
-        out.steps.push(s);
+        out.push(c, Some(s));
     }
     if let Some(t) = d.roles.iter().find_map(|r| r.targets.as_ref()) {
         out.notes.push(format!(
@@ -562,31 +426,250 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
         ));
     }
 
-    // Bee fleets in other regions: validated and shown; `up` cannot make them yet.
+    // Bee regions: each one's peering and stacks (as `tyrell stacks add-region`), then its
+    // bee version and switch, through that region's engine (whose fleets are deployed
+    // from the bee-region stack there).
+    let bee_default = d.roles.iter().find(|r| r.role == "bee");
     for b in &d.bees {
         let en = engine_for(&b.region)?;
-        let ami = resolve_image(en, "bee", &b.image, &b.image_place, &mut images).await?;
-        let mut c = Change::new(
-            Action::Create,
-            "version",
-            &stack_name(&d.swarm, "bee", "(new)"),
-            &b.region,
-            format!(
-                "bees in {} (network {}): {} x {} ({ami}), {} target(s)",
-                b.region,
-                b.network,
-                b.size,
-                b.instance_type,
-                b.targets.len()
+        let name = crate::names::bee_region_stack(&d.swarm);
+        let region = own(en, &name, super::bee_region::ROLE, &b.place).await?;
+        match &region {
+            None => out.push(
+                Change::new(
+                    Action::Create,
+                    "bee-region",
+                    &name,
+                    &b.region,
+                    format!(
+                        "bee region on network {}: a VPC peering to the home VPC, the bees' security group and role, and the broker's 8883 open to its private range (stack {} at home)",
+                        b.network,
+                        crate::names::bee_link_stack(&d.swarm, &b.region.to_string())
+                    ),
+                ),
+                Some(Step::BeeRegion { region: b.region.clone(), network: b.network.clone() }),
             ),
+            Some(s) => {
+                let have = s.parameters.get("VpcId").cloned().unwrap_or_default();
+                match vpcs.get(&(b.region.clone(), b.network.clone())) {
+                    Some(want) if *want != have => {
+                        let mut c = Change::new(
+                            Action::Update,
+                            "bee-region",
+                            &name,
+                            &b.region,
+                            format!("bee region {}: its VPC differs from network {}'s", b.region, b.network),
+                        );
+                        c.parameters = BTreeMap::from([(
+                            "VpcId".to_string(),
+                            Diff { from: Some(have.clone()), to: Some(want.clone()) },
+                        )]);
+                        c.blocked = Some(format!(
+                            "{}: bees.{}: the bee region is peered from VPC {have}, the plan's network {} is VPC {want}: tyrell up does not move a bee region; remove it (tyrell bees remove --region {1}; tyrell stacks remove-region {} --bee-region {1}) or name its network in the plan",
+                            b.place, b.region, b.network, d.swarm
+                        ));
+                        out.push(c, None);
+                    }
+                    _ => out.unchanged.push(format!("bee region {} (network {})", b.region, b.network)),
+                }
+            }
+        }
+        let want = RoleWant {
+            role: "bee".into(),
+            image: b.image.clone(),
+            image_place: b.image_place.clone(),
+            instance_type: b.instance_type.clone(),
+            size: b.size,
+            version: None,
+            after: Vec::new(),
+            shift: Shift::AllAtOnce,
+            bake: bee_default.map_or(std::time::Duration::from_secs(60), |r| r.bake),
+            retire: false,
+            targets: Some(b.targets.clone()),
+            place: b.place.clone(),
+        };
+        let listed = match &region {
+            Some(_) => cfn::list_tyrell(&en.aws.cfn, None).await?,
+            None => Vec::new(),
+        };
+        let mut switches = Vec::new();
+        plan_role(en, d, &want, region.is_some(), &listed, &mut images, &mut out, &mut switches).await?;
+        for (c, s) in switches {
+            out.push(c, Some(s));
+        }
+    }
+    if d.bees.iter().any(|b| !b.targets.is_empty()) {
+        out.notes.push(
+            "the targets of [bees.REGION] are checked and shown only: the swarm has one watch list (one broker), which the bees of every region share (docs/PLAN.md)".into(),
         );
-        c.blocked = Some(format!(
-            "{}: bees.{}: {BEE_REGION_MISSING}; remove it from the plan to apply the rest",
-            b.place, b.region
-        ));
-        out.changes.push(c);
     }
     Ok(out)
+}
+
+/// Plans role `r` of the swarm in `en`'s region: its live version compared with the plan
+/// (image, instance type, size), a new version when they differ or none is live, and the
+/// gated switch to it (pushed to `switches`, applied after every role's versions). `base`:
+/// whether the stack the region's versions are deployed from exists (the base stack at
+/// home, the bee-region stack in a bee region); `listed`: that region's tyrell stacks.
+#[allow(clippy::too_many_arguments)]
+async fn plan_role(
+    e: &Engine,
+    d: &Desired,
+    r: &RoleWant,
+    base: bool,
+    listed: &[StackInfo],
+    images: &mut BTreeSet<(Region, String)>,
+    out: &mut Planned,
+    switches: &mut Vec<(Change, Step)>,
+) -> anyhow::Result<()> {
+    let home = e.region().clone();
+    let m = e.manifest(&r.role)?;
+    let ami = resolve_image(e, &r.role, &r.image, &r.image_place, images).await?;
+    let versions = match base {
+        true => e.versions_among(&m, Some(&d.swarm), listed).await?,
+        false => Vec::new(),
+    };
+    let live = versions.iter().find(|v| v.active);
+    let matches = |v: &VersionInfo| v.ami == ami && v.instance_type == r.instance_type;
+    let shift = if live.is_some() { r.shift.clone() } else { Shift::AllAtOnce };
+    let switch = |to: Option<String>| Step::Switch {
+        region: home.clone(),
+        role: r.role.clone(),
+        version: to,
+        size: r.size,
+        shift: shift.clone(),
+        bake: r.bake,
+        retire: r.retire,
+    };
+    let named = r.version.as_ref().map(|v| v.to_string());
+    let existing = named.as_ref().and_then(|n| versions.iter().find(|v| &v.version == n));
+    match existing {
+        Some(x) => {
+            if !matches(x) {
+                crate::refuse!(
+                    Invalid,
+                    "{}: roles.{}.version = {:?}: that version runs {} on {}, the plan says {ami} on {}: a change needs a new version id (or no `version`, to have one generated)",
+                    r.place, r.role, x.version, x.ami, x.instance_type, r.instance_type
+                );
+            }
+            if x.active && size_of(x) == r.size {
+                out.unchanged.push(format!("{} {} is live ({} instance(s))", r.role, x.version, r.size));
+                return Ok(());
+            }
+            if x.active {
+                crate::refuse!(
+                    Invalid,
+                    "{}: roles.{}: version {} is live with {} instance(s), the plan says {}: a new size goes to a new version (blue/green): give a new version id, or no `version`",
+                    r.place, r.role, x.version, size_of(x), r.size
+                );
+            }
+            let c = Change::new(
+                Action::Switch,
+                "traffic",
+                &r.role,
+                &home,
+                format!(
+                    "{} -> {} ({} instance(s), {shift}), gated",
+                    live.map_or("nothing", |l| l.version.as_str()),
+                    x.version,
+                    r.size
+                ),
+            );
+            switches.push((c, switch(Some(x.version.clone()))));
+        }
+        None => {
+            if let Some(l) = live.filter(|l| named.is_none() && matches(l) && size_of(l) == r.size) {
+                let place = if home == d.region { String::new() } else { format!(" in {home}") };
+                out.unchanged.push(format!("{} {} is live{place} ({} instance(s))", r.role, l.version, r.size));
+                return Ok(());
+            }
+            // The role's cloud-init renders (and fits EC2's user data limit) with this
+            // swarm's names: checked now, before anything is made.
+            let mut vars = super::render::Vars::sample(&r.role);
+            (vars.region, vars.stack) = (home.to_string(), d.swarm.to_string());
+            super::render::cloud_init(&e.lib, &r.role, &serde_json::to_value(&vars)?)
+                .map_err(|err| anyhow::Error::from(err).context(format!("{}: roles.{}", r.place, r.role)))?;
+            let shown = named.clone().unwrap_or_else(|| "(new)".into());
+            let stack = stack_name(&d.swarm, &r.role, &shown);
+            if named.is_some() {
+                if let Some(s) = cfn::get(&e.aws.cfn, &stack).await? {
+                    crate::refuse!(
+                        Exists,
+                        "{}: roles.{}.version: stack {stack} exists and is not a {} version of swarm {} ({})",
+                        r.place,
+                        r.role,
+                        r.role,
+                        d.swarm,
+                        s.tag(TAG_STACK).unwrap_or("not tyrell's")
+                    );
+                }
+            }
+            let want = BTreeMap::from([
+                ("AmiId".to_string(), ami.clone()),
+                ("InstanceType".to_string(), r.instance_type.clone()),
+                ("DesiredCapacity".to_string(), r.size.to_string()),
+            ]);
+            let mut c = match live {
+                Some(l) => {
+                    let have = BTreeMap::from([
+                        ("AmiId".to_string(), l.ami.clone()),
+                        ("InstanceType".to_string(), l.instance_type.clone()),
+                        ("DesiredCapacity".to_string(), size_of(l).to_string()),
+                    ]);
+                    let mut c = Change::new(
+                        Action::Update,
+                        "version",
+                        &stack,
+                        &home,
+                        format!(
+                            "{}: a new version beside the live {} (blue/green), then a gated switch",
+                            r.role, l.version
+                        ),
+                    );
+                    c.parameters = param_diff(&have, &want);
+                    c
+                }
+                None => Change::new(
+                    Action::Create,
+                    "version",
+                    &stack,
+                    &home,
+                    format!("{} version {shown}: {} x {} ({ami})", r.role, r.size, r.instance_type),
+                ),
+            };
+            if live.is_none() {
+                c.parameters = param_diff(&BTreeMap::new(), &want);
+            }
+            out.push(
+                c,
+                Some(Step::Version {
+                    region: home.clone(),
+                    role: r.role.clone(),
+                    ami: ami.clone(),
+                    instance_type: r.instance_type.clone(),
+                    size: r.size,
+                    version: r.version.clone(),
+                }),
+            );
+            // A role without inbound traffic whose first version is made is active at once.
+            let first_active = m.traffic.via == super::library::Via::None && live.is_none();
+            if !first_active {
+                let c = Change::new(
+                    Action::Switch,
+                    "traffic",
+                    &r.role,
+                    &home,
+                    format!(
+                        "{} -> {shown} ({} instance(s), {shift}), gated",
+                        live.map_or("nothing", |l| l.version.as_str()),
+                        r.size
+                    ),
+                );
+                switches.push((c, switch(named.clone())));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The parameters `up` changes in place, per kind of stack: security group rules only
@@ -688,7 +771,7 @@ pub struct Applied {
     pub region: Region,
     /// The changes made, in order (empty: AWS already matched the plan).
     pub changes: Vec<Change>,
-    /// The role versions this run created, by role.
+    /// The role versions this run created, by role (`bee (REGION)` for a bee region's).
     pub created_versions: BTreeMap<String, String>,
     /// Each switch's result with its release report (phases, timings, checks), in order.
     pub switches: Vec<super::traffic::switch::Switched>,
@@ -701,7 +784,7 @@ pub struct Applied {
 ///
 /// Errors: [`plan`]'s; a blocked change ([`Error::Invalid`], naming its place); whatever
 /// the single commands refuse or AWS fails with (a failed gate leaves traffic where it was).
-pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> anyhow::Result<Applied> {
+pub async fn up(e: &mut Engine, away: &mut BTreeMap<Region, Engine>, d: &Desired) -> anyhow::Result<Applied> {
     let planned = plan(e, away, d).await?;
     if let Some(why) = planned.blocked() {
         return Err(Error::Invalid(format!("{why}; nothing was changed")).into());
@@ -719,13 +802,25 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
         return Ok(applied);
     }
     e.report.step(&format!("{}: {} change(s) to make", d.file, planned.changes.len()));
-    let mut versions: BTreeMap<String, String> = BTreeMap::new();
+    let home = e.region().clone();
+    // The versions this run made, by region and role.
+    let mut versions: BTreeMap<(Region, String), String> = BTreeMap::new();
     let mut changes = planned.changes.iter().filter(|c| c.blocked.is_none());
     for step in &planned.steps {
         match step {
             Step::Network(n) => {
-                e.create_network(&CreateNetwork { name: n.name.clone(), cidr: n.cidr.clone(), azs: n.azs, nat: n.nat })
-                    .await?;
+                let en = in_region(e, away, &n.region)?;
+                en.create_network(&CreateNetwork {
+                    name: n.name.clone(),
+                    cidr: n.cidr.clone(),
+                    azs: n.azs,
+                    nat: n.nat,
+                })
+                .await?;
+            }
+            Step::BeeRegion { region, network } => {
+                let there = away.get_mut(region).ok_or_else(|| anyhow::anyhow!("no engine for region {region}"))?;
+                e.add_bee_region(there, &d.swarm, network, &d.base.allow_cidrs).await?;
             }
             Step::Metrics { want, ami } => {
                 let vpc_id = vpc_of(e, &want.network).await?;
@@ -772,7 +867,8 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
                     cfn::wait(&e.aws.cfn, &stack.id, name, cfn::Op::Update, &e.wait, e.report.as_mut()).await?;
                 }
             }
-            Step::Version { role, ami, instance_type, size, version } => {
+            Step::Version { region, role, ami, instance_type, size, version } => {
+                let e = in_region(e, away, region)?;
                 let m = e.manifest(role)?;
                 let req = CreateVersion {
                     swarm: d.swarm.clone(),
@@ -784,13 +880,14 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
                 };
                 let p = e.plan_version(&m, &req).await?;
                 let v = e.create_version(&m, &p).await?;
-                versions.insert(role.clone(), v.version.clone());
+                versions.insert((region.clone(), role.clone()), v.version.clone());
             }
-            Step::Switch { role, version, size, shift, bake, retire } => {
+            Step::Switch { region, role, version, size, shift, bake, retire } => {
+                let e = in_region(e, away, region)?;
                 let m = e.manifest(role)?;
-                let to = match version.clone().or_else(|| versions.get(role).cloned()) {
+                let to = match version.clone().or_else(|| versions.get(&(region.clone(), role.clone())).cloned()) {
                     Some(v) => v,
-                    None => anyhow::bail!("no {role} version to switch to"),
+                    None => anyhow::bail!("no {role} version in {region} to switch to"),
                 };
                 let req = SwitchRequest {
                     swarm: d.swarm.clone(),
@@ -806,8 +903,8 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
         }
         if let Some(c) = changes.next() {
             let mut c = c.clone();
-            if let Step::Version { role, .. } | Step::Switch { role, .. } = step {
-                if let Some(v) = versions.get(role) {
+            if let Step::Version { region, role, .. } | Step::Switch { region, role, .. } = step {
+                if let Some(v) = versions.get(&(region.clone(), role.clone())) {
                     c.name = c.name.replace("(new)", v);
                     c.what = c.what.replace("(new)", v);
                 }
@@ -815,8 +912,23 @@ pub async fn up(e: &mut Engine, away: &BTreeMap<Region, Engine>, d: &Desired) ->
             applied.changes.push(c);
         }
     }
-    applied.created_versions = versions;
+    applied.created_versions = versions
+        .into_iter()
+        .map(|((r, role), v)| (if r == home { role } else { format!("{role} ({r})") }, v))
+        .collect();
     Ok(applied)
+}
+
+/// The engine of `region`: the home engine `e`, or the one in `away`.
+fn in_region<'a>(
+    e: &'a mut Engine,
+    away: &'a mut BTreeMap<Region, Engine>,
+    region: &Region,
+) -> anyhow::Result<&'a mut Engine> {
+    if e.region() == region {
+        return Ok(e);
+    }
+    away.get_mut(region).ok_or_else(|| anyhow::anyhow!("no engine for region {region}"))
 }
 
 /// What `down` would remove, or removed, and what it kept on purpose.
@@ -834,13 +946,22 @@ pub struct Removal {
     pub kept: Vec<String>,
 }
 
-/// What `down` removes, checked, without removing anything: the swarm's role versions,
-/// its base stack, the plan's metrics box and home networks — each only if it exists and
-/// nothing outside the plan uses it.
+/// What `down` removes, checked, without removing anything: each bee region of the
+/// plan (its bee versions, then the region: its stacks and peering), the swarm's role
+/// versions, its base stack, the plan's metrics box and networks (every region) — each
+/// only if it exists and nothing outside the plan uses it. `away`: an engine for each
+/// other region the plan names.
 ///
 /// Errors: a swarm whose queues hold messages, or whose archive bucket holds objects
-/// without `delete_archive` ([`Error::InUse`], saying how to keep or empty them); AWS.
-pub async fn down_plan(e: &Engine, d: &Desired, delete_archive: bool) -> anyhow::Result<Removal> {
+/// without `delete_archive` ([`Error::InUse`], saying how to keep or empty them); a bee
+/// region of the swarm the plan does not name ([`Error::InUse`]: the base stack cannot go
+/// while it is peered); AWS.
+pub async fn down_plan(
+    e: &Engine,
+    away: &BTreeMap<Region, Engine>,
+    d: &Desired,
+    delete_archive: bool,
+) -> anyhow::Result<Removal> {
     let home = e.region().clone();
     let mut out = Removal {
         file: d.file.clone(),
@@ -850,10 +971,19 @@ pub async fn down_plan(e: &Engine, d: &Desired, delete_archive: bool) -> anyhow:
         deleted_objects: 0,
         kept: Vec::new(),
     };
+    let engine_for = |r: &Region| -> anyhow::Result<&Engine> {
+        if *r == home {
+            Ok(e)
+        } else {
+            away.get(r).ok_or_else(|| anyhow::anyhow!("no engine for region {r}"))
+        }
+    };
     let all = cfn::list_tyrell(&e.aws.cfn, None).await?;
-    let mut ours: BTreeSet<String> = BTreeSet::new();
-    if let Some(base) = own(e, &d.swarm, super::base::ROLE, &d.base.place).await? {
-        let b = Base::from(&base);
+    // Stacks this removal takes, by region: a network they use may go too.
+    let mut ours: BTreeSet<(Region, String)> = BTreeSet::new();
+    let base = own(e, &d.swarm, super::base::ROLE, &d.base.place).await?;
+    if let Some(base) = &base {
+        let b = Base::from(base);
         let queued = [("queue", &b.queue_url), ("dead-letter queue", &b.dead_letter_queue_url)];
         for (what, url) in queued {
             if url.is_empty() {
@@ -876,9 +1006,52 @@ pub async fn down_plan(e: &Engine, d: &Desired, delete_archive: bool) -> anyhow:
                 d.file
             );
         }
+        // Bee regions first: the base stack cannot go while its NLB admits them.
+        for link in e.bee_links(&d.swarm).await? {
+            let r = link.tag(crate::names::TAG_BEE_REGION).unwrap_or_default().to_string();
+            if !d.bees.iter().any(|b| b.region.to_string() == r) {
+                crate::refuse!(
+                    InUse,
+                    "refusing to remove swarm {}: it has bee region {r}, which {} does not name: add a [bees.{r}] table to the plan, or remove the region first (tyrell bees remove --region {r} ...; tyrell stacks remove-region {} --bee-region {r}); nothing was removed",
+                    d.swarm,
+                    d.file,
+                    d.swarm
+                );
+            }
+        }
+    }
+    for b in &d.bees {
+        let there = engine_for(&b.region)?;
+        let name = crate::names::bee_region_stack(&d.swarm);
+        let Some(region) = own(there, &name, super::bee_region::ROLE, &b.place).await? else { continue };
+        for v in there.swarm_versions(&d.swarm).await? {
+            ours.insert((b.region.clone(), v.name.clone()));
+            out.changes.push(Change::new(
+                Action::Remove,
+                "version",
+                &v.name,
+                &b.region,
+                format!("{} version {}", v.tag(TAG_ROLE).unwrap_or("?"), v.tag(super::TAG_VERSION).unwrap_or("?")),
+            ));
+        }
+        ours.insert((b.region.clone(), region.name.clone()));
+        out.changes.push(Change::new(
+            Action::Remove,
+            "bee-region",
+            &region.name,
+            &b.region,
+            format!(
+                "the bee region: its stack, the home link stack {} and VPC peering {}",
+                crate::names::bee_link_stack(&d.swarm, &b.region.to_string()),
+                region.output("PeeringConnectionId").unwrap_or("?")
+            ),
+        ));
+    }
+    if let Some(base) = &base {
+        let b = Base::from(base);
         for v in all.iter().filter(|s| s.tag(TAG_STACK) == Some(d.swarm.as_str()) && s.name != d.swarm.as_str()) {
             if e.lib.role(v.tag(TAG_ROLE).unwrap_or_default()).is_some() {
-                ours.insert(v.name.clone());
+                ours.insert((home.clone(), v.name.clone()));
                 out.changes.push(Change::new(
                     Action::Remove,
                     "version",
@@ -888,7 +1061,7 @@ pub async fn down_plan(e: &Engine, d: &Desired, delete_archive: bool) -> anyhow:
                 ));
             }
         }
-        ours.insert(base.name.clone());
+        ours.insert((home.clone(), base.name.clone()));
         let mut c =
             Change::new(Action::Remove, "base", &base.name, &home, "the swarm's base stack and its secrets".into());
         if delete_archive && s3::holds_data(&e.aws.s3, &b.bucket).await? == Some(true) {
@@ -904,12 +1077,14 @@ pub async fn down_plan(e: &Engine, d: &Desired, delete_archive: bool) -> anyhow:
             let sg = MetricsBox::from(&s).security_group;
             let users: Vec<String> = all
                 .iter()
-                .filter(|b| b.tag(TAG_ROLE) == Some(super::base::ROLE) && !ours.contains(&b.name))
+                .filter(|b| {
+                    b.tag(TAG_ROLE) == Some(super::base::ROLE) && !ours.contains(&(home.clone(), b.name.clone()))
+                })
                 .filter(|b| Base::from(*b).metrics_security_group.as_deref() == Some(sg.as_str()))
                 .map(|b| b.name.clone())
                 .collect();
             if users.is_empty() {
-                ours.insert(s.name.clone());
+                ours.insert((home.clone(), s.name.clone()));
                 out.changes.push(Change::new(
                     Action::Remove,
                     "metrics",
@@ -922,26 +1097,26 @@ pub async fn down_plan(e: &Engine, d: &Desired, delete_archive: bool) -> anyhow:
             }
         }
     }
+    let mut listed: BTreeMap<Region, Vec<StackInfo>> = BTreeMap::from([(home.clone(), all)]);
     for n in &d.networks {
-        if n.region != home {
-            out.kept.push(format!(
-                "network {} in {}: tyrell up makes no network outside the home region",
-                n.name, n.region
-            ));
-            continue;
+        let en = engine_for(&n.region)?;
+        if !listed.contains_key(&n.region) {
+            listed.insert(n.region.clone(), cfn::list_tyrell(&en.aws.cfn, None).await?);
         }
-        if let Some(s) = own(e, &n.name, super::network::ROLE, &n.place).await? {
+        if let Some(s) = own(en, &n.name, super::network::ROLE, &n.place).await? {
             let vpc = Network::from(&s).vpc_id;
-            let users: Vec<String> = all
+            let users: Vec<String> = listed[&n.region]
                 .iter()
-                .filter(|x| x.tag(TAG_ROLE) != Some(super::network::ROLE) && !ours.contains(&x.name))
+                .filter(|x| {
+                    x.tag(TAG_ROLE) != Some(super::network::ROLE) && !ours.contains(&(n.region.clone(), x.name.clone()))
+                })
                 .filter(|x| x.parameters.get("VpcId") == Some(&vpc))
                 .map(|x| x.name.clone())
                 .collect();
             if users.is_empty() {
-                out.changes.push(Change::new(Action::Remove, "network", &s.name, &home, format!("VPC {vpc}")));
+                out.changes.push(Change::new(Action::Remove, "network", &s.name, &n.region, format!("VPC {vpc}")));
             } else {
-                out.kept.push(format!("network {}: still used by {}", s.name, users.join(", ")));
+                out.kept.push(format!("network {} ({}): still used by {}", s.name, n.region, users.join(", ")));
             }
         }
     }
@@ -949,12 +1124,33 @@ pub async fn down_plan(e: &Engine, d: &Desired, delete_archive: bool) -> anyhow:
 }
 
 /// Removes what the plan made ([`down_plan`] first: nothing is removed when it refuses):
-/// with `delete_archive`, the archive bucket's objects; then the swarm's versions and base
-/// stack (`stacks remove --all`), the metrics box, the networks.
-pub async fn down(e: &mut Engine, d: &Desired, delete_archive: bool) -> anyhow::Result<Removal> {
-    let mut out = down_plan(e, d, delete_archive).await?;
+/// each bee region's versions and the region; with `delete_archive`, the archive bucket's
+/// objects; then the swarm's versions and base stack (`stacks remove --all`), the metrics
+/// box, the networks.
+pub async fn down(
+    e: &mut Engine,
+    away: &mut BTreeMap<Region, Engine>,
+    d: &Desired,
+    delete_archive: bool,
+) -> anyhow::Result<Removal> {
+    let mut out = down_plan(e, away, d, delete_archive).await?;
+    let home = e.region().clone();
+    // Networks are last and independent of each other: each is tried, and the first
+    // failure is returned after all were (the others' are reported).
+    let mut failed: Option<anyhow::Error> = None;
     for c in out.changes.clone() {
         match c.kind {
+            "version" if c.region != home => {
+                let there = in_region(e, away, &c.region)?;
+                if let Some(s) = cfn::get(&there.aws.cfn, &c.name).await? {
+                    there.delete_stack(&s).await?;
+                }
+            }
+            "bee-region" => {
+                let there =
+                    away.get_mut(&c.region).ok_or_else(|| anyhow::anyhow!("no engine for region {}", c.region))?;
+                e.remove_bee_region(there, &d.swarm).await?;
+            }
             "base" => {
                 if delete_archive {
                     let bucket = Base::from(&e.base(&c.name).await?).bucket;
@@ -969,12 +1165,20 @@ pub async fn down(e: &mut Engine, d: &Desired, delete_archive: bool) -> anyhow::
                 e.remove_metrics(&c.name).await?;
             }
             "network" => {
-                e.remove_network(&c.name).await?;
+                if let Err(err) = in_region(e, away, &c.region)?.remove_network(&c.name).await {
+                    match &failed {
+                        None => failed = Some(err),
+                        Some(_) => e.report.warn(&format!("network {} in {}: {err:#}", c.name, c.region)),
+                    }
+                }
             }
-            _ => {} // versions go with their base stack
+            _ => {} // the home versions go with their base stack
         }
     }
-    Ok(out)
+    match failed {
+        Some(err) => Err(err),
+        None => Ok(out),
+    }
 }
 
 #[cfg(test)]
