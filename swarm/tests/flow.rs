@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -111,24 +111,69 @@ fn bee_to_sqs_and_influxdb_on_loopback() {
     );
     assert!(row["clock_synced"].is_boolean(), "{row:?}");
 
+    // Records from a second region (eu-west-1) and from an older bee without one, beside
+    // the bee's (us-east-1), for the dashboard's per-region panels.
+    let (eu, unplaced) = (testkit::unique("bee-eu"), testkit::unique("bee-unplaced"));
+    for (agent, region, loss, rtt) in [(&eu, "eu-west-1", 0.25, 7.0), (&unplaced, "", 0.5, 3.0)] {
+        let r = PingRecord {
+            id: testkit::unique("rec"),
+            ts: swarm::now_ts(),
+            stack: "swarmtest".into(),
+            region: region.into(),
+            agent: agent.clone(),
+            target: "127.0.0.1".into(),
+            loss,
+            rtt_ms: record::Rtt::from_samples(&[rtt]),
+            ..Default::default()
+        };
+        mqtt_pub(port, "ping/127.0.0.1", &serde_json::to_vec(&r).unwrap(), false);
+    }
+    wait_for(Duration::from_secs(30), "the other regions' points in InfluxDB", || {
+        let q = format!("SELECT count(loss) FROM ping WHERE agent = '{eu}' OR agent = '{unplaced}' GROUP BY agent");
+        (influx.rows("tyrell", &q).len() == 2).then_some(())
+    });
+
     // Every panel of the Grafana dashboard (roles/metrics/dashboard.json) asks InfluxDB
     // something it answers from what the indexer wrote: each query with Grafana's
     // variables filled in runs without error, and every `ping` panel but the one counting
     // unsynchronised clocks (which counts none when this machine's clock is synchronised)
-    // finds points.
+    // finds points. `$region` is filled in as the dashboard's All (`.*`, which takes in
+    // the points without a region tag) and as one region; the per-region panels show one
+    // series per region, the blank one (no tag) included, and only the region chosen.
     let dash: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(testkit::workspace_root().join("roles/metrics/dashboard.json")).unwrap(),
     )
     .unwrap();
-    for panel in dash["panels"].as_array().unwrap() {
-        let q = panel["targets"][0]["query"].as_str().unwrap();
-        let q = q
-            .replace("$target", ".*")
+    let region_var = dash["templating"]["list"].as_array().unwrap().iter().find(|v| v["name"] == "region");
+    assert_eq!(region_var.map(|v| &v["allValue"]), Some(&serde_json::json!(".*")), "the region variable's All");
+    let grafana = |q: &str, region: &str| {
+        q.replace("$target", ".*")
             .replace("$agent", ".*")
+            .replace("$region", region)
             .replace("$timeFilter", "time > now() - 1h")
-            .replace("$__interval", "10s");
+            .replace("$__interval", "10s")
+    };
+    // The regions of a query's series, and its values that are numbers.
+    let series = |q: &str| -> (BTreeSet<String>, Vec<f64>) {
+        let v = influx.query("tyrell", q);
+        assert!(v["results"][0]["error"].is_null(), "{q}: {v}");
+        let mut regions = BTreeSet::new();
+        let mut values = Vec::new();
+        for s in v["results"][0]["series"].as_array().into_iter().flatten() {
+            regions.insert(s["tags"]["region"].as_str().unwrap_or("(no region in the grouping)").to_string());
+            let rows = s["values"].as_array().unwrap();
+            values.extend(rows.iter().filter_map(|r| r[1].as_f64()));
+        }
+        (regions, values)
+    };
+    let set = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let mut per_region = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        let title = &panel["title"];
+        let raw = panel["targets"][0]["query"].as_str().unwrap();
+        let q = grafana(raw, ".*");
         let v = influx.query("tyrell", &q);
-        assert!(v["results"][0]["error"].is_null(), "{}: {q}: {v}", panel["title"]);
+        assert!(v["results"][0]["error"].is_null(), "{title}: {q}: {v}");
         let unsynced_only = q.contains("\"clock_synced\" = false");
         if q.contains("FROM \"ping\"") && !(unsynced_only && swarm::ping::clock_synced() == Some(true)) {
             let points = influx
@@ -136,9 +181,39 @@ fn bee_to_sqs_and_influxdb_on_loopback() {
                 .iter()
                 .filter(|r| r.iter().any(|(k, v)| k != "time" && v.is_number()))
                 .count();
-            assert!(points > 0, "{}: no points for {q}", panel["title"]);
+            assert!(points > 0, "{title}: no points for {q}");
+        }
+        if q.contains("FROM \"ping\"") {
+            assert!(raw.contains("\"region\" =~ /^$region$/"), "{title}: not filtered by $region");
+        }
+        if raw.ends_with("GROUP BY time($__interval), \"region\" fill(null)") || raw.contains("\"region\" fill(0)") {
+            per_region.push(title.as_str().unwrap().to_string());
+            assert_eq!(series(&q).0, set(&["", "eu-west-1", "us-east-1"]), "{title}: {q}");
+            let (regions, values) = series(&grafana(raw, "eu-west-1"));
+            assert_eq!(regions, set(&["eu-west-1"]), "{title}");
+            let expected = if raw.contains("rtt_avg") {
+                7.0
+            } else if raw.contains("\"loss\") * 100") {
+                25.0
+            } else {
+                1.0 // the count of records
+            };
+            assert!(values.contains(&expected), "{title}: eu-west-1's {values:?} lack {expected}");
+            assert!(values.iter().all(|v| *v == expected || *v == 0.0), "{title}: {values:?}");
+        } else if q.contains("FROM \"ping\"") {
+            // The other panels filter by region too: eu-west-1 alone is its one agent.
+            let agents: BTreeSet<String> = influx
+                .rows("tyrell", &grafana(raw, "eu-west-1"))
+                .iter()
+                .filter_map(|r| r.get("agent").and_then(|a| a.as_str()).map(str::to_string))
+                .collect();
+            assert!(agents.is_subset(&set(&[eu.as_str()])), "{title}: {agents:?}");
+            if raw.contains("mean(\"rtt_avg\")") {
+                assert_eq!(agents, set(&[eu.as_str()]), "{title}");
+            }
         }
     }
+    assert!(per_region.len() >= 2, "the dashboard's per-region panels: {per_region:?}");
 
     // A schema-1 record (the original swarm's form: no schema, none of the new fields)
     // still flows to SQS and to InfluxDB, as schema 1.
