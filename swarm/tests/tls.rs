@@ -1,5 +1,8 @@
-//! The bee over TLS: a mosquitto TLS listener with a certificate from a throw-away CA,
-//! the bee verifying it against BROKER_CA_FILE, results readable by the original tools.
+//! The client programs over TLS: a mosquitto TLS listener with a certificate from a
+//! throw-away CA; the bee, the router and the indexer verifying it against BROKER_CA_FILE
+//! (the bee's results readable by the original tools, the router healthy on it), and each
+//! of the three refusing it without that CA: it keeps retrying, says why, and never
+//! connects.
 
 mod common;
 
@@ -158,4 +161,72 @@ fn bee_publishes_over_tls() {
         untrusting.log_text().contains("cannot connect to the broker").then_some(())
     });
     assert!(testkit::servers::running(untrusting.guard.pid), "the bee must keep retrying, not exit");
+    let refused = |p: &Program| {
+        let log = p.log_text();
+        log.lines().any(|l| l.contains("cannot connect to the broker") && l.to_lowercase().contains("certificate"))
+    };
+    assert!(refused(&untrusting), "the bee's refusal names the certificate: {}", untrusting.log_text());
+
+    // The router and the indexer: with the CA they connect over TLS; without it they refuse
+    // the broker's certificate the same way, and the router stays unhealthy.
+    let router = |name: &str, ca: Option<&std::path::Path>| {
+        let http_port = testkit::free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_router"));
+        broker_env(&mut cmd, port);
+        cmd.env("BROKER_HOST", "localhost")
+            .env("BROKER_TLS", "true")
+            .env("ROUTER_LISTEN", format!("127.0.0.1:{http_port}"))
+            .env("ROUTER_TOKEN", "t");
+        if let Some(ca) = ca {
+            cmd.env("BROKER_CA_FILE", ca);
+        }
+        let p = Program::start(cmd, name);
+        assert!(testkit::wait_for_port(http_port, Duration::from_secs(20)), "{name} did not listen: {}", p.log_text());
+        (p, http_port)
+    };
+    let healthz = |http_port: u16| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_whitespace().nth(1).unwrap_or_default().to_string()
+    };
+    let (trusting, tp) = router("router-tls", Some(&ca));
+    wait_for(Duration::from_secs(20), "the router with the CA healthy over TLS", || {
+        (healthz(tp) == "200").then_some(())
+    });
+    drop(trusting);
+    let (untrusting_router, up) = router("router-untrusting", None);
+    wait_for(Duration::from_secs(10), "the router's TLS refusal", || refused(&untrusting_router).then_some(()));
+    assert_ne!(healthz(up), "200", "a router that cannot verify its broker is not healthy");
+    assert!(testkit::servers::running(untrusting_router.guard.pid), "the router keeps retrying");
+
+    let sqs = Sqs::new("tls");
+    let influx = testkit::servers::Influxd::start();
+    let indexer = |name: &str, ca: Option<&std::path::Path>| {
+        let id = testkit::unique(name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_indexer"));
+        testkit::Emulator::shared().apply(&mut cmd);
+        broker_env(&mut cmd, port);
+        cmd.env("BROKER_HOST", "localhost")
+            .env("BROKER_TLS", "true")
+            .env("INDEXER_CLIENT_ID", &id)
+            .env("QUEUE_URL", &sqs.url)
+            .env("INFLUX_URL", influx.url())
+            .env("INFLUX_DB", "tyrell");
+        if let Some(ca) = ca {
+            cmd.env("BROKER_CA_FILE", ca);
+        }
+        (Program::start(cmd, name), id)
+    };
+    let (trusting, id) = indexer("indexer-tls", Some(&ca));
+    wait_for(Duration::from_secs(20), "the indexer with the CA connected over TLS", || {
+        broker.log_text().contains(&format!(" as {id} ")).then_some(())
+    });
+    drop(trusting);
+    let (untrusting_indexer, id) = indexer("indexer-untrusting", None);
+    wait_for(Duration::from_secs(10), "the indexer's TLS refusal", || refused(&untrusting_indexer).then_some(()));
+    assert!(testkit::servers::running(untrusting_indexer.guard.pid), "the indexer keeps retrying");
+    assert!(!broker.log_text().contains(&format!(" as {id} ")), "the untrusting indexer never connected");
 }
