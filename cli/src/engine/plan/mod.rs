@@ -541,6 +541,20 @@ async fn plan_role(
         bake: r.bake,
         retire: r.retire,
     };
+    // The switch's change: from the live version (or nothing) to `to`.
+    let switch_change = |to: &str| {
+        Change::new(
+            Action::Switch,
+            "traffic",
+            &r.role,
+            &home,
+            format!(
+                "{} -> {to} ({} instance(s), {shift}), gated",
+                live.map_or("nothing", |l| l.version.as_str()),
+                r.size
+            ),
+        )
+    };
     let named = r.version.as_ref().map(|v| v.to_string());
     let existing = named.as_ref().and_then(|n| versions.iter().find(|v| &v.version == n));
     match existing {
@@ -563,19 +577,7 @@ async fn plan_role(
                     r.place, r.role, x.version, size_of(x), r.size
                 );
             }
-            let c = Change::new(
-                Action::Switch,
-                "traffic",
-                &r.role,
-                &home,
-                format!(
-                    "{} -> {} ({} instance(s), {shift}), gated",
-                    live.map_or("nothing", |l| l.version.as_str()),
-                    x.version,
-                    r.size
-                ),
-            );
-            switches.push((c, switch(Some(x.version.clone()))));
+            switches.push((switch_change(&x.version), switch(Some(x.version.clone()))));
         }
         None => {
             if let Some(l) = live.filter(|l| named.is_none() && matches(l) && size_of(l) == r.size) {
@@ -654,18 +656,7 @@ async fn plan_role(
             // A role without inbound traffic whose first version is made is active at once.
             let first_active = m.traffic.via == super::library::Via::None && live.is_none();
             if !first_active {
-                let c = Change::new(
-                    Action::Switch,
-                    "traffic",
-                    &r.role,
-                    &home,
-                    format!(
-                        "{} -> {shown} ({} instance(s), {shift}), gated",
-                        live.map_or("nothing", |l| l.version.as_str()),
-                        r.size
-                    ),
-                );
-                switches.push((c, switch(named.clone())));
+                switches.push((switch_change(&shown), switch(named.clone())));
             }
         }
     }
