@@ -261,13 +261,7 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
         notes: Vec::new(),
         steps: Vec::new(),
     };
-    let engine_for = |r: &Region| -> anyhow::Result<&Engine> {
-        if *r == home {
-            Ok(e)
-        } else {
-            away.get(r).ok_or_else(|| anyhow::anyhow!("no engine for region {r}"))
-        }
-    };
+    let engine_for = |r: &Region| engine_of(e, away, r);
 
     let mut images = BTreeSet::new();
 
@@ -910,7 +904,15 @@ pub async fn up(e: &mut Engine, away: &mut BTreeMap<Region, Engine>, d: &Desired
     Ok(applied)
 }
 
-/// The engine of `region`: the home engine `e`, or the one in `away`.
+/// The engine of `region` to read with: the home engine `e`, or the one in `away`.
+fn engine_of<'a>(e: &'a Engine, away: &'a BTreeMap<Region, Engine>, region: &Region) -> anyhow::Result<&'a Engine> {
+    if e.region() == region {
+        return Ok(e);
+    }
+    away.get(region).ok_or_else(|| anyhow::anyhow!("no engine for region {region}"))
+}
+
+/// The engine of `region` to change with: the home engine `e`, or the one in `away`.
 fn in_region<'a>(
     e: &'a mut Engine,
     away: &'a mut BTreeMap<Region, Engine>,
@@ -962,13 +964,7 @@ pub async fn down_plan(
         deleted_objects: 0,
         kept: Vec::new(),
     };
-    let engine_for = |r: &Region| -> anyhow::Result<&Engine> {
-        if *r == home {
-            Ok(e)
-        } else {
-            away.get(r).ok_or_else(|| anyhow::anyhow!("no engine for region {r}"))
-        }
-    };
+    let engine_for = |r: &Region| engine_of(e, away, r);
     let all = cfn::list_tyrell(&e.aws.cfn, None).await?;
     // Stacks this removal takes, by region: a network they use may go too.
     let mut ours: BTreeSet<(Region, String)> = BTreeSet::new();
@@ -1017,13 +1013,7 @@ pub async fn down_plan(
         let Some(region) = own(there, &name, super::bee_region::ROLE, &b.place).await? else { continue };
         for v in there.swarm_versions(&d.swarm).await? {
             ours.insert((b.region.clone(), v.name.clone()));
-            out.changes.push(Change::new(
-                Action::Remove,
-                "version",
-                &v.name,
-                &b.region,
-                format!("{} version {}", v.tag(TAG_ROLE).unwrap_or("?"), v.tag(super::TAG_VERSION).unwrap_or("?")),
-            ));
+            out.changes.push(version_removal(&v));
         }
         ours.insert((b.region.clone(), region.name.clone()));
         out.changes.push(Change::new(
@@ -1043,13 +1033,7 @@ pub async fn down_plan(
         for v in all.iter().filter(|s| s.tag(TAG_STACK) == Some(d.swarm.as_str()) && s.name != d.swarm.as_str()) {
             if e.lib.role(v.tag(TAG_ROLE).unwrap_or_default()).is_some() {
                 ours.insert((home.clone(), v.name.clone()));
-                out.changes.push(Change::new(
-                    Action::Remove,
-                    "version",
-                    &v.name,
-                    &home,
-                    format!("{} version {}", v.tag(TAG_ROLE).unwrap_or("?"), v.tag(super::TAG_VERSION).unwrap_or("?")),
-                ));
+                out.changes.push(version_removal(v));
             }
         }
         ours.insert((home.clone(), base.name.clone()));
@@ -1112,6 +1096,17 @@ pub async fn down_plan(
         }
     }
     Ok(out)
+}
+
+/// The removal of role version stack `v`, in its own region.
+fn version_removal(v: &StackInfo) -> Change {
+    Change::new(
+        Action::Remove,
+        "version",
+        &v.name,
+        &v.region,
+        format!("{} version {}", v.tag(TAG_ROLE).unwrap_or("?"), v.tag(super::TAG_VERSION).unwrap_or("?")),
+    )
 }
 
 /// Removes what the plan made ([`down_plan`] first: nothing is removed when it refuses):
