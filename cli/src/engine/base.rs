@@ -210,12 +210,18 @@ impl Engine {
 
     /// Every role version stack of a swarm.
     pub async fn swarm_versions(&self, swarm: &str) -> anyhow::Result<Vec<StackInfo>> {
+        Ok(self.swarm_versions_among(swarm, &cfn::list_tyrell(&self.aws.cfn, None).await?))
+    }
+
+    /// [`Engine::swarm_versions`] among stacks already listed in this region (`listed`,
+    /// from `cfn::list_tyrell`), for a caller that needs the listing for more than this.
+    pub fn swarm_versions_among(&self, swarm: &str, listed: &[StackInfo]) -> Vec<StackInfo> {
         let roles: Vec<&str> = self.lib.roles().iter().map(|m| m.role.as_str()).collect();
-        Ok(cfn::list_tyrell(&self.aws.cfn, None)
-            .await?
-            .into_iter()
+        listed
+            .iter()
             .filter(|s| s.tag(TAG_STACK) == Some(swarm) && s.tag(TAG_ROLE).is_some_and(|r| roles.contains(&r)))
-            .collect())
+            .cloned()
+            .collect()
     }
 
     /// Fails, naming each, when a swarm's archive bucket holds objects or its queues hold

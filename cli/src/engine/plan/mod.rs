@@ -968,6 +968,8 @@ pub async fn down_plan(
     let all = cfn::list_tyrell(&e.aws.cfn, None).await?;
     // Stacks this removal takes, by region: a network they use may go too.
     let mut ours: BTreeSet<(Region, String)> = BTreeSet::new();
+    // Each region's tyrell stacks, listed once (versions to remove, networks' users).
+    let mut listed: BTreeMap<Region, Vec<StackInfo>> = BTreeMap::new();
     let base = own(e, &d.swarm, super::base::ROLE, &d.base.place).await?;
     if let Some(base) = &base {
         let b = Base::from(base);
@@ -1011,10 +1013,12 @@ pub async fn down_plan(
         let there = engine_for(&b.region)?;
         let name = crate::names::bee_region_stack(&d.swarm);
         let Some(region) = own(there, &name, super::bee_region::ROLE, &b.place).await? else { continue };
-        for v in there.swarm_versions(&d.swarm).await? {
+        let list = cfn::list_tyrell(&there.aws.cfn, None).await?;
+        for v in there.swarm_versions_among(&d.swarm, &list) {
             ours.insert((b.region.clone(), v.name.clone()));
             out.changes.push(version_removal(&v));
         }
+        listed.insert(b.region.clone(), list);
         ours.insert((b.region.clone(), region.name.clone()));
         out.changes.push(Change::new(
             Action::Remove,
@@ -1072,7 +1076,7 @@ pub async fn down_plan(
             }
         }
     }
-    let mut listed: BTreeMap<Region, Vec<StackInfo>> = BTreeMap::from([(home.clone(), all)]);
+    listed.insert(home.clone(), all);
     for n in &d.networks {
         let en = engine_for(&n.region)?;
         if !listed.contains_key(&n.region) {
