@@ -53,6 +53,15 @@ pub fn secret_param(owner: &str, what: &str) -> String {
     format!("/tyrell/{owner}/{what}")
 }
 
+/// `what` of the SecureString where a swarm's brokers keep their TLS key, certificate and
+/// CA certificate (PEM, in that order), when they end the clients' TLS themselves: made
+/// once by the first broker box, create-only (roles/broker/cloud-init.yaml,
+/// docs/MULTI-REGION.md 8.1). Deleted with the swarm.
+pub const BROKER_TLS: &str = "broker-tls";
+/// `what` of the String parameter with a swarm's broker CA certificate (PEM), which the
+/// clients trust (`BROKER_CA_PARAM`). Written by the broker boxes; deleted with the swarm.
+pub const BROKER_CA: &str = "broker-ca";
+
 /// The SSM parameter of a role's traffic lock in a swarm: `/tyrell/<swarm>/locks/<role>`.
 pub fn lock_param(swarm: &str, role: &str) -> String {
     format!("/tyrell/{swarm}/locks/{role}")

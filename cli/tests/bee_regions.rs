@@ -205,15 +205,35 @@ fn a_swarm_with_bees_in_two_other_regions_is_built_checked_and_removed() {
 }
 
 #[test]
-fn a_swarm_without_broker_tls_gets_no_bee_region() {
+fn a_swarm_whose_brokers_end_tls_gets_a_bee_region_trusting_its_ca() {
+    // No ACM certificate: the brokers end TLS with the swarm's own CA (docs/MULTI-REGION.md
+    // 8.1), and a bee region's bees read that CA's certificate in the home region by ARN.
     let (_, home_net) = network(HOME, "10.50.0.0/16");
     let swarm = unique("mrp");
     ok(&["stacks", "create", "-v", &home_net["VpcId"], &swarm]);
-    let (net, _) = network("eu-central-1", "10.51.0.0/16");
-    let before = peerings("eu-central-1");
-    let err = fails(exit::USAGE, &["stacks", "add-region", &swarm, "--bee-region", "eu-central-1", "--network", &net]);
-    assert!(err.contains("no TLS listener"), "{err}");
-    assert_eq!(peerings("eu-central-1"), before);
-    assert!(stack_in("eu-central-1", &format!("{swarm}-region")).is_none());
+    let (_, base) = stack_in(HOME, &swarm).unwrap();
+    assert_eq!(base["BrokerTlsBy"], "broker");
+    let ca = &base["BrokerCaParamArn"];
+    assert!(ca.contains(&format!(":ssm:{HOME}:")) && ca.ends_with(&format!("parameter/tyrell/{swarm}/broker-ca")), "{ca}");
+    let region = "eu-central-1";
+    let (net, _) = network(region, "10.51.0.0/16");
+    let added = json(&["stacks", "add-region", &swarm, "--bee-region", region, "--network", &net]);
+    assert_eq!(added["broker"], format!("{}:8883", base["BrokerNlbHost"]));
+    let (_, o) = stack_in(region, &format!("{swarm}-region")).expect("a bee-region stack");
+    assert_eq!((o["BrokerTlsBy"].as_str(), &o["BrokerCaParamArn"]), ("broker", ca));
+    ok(&["bees", "create", "--region", region, "-a", &ami(), "-s", "1", "--version", "v1", &swarm]);
+    let (_, vo) = stack_in(region, &format!("{swarm}-bee-v1")).expect("the bee version there");
+    let ud = user_data(region, &vo["LaunchTemplateId"]);
+    for want in [
+        format!("BROKER_HOST={}", base["BrokerNlbHost"]),
+        "BROKER_PORT=8883".to_string(),
+        "BROKER_TLS=true".to_string(),
+        format!("BROKER_CA_PARAM={ca}"),
+        format!("BROKER_PASSWORD_PARAM={}", base["BrokerPasswordParamArn"]),
+    ] {
+        assert!(ud.lines().any(|l| l.trim() == want), "user data lacks {want}:\n{ud}");
+    }
+    ok(&["bees", "remove", "--region", region, "--force", &swarm, "v1"]);
+    ok(&["stacks", "remove-region", &swarm, "--bee-region", region]);
     ok(&["stacks", "remove", &swarm]);
 }

@@ -215,7 +215,9 @@ fn mqtt_clients_may_reach_the_broker_nlb() {
         let b = block(client);
         assert!(!b.contains("DestinationSecurityGroupId"), "{client} names a group as an MQTT destination:\n{b}");
         assert!(
-            b.contains("Description: MQTT (TLS on 8883 with a broker certificate) to the broker NLB in the VPC"),
+            b.contains("Description: MQTT over TLS (8883) to the broker NLB in the VPC")
+                && b.contains("FromPort: 8883")
+                && !b.contains("1883"),
             "{client} needs egress to the broker NLB in the VPC:\n{b}"
         );
     }

@@ -6,7 +6,9 @@
 //!   name, the broker port is reachable from security groups only (no address range), and
 //!   a broker switch moves both listeners.
 //! * With an ALB certificate port 80 answers with a redirect to HTTPS.
-//! * Without certificates `stacks create` warns, through the reporter, on stderr.
+//! * Without a broker certificate the brokers end TLS themselves with the swarm's own CA:
+//!   the NLB passes 8883 through, nothing listens in plain text on it, the clients trust
+//!   the CA from SSM; without an ALB certificate `stacks create` warns on stderr.
 //! * A broker certificate that ACM does not hold, that is not issued, or that does not
 //!   cover the name is refused before anything is made.
 //!
@@ -238,44 +240,110 @@ fn broker_tls_listener_alb_redirect_and_mqtt_only_from_groups() {
     ok(&["stacks", "remove", "--all", &swarm]);
 }
 
+/// Whether SSM parameter `name` exists; with `value`, first writes it (as a broker box
+/// would: String, or SecureString for the TLS key).
+fn param(name: &str, value: Option<(&str, aws_sdk_ssm::types::ParameterType)>) -> bool {
+    block_on(async {
+        let ssm = emulator().ssm().await;
+        if let Some((v, t)) = value {
+            ssm.put_parameter().name(name).value(v).r#type(t).overwrite(true).send().await.unwrap();
+        }
+        ssm.get_parameter().name(name).send().await.is_ok()
+    })
+}
+
 #[test]
-fn without_certificates_stacks_create_warns_and_mqtt_stays_in_the_groups() {
-    let swarm = unique("plain");
+fn without_certificates_the_brokers_end_tls_with_the_swarms_own_ca() {
+    let swarm = unique("owntls");
     let vpc = network();
+    let (tls_param, ca_param) = (format!("/tyrell/{swarm}/broker-tls"), format!("/tyrell/{swarm}/broker-ca"));
+    // Left by an earlier swarm of the same name: a certificate for another NLB.
+    assert!(param(&tls_param, Some(("stale", aws_sdk_ssm::types::ParameterType::SecureString))));
     let out = run(&["stacks", "create", "-v", &vpc, &swarm]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stacks create: {stderr}");
+    assert!(!param(&tls_param, None), "the stale TLS parameter is removed before the brokers make theirs");
+    // One loud warning, for the ALB; the broker is encrypted without a certificate.
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARNING")).collect();
-    assert_eq!(warnings.len(), 2, "one warning per missing certificate:\n{stderr}");
-    assert!(warnings.iter().any(|w| w.contains("--certificate-arn") && w.contains("plain HTTP")), "{stderr}");
-    assert!(warnings.iter().any(|w| w.contains("--broker-certificate-arn") && w.contains("plain text")), "{stderr}");
+    assert_eq!(warnings.len(), 1, "one warning, for the ALB's certificate:\n{stderr}");
+    assert!(warnings[0].contains("--certificate-arn") && warnings[0].contains("plain HTTP"), "{stderr}");
+    assert!(stderr.contains("the brokers end MQTT's TLS on 8883 with the swarm's own CA"), "{stderr}");
     assert!(out.stdout.iter().all(|b| *b != b'!'), "warnings go to stderr, not into the result");
 
     let s = stack(&swarm).unwrap();
-    assert_eq!((s.outputs["BrokerTls"].as_str(), s.outputs["BrokerPort"].as_str()), ("false", "1883"));
-    assert!(!s.outputs.contains_key("BrokerTlsListenerArn"));
-    let nlb = listeners_of_lb_of(&s.outputs["BrokerListenerArn"]);
-    assert_eq!(nlb.iter().map(|l| l.port).collect::<Vec<_>>(), vec![1883], "no TLS listener without a certificate");
-    let alb = listeners_of_lb_of(&s.outputs["AlbListenerArn"]);
-    assert_eq!(alb.iter().map(|l| l.port).collect::<Vec<_>>(), vec![80]);
-
-    // Plain MQTT still only from the swarm's groups, never from an address range.
     let o = &s.outputs;
-    let from: BTreeSet<String> =
-        ingress(&o["NlbSecurityGroupId"]).into_iter().filter(|r| r.0 == 1883).flat_map(|r| r.2.into_iter()).collect();
+    assert_eq!(
+        [&o["BrokerTls"], &o["BrokerPort"], &o["BrokerTlsBy"], &o["BrokerTargetPort"], &o["BrokerNlbPort"]],
+        ["true", "8883", "broker", "8883", "8883"]
+    );
+    assert_eq!(o["BrokerHost"], o["BrokerNlbHost"], "the clients verify the NLB's own name");
+    assert!(!o.contains_key("BrokerTlsListenerArn"), "the NLB ends no TLS");
+    // The NLB: one listener, 8883, passed through; nothing in plain text on 1883.
+    let nlb = listeners_of_lb_of(&o["BrokerListenerArn"]);
+    assert_eq!(nlb.iter().map(|l| l.port).collect::<Vec<_>>(), vec![8883]);
+    let alb = listeners_of_lb_of(&o["AlbListenerArn"]);
+    assert_eq!(alb.iter().map(|l| l.port).collect::<Vec<_>>(), vec![80]);
+    // MQTT over TLS only from the swarm's groups; no one reaches the NLB on 1883.
+    let nlb_rules = ingress(&o["NlbSecurityGroupId"]);
+    assert!(nlb_rules.iter().all(|r| (r.0, r.1) == (8883, 8883) && r.3.is_empty()), "{nlb_rules:?}");
+    let from: BTreeSet<String> = nlb_rules.into_iter().flat_map(|r| r.2.into_iter()).collect();
     let want: BTreeSet<String> =
         ["RouterSecurityGroupId", "BeeSecurityGroupId", "IndexerSecurityGroupId", "BrokerSecurityGroupId"]
             .iter()
             .map(|k| o[*k].clone())
             .collect();
     assert_eq!(from, want);
+    // The brokers: 8883 from the NLB (passed-through TLS), 1883 from the brokers only.
+    let broker_rules: BTreeSet<(i32, BTreeSet<String>)> =
+        ingress(&o["BrokerSecurityGroupId"]).into_iter().map(|r| (r.0, r.2)).collect();
+    let only = |k: &str| BTreeSet::from([o[k].clone()]);
+    assert_eq!(
+        broker_rules,
+        BTreeSet::from([(8883, only("NlbSecurityGroupId")), (1883, only("BrokerSecurityGroupId"))])
+    );
     assert_mqtt_only_from_groups(&vpc);
 
+    // A broker version: its target group on 8883, mosquitto's TLS listener from the
+    // swarm's CA, the bridge reading the announcements over TLS.
+    create("brokers", &swarm, "v1", "1");
+    let tg = output(&format!("{swarm}-broker-v1"), "TargetGroupArn");
+    let port = block_on(async {
+        let elb = emulator().elb().await;
+        elb.describe_target_groups().target_group_arns(&tg).send().await.unwrap().target_groups()[0].port()
+    });
+    assert_eq!(port, Some(8883));
+    let broker = user_data(&format!("{swarm}-broker-v1"));
+    for want in [
+        "listener 8883".to_string(),
+        "certfile /etc/mosquitto/tls/cert.pem".to_string(),
+        format!(
+            "ExecStartPre=+/usr/local/sbin/tyrell-broker-tls '{}' '{tls_param}' '{ca_param}' '{}' '{swarm}'",
+            emulator().region,
+            o["BrokerNlbHost"]
+        ),
+    ] {
+        assert!(broker.lines().any(|l| l.trim() == want), "broker user data lacks {want}:\n{broker}");
+    }
+    assert!(
+        broker.contains(&format!(
+            "BROKER_CA_FILE=/etc/mosquitto/tls/ca.pem exec /usr/local/sbin/tyrell-broker-bridge '{}' '8883'",
+            o["BrokerNlbHost"]
+        )),
+        "{broker}"
+    );
+    // The clients: TLS to the NLB's name, trusting the CA from SSM.
     create("bees", &swarm, "v1", "1");
     let bee = user_data(&format!("{swarm}-bee-v1"));
-    assert_eq!(env_line(&bee, "BROKER_TLS"), Some("false"));
-    assert_eq!(env_line(&bee, "BROKER_PORT"), Some("1883"));
+    assert_eq!(env_line(&bee, "BROKER_TLS"), Some("true"));
+    assert_eq!(env_line(&bee, "BROKER_PORT"), Some("8883"));
+    assert_eq!(env_line(&bee, "BROKER_HOST"), Some(o["BrokerNlbHost"].as_str()));
+    assert_eq!(env_line(&bee, "BROKER_CA_PARAM"), Some(ca_param.as_str()));
+
+    // What the broker boxes wrote goes with the swarm.
+    assert!(param(&tls_param, Some(("key and certificates", aws_sdk_ssm::types::ParameterType::SecureString))));
+    assert!(param(&ca_param, Some(("the CA", aws_sdk_ssm::types::ParameterType::String))));
     ok(&["stacks", "remove", "--all", &swarm]);
+    assert!(!param(&tls_param, None) && !param(&ca_param, None), "stacks remove leaves no TLS parameter");
 }
 
 #[test]

@@ -109,10 +109,14 @@ impl Engine {
             ));
         }
         if req.broker_certificate_arn.is_none() {
-            self.report.warn(&format!(
-                "swarm {}: no --broker-certificate-arn: MQTT runs in plain text (1883) inside the VPC and bees in other regions cannot join; give an ACM certificate and --broker-dns-name for TLS on 8883 (docs/MULTI-REGION.md)",
-                req.name
+            let tls = [crate::names::BROKER_TLS, crate::names::BROKER_CA].map(|w| crate::names::secret_param(&req.name, w));
+            self.report.step(&format!(
+                "swarm {}: the brokers end MQTT's TLS on 8883 with the swarm's own CA (made by the first broker box; the clients trust {} from SSM); --broker-certificate-arn would have the NLB end it with an ACM certificate",
+                req.name, tls[1]
             ));
+            // Left by an earlier swarm of this name (no base stack exists: checked above):
+            // a certificate for another NLB's name, which the clients would refuse.
+            ssm::delete(&self.aws.ssm, &tls).await?;
         }
         let mut created = Vec::new();
         for p in &secrets.names() {
@@ -297,6 +301,7 @@ impl Engine {
         self.delete_stack(&base).await?;
         // Its secrets, and the live versions its switches recorded.
         let mut params = Secrets::of(name).names().to_vec();
+        params.extend([crate::names::BROKER_TLS, crate::names::BROKER_CA].map(|w| crate::names::secret_param(name, w)));
         params.extend(self.lib.roles().iter().map(|m| crate::names::live_param(name, &m.role)));
         ssm::delete(&self.aws.ssm, &params).await?;
         removed.push(base.name);

@@ -76,7 +76,8 @@ impl Engine {
     /// Adds bee region `there` to swarm `swarm` (whose base stack is in this engine's
     /// region) on network stack `network` of that region. Refused before any change when:
     /// the regions are the same; the swarm has no base stack here or its broker has no TLS
-    /// (`BrokerTls` not `true`: bees from another region connect over TLS only); the
+    /// (`BrokerTls` not `true`, made before TLS was the default: bees from another region
+    /// connect over TLS only); the
     /// network is missing, has no NAT gateway or lacks the route-table outputs (made before
     /// them); its CIDR overlaps the home VPC or another bee region of the swarm; the
     /// region is already added. A failure after the peering removes what it made.
@@ -104,7 +105,7 @@ impl Engine {
         if base.output("BrokerTls") != Some("true") {
             crate::refuse!(
                 Invalid,
-                "swarm {swarm}'s broker has no TLS listener (its base stack was made without --broker-certificate-arn): bees in another region connect over TLS only"
+                "swarm {swarm}'s broker has no TLS listener (its base stack was made by a tyrell older than TLS by default, without --broker-certificate-arn): bees in another region connect over TLS only; re-create the swarm"
             );
         }
         let o = |k: &str| -> anyhow::Result<String> {
@@ -181,6 +182,13 @@ impl Engine {
                 ("PrivateSubnetIds".into(), view.private_subnets.join(",")),
                 ("PeeringConnectionId".into(), pcx.to_string()),
                 ("BrokerPasswordParamArn".into(), base.output("BrokerPasswordParamArn").unwrap_or_default().into()),
+                // A base stack made before BrokerCaParamArn (its TLS by the NLB, checked
+                // above): the bees do not read it; the password's ARN keeps the pattern.
+                (
+                    "BrokerCaParamArn".into(),
+                    base.output("BrokerCaParamArn").or(base.output("BrokerPasswordParamArn")).unwrap_or_default().into(),
+                ),
+                ("BrokerTlsBy".into(), base.output("BrokerTlsBy").unwrap_or("nlb").into()),
                 ("BrokerHost".into(), base.output("BrokerHost").unwrap_or_default().into()),
                 ("BrokerPort".into(), base.output("BrokerPort").unwrap_or_default().into()),
                 ("AdminCidrs".into(), admin.clone()),

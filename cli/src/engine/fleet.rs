@@ -100,6 +100,12 @@ pub fn new_version(now: time::OffsetDateTime, taken: &[String]) -> String {
     }
 }
 
+/// The port a role's boxes serve their load balancer on: the base stack output the role
+/// names in `port_output` (role.toml), else its `port`.
+fn target_port(m: &Manifest, base: &StackInfo) -> String {
+    m.traffic.port_output.as_deref().and_then(|k| base.output(k)).map_or_else(|| m.traffic.port.to_string(), str::to_string)
+}
+
 fn parse_cron_choice(m: &Manifest, choice: &ScheduleChoice) -> (String, String, i32) {
     match choice {
         ScheduleChoice::Off => (String::new(), String::new(), 0),
@@ -189,7 +195,7 @@ impl Engine {
             ("SubnetIds".into(), out("PrivateSubnetIds")?),
             ("SecurityGroupId".into(), out(&m.security_group_output)?),
             ("InstanceProfileArn".into(), out(&m.instance_profile_output)?),
-            ("TargetPort".into(), if m.traffic.via == Via::None { "0".into() } else { m.traffic.port.to_string() }),
+            ("TargetPort".into(), if m.traffic.via == Via::None { "0".into() } else { target_port(m, &base) }),
             ("TargetProtocol".into(), m.traffic.protocol.clone()),
             ("ScaleUpCron".into(), up),
             ("ScaleDownCron".into(), down),
@@ -220,6 +226,7 @@ impl Engine {
     /// The cloud-init values of a swarm, read back from its base stack and metrics box.
     pub async fn vars_for(&self, base: &StackInfo, role: &str, version: &str) -> anyhow::Result<Vars> {
         let b = Base::from(base);
+        let own_tls = base.output("BrokerTlsBy") == Some("broker");
         let metrics = match &b.metrics_security_group {
             Some(sg) => self.metrics_boxes().await?.into_iter().find(|m| &m.security_group == sg),
             None => None,
@@ -232,8 +239,17 @@ impl Engine {
             broker_host: base.output("BrokerHost").unwrap_or_default().into(),
             broker_port: base.output("BrokerPort").and_then(|p| p.parse().ok()).unwrap_or(render::BROKER_PORT),
             broker_tls: if base.output("BrokerTls") == Some("true") { "true" } else { "false" }.into(),
+            // The brokers end TLS themselves (no ACM certificate): the clients trust the
+            // swarm's CA; a bee region's boxes read it in the home region, by its ARN.
+            broker_ca_param: match (own_tls, base.tag(super::TAG_ROLE)) {
+                (false, _) => String::new(),
+                (true, Some(super::bee_region::ROLE)) => base.output("BrokerCaParamArn").unwrap_or_default().into(),
+                (true, _) => crate::names::secret_param(&base.name, crate::names::BROKER_CA),
+            },
+            broker_tls_param: if own_tls { crate::names::secret_param(&base.name, crate::names::BROKER_TLS) } else { String::new() },
             // A base stack made before BrokerNlbHost existed: its BrokerHost is the NLB.
             broker_nlb_host: base.output("BrokerNlbHost").or(base.output("BrokerHost")).unwrap_or_default().into(),
+            broker_nlb_port: base.output("BrokerNlbPort").and_then(|p| p.parse().ok()).unwrap_or(render::BROKER_PORT),
             broker_listen_port: render::BROKER_PORT,
             queue_url: b.queue_url.clone(),
             bucket: b.bucket.clone(),

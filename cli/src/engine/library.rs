@@ -43,8 +43,14 @@ pub struct Traffic {
     /// Other names `tyrell traffic` accepts for this role (`elb`, `alb` for the routers).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The port the boxes serve the load balancer on (the target group's port).
     #[serde(default)]
     pub port: u16,
+    /// A base stack output holding the port instead, when it depends on how the swarm was
+    /// made (the broker's `BrokerTargetPort`: 8883 when the brokers end TLS themselves,
+    /// 1883 behind a TLS-ending NLB); `port` when the base stack lacks it (made before).
+    #[serde(default)]
+    pub port_output: Option<String>,
     #[serde(default = "default_protocol")]
     pub protocol: String,
     #[serde(default)]

@@ -16,18 +16,32 @@ pub struct Vars {
     pub role: String,
     pub version: String,
     /// Where the swarm's MQTT clients connect: the base stack's `BrokerHost` (the name on
-    /// the broker certificate with TLS, else the NLB's DNS name).
+    /// the ACM certificate when the NLB ends TLS, else the NLB's DNS name, which the
+    /// brokers' own certificate carries).
     pub broker_host: String,
-    /// The clients' MQTT port (`BrokerPort`: 8883 with TLS, else 1883).
+    /// The clients' MQTT port (`BrokerPort`: 8883; 1883 only for a base stack made before
+    /// TLS was the default and without a broker certificate).
     pub broker_port: u16,
-    /// `"true"` when the clients use TLS and verify the broker's certificate against the
-    /// system roots (`BrokerTls`), else `"false"`.
+    /// `"true"` when the clients use TLS and verify the broker's certificate (`BrokerTls`),
+    /// else `"false"` (a base stack made before TLS was the default).
     pub broker_tls: String,
-    /// The broker NLB's own DNS name (`BrokerNlbHost`): its plain listener on
-    /// `broker_listen_port`, which the brokers use to find each other.
+    /// The SSM parameter with the swarm's broker CA certificate (PEM) that the clients
+    /// trust (`BROKER_CA_PARAM`): `/tyrell/<swarm>/broker-ca`, its ARN in a bee region
+    /// (`BrokerCaParamArn`); empty when the NLB ends TLS with an ACM certificate (the
+    /// clients then verify against the system roots).
+    pub broker_ca_param: String,
+    /// The SSM SecureString where the brokers keep their TLS key, certificate and CA
+    /// (`/tyrell/<swarm>/broker-tls`, made by the first broker box); empty when the NLB
+    /// ends TLS.
+    pub broker_tls_param: String,
+    /// The broker NLB's own DNS name (`BrokerNlbHost`), where a new broker reads the
+    /// announcements, on `broker_nlb_port`.
     pub broker_nlb_host: String,
-    /// The port mosquitto listens on in plain text inside the VPC, and the NLB forwards to
-    /// ([`BROKER_PORT`]).
+    /// The NLB port a broker reads the announcements on (`BrokerNlbPort`: 8883 with the
+    /// brokers' own TLS, 1883 plain beside a TLS-ending NLB's listener).
+    pub broker_nlb_port: u16,
+    /// The port mosquitto listens on in plain text, for the other brokers' bridges and
+    /// its own tools ([`BROKER_PORT`]); the NLB forwards to it only when it ends TLS.
     pub broker_listen_port: u16,
     pub queue_url: String,
     pub bucket: String,
@@ -48,7 +62,10 @@ pub struct Vars {
 }
 
 pub const ROUTER_PORT: u16 = 8080;
+/// mosquitto's plain MQTT port (IANA "mqtt"): the brokers' bridges and own tools.
 pub const BROKER_PORT: u16 = 1883;
+/// MQTT over TLS (IANA "secure-mqtt"): the clients' port on the broker NLB.
+pub const BROKER_TLS_PORT: u16 = 8883;
 
 impl Vars {
     /// Example values, for `tyrell roles render` and the template checks.
@@ -59,9 +76,12 @@ impl Vars {
             role: role.into(),
             version: "v261123101500".into(),
             broker_host: "swarm1-broker-0123456789.elb.eu-west-1.amazonaws.com".into(),
-            broker_port: BROKER_PORT,
-            broker_tls: "false".into(),
+            broker_port: BROKER_TLS_PORT,
+            broker_tls: "true".into(),
+            broker_ca_param: secret_param("swarm1", "broker-ca"),
+            broker_tls_param: secret_param("swarm1", "broker-tls"),
             broker_nlb_host: "swarm1-broker-0123456789.elb.eu-west-1.amazonaws.com".into(),
+            broker_nlb_port: BROKER_TLS_PORT,
             broker_listen_port: BROKER_PORT,
             queue_url: "https://sqs.eu-west-1.amazonaws.com/123456789012/swarm1-pings".into(),
             bucket: "swarm1-archive-123456789012".into(),

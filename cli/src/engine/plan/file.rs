@@ -570,15 +570,9 @@ pub fn parse(file: &str, text: &str, home: &Region, lib: &Library) -> anyhow::Re
         };
         let network = network_ref(&spec.network, &r, &format!("bees.{r}"))?;
         // What `tyrell stacks add-region` would refuse is refused here, at its place:
-        // bees outside the home region reach the broker over TLS through a VPC peering, so
-        // the broker needs its TLS listener, the bee network a NAT gateway, and the peered
-        // ranges must be distinct (docs/MULTI-REGION.md 6).
-        if base.broker_certificate_arn.is_none() {
-            return Err(src.bad(
-                key.span(),
-                format!("bees.{r}: bees in another region connect to the broker over TLS only: give [base] a broker_certificate_arn and broker_dns_name"),
-            ));
-        }
+        // bees outside the home region reach the broker (over TLS, always) through a VPC
+        // peering, so the bee network needs a NAT gateway and the peered ranges must be
+        // distinct (docs/MULTI-REGION.md 6).
         let net = networks
             .iter()
             .find(|n| n.name == network)
@@ -723,12 +717,10 @@ mod tests {
         assert!(e.contains("bees.ap-south-1 is in ap-south-1, but network net1 is in eu-west-1"), "{e}");
         let e = err(&text.replace("[bees.ap-south-1]", "[bees.eu-west-1]"));
         assert!(e.contains("the home region's bees are [roles.bee]"), "{e}");
+        // Without an ACM certificate the brokers end TLS themselves: a bee region is fine.
+        let own = parse("p.toml", &text.replace(tls, "network = \"net1\"\n"), &home(), &lib()).unwrap();
+        assert_eq!((own.bees.len(), own.base.broker_certificate_arn.clone()), (1, None));
         // What add-region would refuse, refused at its place in the file.
-        let e = err(&text.replace(tls, "network = \"net1\"\n"));
-        assert!(
-            e.starts_with("p.toml:16:7: bees.ap-south-1: bees in another region connect to the broker over TLS only"),
-            "{e}"
-        );
         let e = err(&text.replace("cidr = \"10.1.0.0/16\"", "cidr = \"10.0.0.0/16\""));
         assert!(
             e.starts_with("p.toml:19:11: bees.ap-south-1: network far (10.0.0.0/16) overlaps the home network net1"),
