@@ -9,7 +9,9 @@
 //!
 //! Secrets are never flags: each comes from an environment variable holding the value
 //! (local use), a `*_FILE` naming a file that holds it, or a `*_PARAM` naming an SSM
-//! SecureString read at start (on the boxes).
+//! SecureString read at start (on the boxes). Public values the boxes publish for each
+//! other (the broker CA's certificate, BROKER_CA_PARAM) come from String parameters, read
+//! the same way ([`read_param`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -97,15 +99,54 @@ pub async fn aws() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
 }
 
-/// Where a secret comes from: its value, a file holding it, or an SSM parameter name.
+/// Reads the SSM parameter `param` at start: a name (`/tyrell/<swarm>/broker-password`)
+/// is read in the region of the standard chain (AWS_REGION), a parameter ARN
+/// (`arn:aws:ssm:REGION:ACCOUNT:parameter/NAME`, [`param_arn`]) in its own REGION, so a
+/// bee region reads the home region's parameters (docs/MULTI-REGION.md 6.5). The value
+/// comes decrypted (a SecureString's plain text; a String's as it is). `what` says what
+/// the parameter holds, for the errors (e.g. `broker password`).
+///
+/// Errors, each naming the parameter as given: an `arn:` value of another shape; a
+/// parameter that does not exist in that region (`SSM parameter P does not exist in
+/// REGION: cannot read the <what>`); any other failed request (access denied, no
+/// network) with the SDK's reason; a parameter without a value.
+pub async fn read_param(param: &str, what: &str) -> Result<String> {
+    let (region, name) = match param_arn(param).with_context(|| format!("reading the {what}"))? {
+        Some((region, name)) => (Some(region), name),
+        None => (None, param.to_string()),
+    };
+    let mut conf = aws().await.into_builder();
+    if let Some(r) = region {
+        conf = conf.region(aws_config::Region::new(r));
+    }
+    let conf = conf.build();
+    let region = conf.region().map_or_else(|| "no region (AWS_REGION is not set)".to_string(), |r| r.to_string());
+    let ssm = aws_sdk_ssm::Client::new(&conf);
+    let out = match ssm.get_parameter().name(&name).with_decryption(true).send().await {
+        Ok(out) => out,
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_parameter_not_found()) => {
+            bail!("SSM parameter {param} does not exist in {region}: cannot read the {what}")
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the {what} from SSM parameter {param} in {region}"));
+        }
+    };
+    out.parameter.and_then(|p| p.value).with_context(|| format!("SSM parameter {param} ({what}) has no value"))
+}
+
+/// Where a secret comes from: its value, a file holding it, or an SSM parameter.
 #[derive(Debug, Clone, Default)]
 pub struct SecretSource {
+    /// The secret itself (an environment variable, local use); empty = not set.
     pub value: Option<String>,
+    /// A file holding it (its trailing line break is not part of it).
     pub file: Option<PathBuf>,
+    /// An SSM parameter holding it, a name or an ARN ([`read_param`]); empty = not set.
     pub param: Option<String>,
 }
 
 impl SecretSource {
+    /// Whether any source is set (a value or parameter that is not empty, or a file).
     pub fn is_set(&self) -> bool {
         self.value.as_deref().is_some_and(|v| !v.is_empty())
             || self.file.is_some()
@@ -122,28 +163,7 @@ impl SecretSource {
             return Ok(Some(v.trim_end_matches(['\r', '\n']).to_string()));
         }
         if let Some(param) = self.param.as_deref().filter(|p| !p.is_empty()) {
-            // A parameter ARN is read in its own region (a bee region reads the home
-            // region's broker password: docs/MULTI-REGION.md 6.5); a name, in AWS_REGION.
-            let (region, name) = match param_arn(param).with_context(|| format!("reading the {what}"))? {
-                Some((region, name)) => (Some(region), name),
-                None => (None, param.to_string()),
-            };
-            let mut conf = aws().await.into_builder();
-            if let Some(r) = region {
-                conf = conf.region(aws_config::Region::new(r));
-            }
-            let ssm = aws_sdk_ssm::Client::new(&conf.build());
-            let name = name.as_str();
-            let out = ssm
-                .get_parameter()
-                .name(name)
-                .with_decryption(true)
-                .send()
-                .await
-                .with_context(|| format!("reading the {what} from SSM parameter {name}"))?;
-            let v =
-                out.parameter.and_then(|p| p.value).with_context(|| format!("SSM parameter {name} has no value"))?;
-            return Ok(Some(v));
+            return read_param(param, what).await.map(Some);
         }
         Ok(None)
     }

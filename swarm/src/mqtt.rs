@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rumqttc::Transport;
 
 use crate::config::{duration_in, int_in, SecretSource};
@@ -18,7 +18,8 @@ use crate::Backoff;
 /// Debian's bundle of trusted CA certificates (package ca-certificates).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// Broker options common to the three programs.
+/// Broker options common to the three programs: flags and environment variables (see
+/// swarm/README.md), plus what [`MqttArgs::prepare`] reads at start.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MqttArgs {
     /// Broker host name or address.
@@ -42,13 +43,33 @@ pub struct MqttArgs {
     /// The SSM SecureString parameter holding the broker password, read at start.
     #[arg(long, env = "BROKER_PASSWORD_PARAM")]
     pub broker_password_param: Option<String>,
-    /// Connect with TLS (server verified against BROKER_CA_FILE, else the system roots).
+    /// Connect with TLS (server verified against BROKER_CA_FILE or BROKER_CA_PARAM, else
+    /// the system roots).
     #[arg(long, env = "BROKER_TLS", default_value = "false", action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub broker_tls: bool,
-    /// PEM file with the CA that signed the broker's certificate.
+    /// PEM file with the CA that signed the broker's certificate (or BROKER_CA_PARAM, not
+    /// both).
     #[arg(long, env = "BROKER_CA_FILE")]
     pub broker_ca_file: Option<PathBuf>,
+    /// The SSM parameter holding the PEM of the CA that signed the broker's certificate:
+    /// the swarm's own private CA, made on the broker boxes, which publish its (public)
+    /// certificate as a String parameter such as `/tyrell/<swarm>/broker-ca`. A name is
+    /// read in AWS_REGION; an ARN `arn:aws:ssm:REGION:ACCOUNT:parameter/NAME` (bees in
+    /// another region) in REGION. Empty = not set.
+    ///
+    /// Read once at start (MqttArgs::prepare). Errors stop the program: set together
+    /// with BROKER_CA_FILE; set without BROKER_TLS; a value holding no PEM certificate; a
+    /// parameter that does not exist (the error names it). The last is how the boxes wait
+    /// for the brokers to make the CA: their systemd units restart the program every 2 s
+    /// (`Restart=always`, `RestartSec=2`) until the parameter is there.
+    #[arg(long, env = "BROKER_CA_PARAM")]
+    pub broker_ca_param: Option<String>,
+    /// The PEM of the CA(s) the broker's certificate is verified against when BROKER_TLS
+    /// is on, read once by [`MqttArgs::prepare`] (from BROKER_CA_PARAM, BROKER_CA_FILE or
+    /// the system bundle); copies made by [`MqttArgs::at`] carry it. Not a setting.
+    #[arg(skip)]
+    ca_pem: Option<Arc<Vec<u8>>>,
     /// MQTT keep-alive: a dead connection is noticed within 1.5 times this. 1s to 65535s
     /// (the protocol carries it as 16-bit seconds).
     #[arg(long, env = "BROKER_KEEP_ALIVE", default_value = "15s",
@@ -69,17 +90,51 @@ impl MqttArgs {
         }
     }
 
-    /// Reads the password (possibly from SSM). `None` connects without credentials.
-    pub async fn password(&self) -> Result<Option<String>> {
-        self.password_source().resolve("broker password").await
+    /// BROKER_CA_PARAM when it is set and not empty.
+    fn ca_param(&self) -> Option<&str> {
+        self.broker_ca_param.as_deref().filter(|p| !p.trim().is_empty())
     }
 
-    /// The broker's TLS transport: certificates verified against BROKER_CA_FILE, else the
-    /// system bundle; an error (never a panic) when neither holds a PEM certificate.
-    fn transport(&self) -> Result<Option<Transport>> {
-        if !self.broker_tls {
-            return Ok(None);
+    /// Reads, once at start, what the broker options need from outside, and returns the
+    /// broker password (`None`: connect without credentials). Call it before [`Self::v4`],
+    /// [`Self::v5`] or [`Self::at`]: they stay synchronous and use what it read.
+    ///
+    /// In order: BROKER_CA_FILE and BROKER_CA_PARAM both set is an error (one sentence
+    /// naming both); BROKER_CA_PARAM without BROKER_TLS is an error; the password (value,
+    /// file or SSM: [`SecretSource::resolve`]); with BROKER_TLS on, the CA the broker is
+    /// verified against — BROKER_CA_PARAM ([`crate::config::read_param`]: a missing
+    /// parameter is an error naming it), else BROKER_CA_FILE, else the system bundle —
+    /// which must hold a PEM certificate (else an error, never a panic).
+    pub async fn prepare(&mut self) -> Result<Option<String>> {
+        let param = self.ca_param().map(str::to_string);
+        if let (Some(file), Some(p)) = (&self.broker_ca_file, &param) {
+            bail!(
+                "BROKER_CA_FILE (--broker-ca-file) {} and BROKER_CA_PARAM (--broker-ca-param) {p} are both set: give the broker's CA one way, a file or an SSM parameter",
+                file.display()
+            );
         }
+        if let Some(p) = &param {
+            ensure!(
+                self.broker_tls,
+                "BROKER_CA_PARAM (--broker-ca-param) {p} is set but BROKER_TLS is off: the CA only verifies a broker reached over TLS (set BROKER_TLS=true)"
+            );
+        }
+        let password = self.password_source().resolve("broker password").await?;
+        self.ca_pem = match (&param, self.broker_tls) {
+            (_, false) => None,
+            (Some(p), true) => {
+                let pem = crate::config::read_param(p, "broker CA (BROKER_CA_PARAM)").await?;
+                holds_certificate(pem.as_bytes(), &format!("BROKER_CA_PARAM {p}"))?;
+                Some(Arc::new(pem.into_bytes()))
+            }
+            (None, true) => Some(Arc::new(self.ca_from_file()?)),
+        };
+        Ok(password)
+    }
+
+    /// The CA from BROKER_CA_FILE, else the system bundle (SSL_CERT_FILE, else
+    /// [`SYSTEM_CA_BUNDLE`]): an error unless it is readable and holds a PEM certificate.
+    fn ca_from_file(&self) -> Result<Vec<u8>> {
         // Without BROKER_CA_FILE the system's CA bundle is read here, not through
         // rumqttc's default configuration, which panics on an unreadable certificate
         // store and retries forever on an empty one.
@@ -92,15 +147,33 @@ impl MqttArgs {
         };
         let ca = std::fs::read(&path)
             .with_context(|| format!("BROKER_TLS is on, but {what} {} cannot be read", path.display()))?;
-        anyhow::ensure!(
-            String::from_utf8_lossy(&ca).contains("-----BEGIN CERTIFICATE-----"),
-            "BROKER_TLS is on, but {what} {} holds no PEM certificate",
-            path.display()
-        );
+        holds_certificate(&ca, &format!("{what} {}", path.display()))?;
+        Ok(ca)
+    }
+
+    /// The broker's TLS transport (`None` when BROKER_TLS is off): the certificate is
+    /// verified against the CA [`Self::prepare`] read, for the name in `broker_host` (a
+    /// DNS name or an IP address, which the certificate must then name). Without
+    /// `prepare`, BROKER_CA_FILE or the system bundle is read here (BROKER_CA_PARAM
+    /// cannot be: an error).
+    fn transport(&self) -> Result<Option<Transport>> {
+        if !self.broker_tls {
+            return Ok(None);
+        }
+        let ca = match &self.ca_pem {
+            Some(pem) => pem.as_ref().clone(),
+            None if self.ca_param().is_some() => {
+                bail!(
+                    "BROKER_CA_PARAM is set but was not read: MqttArgs::prepare must run before the options are built"
+                )
+            }
+            None => self.ca_from_file()?,
+        };
         Ok(Some(Transport::tls(ca, None, None)))
     }
 
-    /// MQTT 3.1.1 options with an optional last will `(topic, payload, retain)`.
+    /// MQTT 3.1.1 options with an optional last will `(topic, payload, retain)`. Errors:
+    /// BROKER_TLS on and no CA to verify the broker against (see [`Self::transport`]).
     pub fn v4(
         &self,
         client_id: &str,
@@ -123,7 +196,7 @@ impl MqttArgs {
     }
 
     /// MQTT 5 options; `session_expiry` > 0 keeps the session (and queued QoS 1 messages)
-    /// on the broker across reconnects.
+    /// on the broker across reconnects. Errors: as [`Self::v4`].
     pub fn v5(&self, client_id: &str, password: Option<&str>, session_expiry: u32) -> Result<rumqttc::v5::MqttOptions> {
         let mut o = rumqttc::v5::MqttOptions::new(client_id, &self.broker_host, self.broker_port);
         o.set_keep_alive(self.broker_keep_alive.max(Duration::from_secs(1)));
@@ -142,7 +215,10 @@ impl MqttArgs {
     }
 
     /// The same options for the broker at `host`:`port` (an indexer's direct connection
-    /// to an announced broker, [`Announcement`]).
+    /// to an announced broker, [`Announcement`]): the credentials, BROKER_TLS and the CA
+    /// [`Self::prepare`] read are kept, so with BROKER_TLS on the connection is TLS and the
+    /// broker's certificate must be valid for `host` itself (an announcement's `host` is
+    /// the broker's private IP address).
     pub fn at(&self, host: &str, port: u16) -> MqttArgs {
         MqttArgs { broker_host: host.to_string(), broker_port: port, ..self.clone() }
     }
@@ -150,6 +226,16 @@ impl MqttArgs {
     fn backoff(&self) -> Backoff {
         Backoff::new(Duration::from_millis(250), self.broker_max_backoff.max(Duration::from_millis(250)))
     }
+}
+
+/// Checks that `pem` holds a PEM certificate (`-----BEGIN CERTIFICATE-----`, RFC 7468):
+/// else an error `BROKER_TLS is on, but <what> holds no PEM certificate`.
+fn holds_certificate(pem: &[u8], what: &str) -> Result<()> {
+    ensure!(
+        String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----"),
+        "BROKER_TLS is on, but {what} holds no PEM certificate"
+    );
+    Ok(())
 }
 
 /// How long a broker's announcement lives when it carries no MQTT 5 message expiry: what
@@ -209,6 +295,7 @@ pub struct ConnState {
 }
 
 impl ConnState {
+    /// Whether the connection is up now (from its CONNACK until it fails).
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
@@ -218,9 +305,13 @@ impl ConnState {
 pub enum Msg<'a> {
     /// Connected (again): (re)subscribe, (re)announce.
     Connected,
+    /// A message from the broker.
     Publish {
+        /// Its topic.
         topic: &'a str,
+        /// Its payload, as published.
         payload: &'a [u8],
+        /// Whether the broker sent it as a retained message (on subscribing).
         retain: bool,
         /// The MQTT 5 packet (to acknowledge it later under manual acks); `None` on 3.1.1.
         v5: Option<&'a rumqttc::v5::mqttbytes::v5::Publish>,

@@ -270,6 +270,8 @@ fn settings_at_the_edges_of_their_ranges_are_accepted() {
             ],
         ),
         ("router", vec![("ROUTER_BEE_TTL", "1s"), ("BROKER_KEEP_ALIVE", "1s")]),
+        // An empty BROKER_CA_PARAM is not set (a swarm whose NLB ends TLS renders it empty).
+        ("router", vec![("BROKER_CA_PARAM", "")]),
     ];
     let children: Vec<_> = cases.iter().map(|(p, env)| (format!("{p} {env:?}"), spawn(p, env))).collect();
     std::thread::sleep(Duration::from_secs(3));
@@ -301,4 +303,75 @@ fn broker_tls_without_a_readable_ca_is_refused_at_start() {
             assert!(err.contains("BROKER_TLS") && err.contains(want), "{program} with {bundle}: {err}");
         }
     }
+}
+
+/// BROKER_CA_PARAM (the broker's CA from SSM) is read at start; what cannot work stops each
+/// program there with one sentence (the `Error:` line; the JSON log line says the same), a
+/// non-zero exit and no panic: BROKER_CA_FILE and BROKER_CA_PARAM together (naming both);
+/// BROKER_CA_PARAM without BROKER_TLS; a parameter that does not exist, by name or by ARN
+/// in another region (naming it and the region: on the boxes systemd starts the program
+/// again until the brokers made it); a parameter holding no PEM certificate.
+#[test]
+fn broker_ca_param_mistakes_stop_the_program_at_start() {
+    let emulator = testkit::Emulator::shared();
+    let swarm = testkit::unique("caparam");
+    let (missing, not_pem) = (format!("/tyrell/{swarm}/broker-ca"), format!("/tyrell/{swarm}/not-a-ca"));
+    let missing_arn = format!("arn:aws:ssm:eu-west-1:123456789012:parameter{missing}");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let ssm = emulator.ssm().await;
+        let put = ssm.put_parameter().name(&not_pem).value("no certificate here");
+        put.r#type(aws_sdk_ssm::types::ParameterType::String).send().await.unwrap();
+    });
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    let ca_file = ca_file.path().to_str().unwrap().to_string();
+    // (environment, what the one sentence must say)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<String>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("BROKER_TLS", "true"), ("BROKER_CA_FILE", &ca_file), ("BROKER_CA_PARAM", &missing)],
+            ["BROKER_CA_FILE (--broker-ca-file)", "BROKER_CA_PARAM (--broker-ca-param)", "are both set"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        (
+            vec![("BROKER_CA_PARAM", &missing)],
+            ["BROKER_CA_PARAM (--broker-ca-param)", "BROKER_TLS is off"].map(String::from).to_vec(),
+        ),
+        (
+            vec![("BROKER_TLS", "true"), ("BROKER_CA_PARAM", &missing)],
+            vec![format!("SSM parameter {missing} does not exist in us-east-1")],
+        ),
+        (
+            vec![("BROKER_TLS", "true"), ("BROKER_CA_PARAM", &missing_arn)],
+            vec![format!("SSM parameter {missing_arn} does not exist in eu-west-1")],
+        ),
+        (
+            vec![("BROKER_TLS", "true"), ("BROKER_CA_PARAM", &not_pem)],
+            vec![format!("BROKER_TLS is on, but BROKER_CA_PARAM {not_pem} holds no PEM certificate")],
+        ),
+    ];
+    let aws: Vec<(&str, String)> = emulator.env();
+    let mut running = Vec::new();
+    for program in ["bee", "indexer", "router"] {
+        for (env, want) in &cases {
+            let mut all: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            all.extend(env.iter().copied());
+            running.push((format!("{program} {env:?}"), want, spawn(program, &all)));
+        }
+    }
+    let mut failures = Vec::new();
+    for (what, want, child) in running {
+        let (code, err) = finish(child, Duration::from_secs(20));
+        // The log lines are JSON; the rest is what Rust's main prints for the error.
+        let said: Vec<&str> = err.lines().filter(|l| !l.starts_with('{')).collect();
+        let ok = matches!(code, Some(c) if c != 0 && c != 101)
+            && !err.contains("panicked")
+            && said.len() == 1
+            && said[0].starts_with("Error: ")
+            && want.iter().all(|w| said[0].contains(w));
+        if !ok {
+            failures.push(format!("{what}: exit {code:?}, stderr {err:?}\n  wanted one sentence with {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} refused badly:\n{}", failures.len(), failures.join("\n"));
 }

@@ -7,40 +7,35 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use testkit::servers::{temp_dir, write_password_file, Mosquitto};
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
+fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new(testkit::system_tool("openssl")).args(args).current_dir(dir).output().unwrap();
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-#[test]
-fn bee_publishes_over_tls() {
-    let dir = temp_dir("tls");
+/// A throw-away CA in `dir`: `<name>.key` and `<name>.crt`, common name `cn`.
+fn make_ca(dir: &Path, name: &str, cn: &str) {
+    let (key, crt, subj) = (format!("{name}.key"), format!("{name}.crt"), format!("/CN={cn}"));
     openssl(
-        &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-subj",
-            "/CN=tyrell test CA",
-            "-days",
-            "1",
-        ],
+        dir,
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt, "-subj", &subj, "-days", "1"],
     );
+    std::fs::set_permissions(dir.join(&crt), std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// A mosquitto with only a TLS listener (and a password) on 127.0.0.1, its certificate
+/// for `localhost` and 127.0.0.1 signed by a throw-away CA, `dir/ca.crt`: (broker, port,
+/// the CA's path).
+fn tls_broker(dir: &Path) -> (Mosquitto, u16, PathBuf) {
+    make_ca(dir, "ca", "tyrell test CA");
     openssl(
-        &dir,
+        dir,
         &[
             "req",
             "-newkey",
@@ -56,7 +51,7 @@ fn bee_publishes_over_tls() {
     );
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
     openssl(
-        &dir,
+        dir,
         &[
             "x509",
             "-req",
@@ -75,7 +70,7 @@ fn bee_publishes_over_tls() {
             "san.ext",
         ],
     );
-    for f in ["server.key", "server.crt", "ca.crt"] {
+    for f in ["server.key", "server.crt"] {
         std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     write_password_file(&dir.join("passwd"), USER, PASSWORD);
@@ -85,8 +80,29 @@ fn bee_publishes_over_tls() {
         "per_listener_settings false\nallow_anonymous false\npassword_file {d}/passwd\nlog_dest stderr\n\
          listener {port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n"
     );
-    let broker = Mosquitto::start_with_config(&conf, port, &dir);
-    let ca = dir.join("ca.crt");
+    (Mosquitto::start_with_config(&conf, port, dir), port, dir.join("ca.crt"))
+}
+
+/// Whether the program's log shows it refusing the broker's certificate (and retrying).
+fn refused(p: &Program) -> bool {
+    let log = p.log_text();
+    log.lines().any(|l| l.contains("cannot connect to the broker") && l.to_lowercase().contains("certificate"))
+}
+
+/// The status code of `GET /healthz` on 127.0.0.1:`http_port` ("" when nothing answers).
+fn healthz(http_port: u16) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http_port)) else { return String::new() };
+    use std::io::{Read, Write};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace().nth(1).unwrap_or_default().to_string()
+}
+
+#[test]
+fn bee_publishes_over_tls() {
+    let dir = temp_dir("tls");
+    let (broker, port, ca) = tls_broker(&dir);
 
     let tls_pub = |topic: &str, msg: &str| {
         let st = Command::new(testkit::system_tool("mosquitto_pub"))
@@ -161,10 +177,6 @@ fn bee_publishes_over_tls() {
         untrusting.log_text().contains("cannot connect to the broker").then_some(())
     });
     assert!(testkit::servers::running(untrusting.guard.pid), "the bee must keep retrying, not exit");
-    let refused = |p: &Program| {
-        let log = p.log_text();
-        log.lines().any(|l| l.contains("cannot connect to the broker") && l.to_lowercase().contains("certificate"))
-    };
     assert!(refused(&untrusting), "the bee's refusal names the certificate: {}", untrusting.log_text());
 
     // The router and the indexer: with the CA they connect over TLS; without it they refuse
@@ -183,14 +195,6 @@ fn bee_publishes_over_tls() {
         let p = Program::start(cmd, name);
         assert!(testkit::wait_for_port(http_port, Duration::from_secs(20)), "{name} did not listen: {}", p.log_text());
         (p, http_port)
-    };
-    let healthz = |http_port: u16| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
-        use std::io::{Read, Write};
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.split_whitespace().nth(1).unwrap_or_default().to_string()
     };
     let (trusting, tp) = router("router-tls", Some(&ca));
     wait_for(Duration::from_secs(20), "the router with the CA healthy over TLS", || {
@@ -229,4 +233,128 @@ fn bee_publishes_over_tls() {
     wait_for(Duration::from_secs(10), "the indexer's TLS refusal", || refused(&untrusting_indexer).then_some(()));
     assert!(testkit::servers::running(untrusting_indexer.guard.pid), "the indexer keeps retrying");
     assert!(!broker.log_text().contains(&format!(" as {id} ")), "the untrusting indexer never connected");
+}
+
+/// Puts the String parameter `name` = `value` in `region` of the AWS emulator.
+fn put_parameter(region: &str, name: &str, value: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let sdk = testkit::Emulator::shared().sdk().await;
+        let conf =
+            aws_sdk_ssm::config::Builder::from(&sdk).region(aws_sdk_ssm::config::Region::new(region.to_string()));
+        let ssm = aws_sdk_ssm::Client::from_conf(conf.build());
+        ssm.put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {name} in {region}: {e:?}"));
+    });
+}
+
+/// BROKER_CA_PARAM: the CA's certificate kept in SSM (as the broker boxes keep the swarm's
+/// own CA in /tyrell/<swarm>/broker-ca). Each of the bee, the router and the indexer, with
+/// the broker's CA in a parameter, connects over TLS and works (the bee's results arrive,
+/// the router is healthy, the indexer is connected); with another CA in the parameter it
+/// refuses the broker's certificate, says why and keeps retrying; given the parameter's
+/// ARN in another region, it reads it there (the same name in its own region holds
+/// another CA, which would be refused).
+#[test]
+fn programs_trust_the_ca_in_an_ssm_parameter() {
+    let dir = temp_dir("tls-param");
+    let (broker, port, ca) = tls_broker(&dir);
+    make_ca(&dir, "other", "another CA");
+    let (right, other) =
+        (std::fs::read_to_string(&ca).unwrap(), std::fs::read_to_string(dir.join("other.crt")).unwrap());
+    let swarm = testkit::unique("tlsparam");
+    let (name, other_name, far) =
+        (format!("/tyrell/{swarm}/broker-ca"), format!("/tyrell/{swarm}/other-ca"), format!("/tyrell/{swarm}/far-ca"));
+    put_parameter("us-east-1", &name, &right);
+    put_parameter("us-east-1", &other_name, &other);
+    put_parameter("eu-west-1", &far, &right);
+    put_parameter("us-east-1", &far, &other);
+    let arn = format!("arn:aws:ssm:eu-west-1:123456789012:parameter{far}");
+
+    let st = Command::new(testkit::system_tool("mosquitto_pub"))
+        .args(["-h", "localhost", "-p", &port.to_string(), "-u", USER, "-P", PASSWORD, "-r", "-q", "1"])
+        .args(["-t", "watch", "-m", "127.0.0.1", "--cafile"])
+        .arg(&ca)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mosquitto_pub over TLS failed: {}", broker.log_text());
+
+    let sqs = Sqs::new("tlsparam");
+    // Every program three times: the right CA by name, another CA, the right CA by ARN.
+    let variants = [("name", name.as_str(), true), ("other", other_name.as_str(), false), ("arn", arn.as_str(), true)];
+    struct Run {
+        what: String,
+        program: Program,
+        trusts: bool,
+        /// The bee's agent or the indexer's client id (both are its MQTT client id).
+        client_id: String,
+        http_port: u16,
+    }
+    let mut runs = Vec::new();
+    for program in ["bee", "router", "indexer"] {
+        for (variant, param, trusts) in variants {
+            let what = format!("{program} with BROKER_CA_PARAM {param} ({variant})");
+            let client_id = testkit::unique(&format!("{program}-{variant}-"));
+            let http_port = testkit::free_port();
+            let mut cmd = Command::new(match program {
+                "bee" => env!("CARGO_BIN_EXE_bee"),
+                "router" => env!("CARGO_BIN_EXE_router"),
+                _ => env!("CARGO_BIN_EXE_indexer"),
+            });
+            testkit::Emulator::shared().apply(&mut cmd);
+            broker_env(&mut cmd, port);
+            cmd.env("AWS_REGION", "us-east-1")
+                .env("BROKER_HOST", "localhost")
+                .env("BROKER_TLS", "true")
+                .env("BROKER_CA_PARAM", param)
+                .env_remove("BROKER_CA_FILE");
+            match program {
+                "bee" => cmd.env("BEE_AGENT", &client_id).env("BEE_PROBES", "2").env("BEE_INTERVAL", "1s"),
+                "router" => cmd.env("ROUTER_LISTEN", format!("127.0.0.1:{http_port}")).env("ROUTER_TOKEN", "t"),
+                _ => cmd.env("INDEXER_CLIENT_ID", &client_id).env("QUEUE_URL", &sqs.url),
+            };
+            runs.push(Run { what, program: Program::start(cmd, &client_id), trusts, client_id, http_port });
+        }
+    }
+
+    let connected = |r: &Run| {
+        if r.what.starts_with("router") {
+            healthz(r.http_port) == "200"
+        } else {
+            broker.log_text().contains(&format!(" as {} ", r.client_id))
+        }
+    };
+    for r in runs.iter().filter(|r| r.trusts) {
+        wait_for(Duration::from_secs(30), &format!("{} connected over TLS", r.what), || connected(r).then_some(()));
+    }
+    // The trusting bees work: their results arrive (read over TLS with the CA file).
+    let mut agents: Vec<&str> =
+        runs.iter().filter(|r| r.trusts && r.what.starts_with("bee")).map(|r| r.client_id.as_str()).collect();
+    wait_for(Duration::from_secs(30), "results from the trusting bees", || {
+        let out = Command::new(testkit::system_tool("mosquitto_sub"))
+            .args(["-h", "localhost", "-p", &port.to_string(), "-u", USER, "-P", PASSWORD])
+            .args(["-t", "ping/127.0.0.1", "-C", "4", "-W", "5", "--cafile"])
+            .arg(&ca)
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let rec: record::PingRecord = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            assert_eq!(rec.status, record::Status::Ok, "{line}");
+            agents.retain(|a| *a != rec.agent);
+        }
+        agents.is_empty().then_some(())
+    });
+    for r in runs.iter().filter(|r| !r.trusts) {
+        wait_for(Duration::from_secs(20), &format!("{}: a refusal of the certificate", r.what), || {
+            refused(&r.program).then_some(())
+        });
+        assert!(testkit::servers::running(r.program.guard.pid), "{} keeps retrying", r.what);
+        assert!(!connected(r), "{} never connected: {}", r.what, r.program.log_text());
+    }
 }

@@ -286,13 +286,13 @@ fn rip_payload(agent: &Agent, reason: &str, seq: Option<u64>) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
-async fn run(args: Args) -> Result<()> {
+async fn run(mut args: Args) -> Result<()> {
     let agent_name = args.agent.clone().unwrap_or_else(|| format!("bee-{}", swarm::hostname()));
     if !topics::valid_agent(&agent_name) {
         bail!("agent name {agent_name:?}: use letters, digits, '-', '_', '.', ':' (it becomes a topic level)");
     }
     let icmp = Arc::new(Icmp::new()?);
-    let password = args.mqtt.password().await?;
+    let password = args.mqtt.prepare().await?;
     let agent = Agent { stack: args.stack.clone(), region: args.region.clone(), agent: agent_name.clone() };
     let rip_topic = topics::rip(&agent_name);
     let opts = args.mqtt.v4(

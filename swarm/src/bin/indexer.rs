@@ -347,8 +347,8 @@ async fn serve_metrics(addr: String, stats: Arc<IndexerStats>) -> Result<()> {
     Ok(())
 }
 
-async fn run(args: Args) -> Result<()> {
-    let password = args.mqtt.password().await?;
+async fn run(mut args: Args) -> Result<()> {
+    let password = args.mqtt.prepare().await?;
     let client_id = args.client_id.clone().unwrap_or_else(|| format!("indexer-{}", swarm::hostname()));
     let conn = Arc::new(ConnState::default());
     let mut stats = IndexerStats { conn: conn.clone(), ..Default::default() };

@@ -46,7 +46,7 @@ struct Args {
 
 impl Check for Args {}
 
-async fn run(args: Args) -> Result<()> {
+async fn run(mut args: Args) -> Result<()> {
     let token =
         SecretSource { value: args.token.clone(), file: args.token_file.clone(), param: args.token_param.clone() }
             .resolve("router token")
@@ -54,7 +54,7 @@ async fn run(args: Args) -> Result<()> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         bail!("no router token: set ROUTER_TOKEN_PARAM (SSM), ROUTER_TOKEN_FILE or ROUTER_TOKEN");
     };
-    let password = args.mqtt.password().await?;
+    let password = args.mqtt.prepare().await?;
     let client_id = format!("router-{}-{}", swarm::hostname(), std::process::id());
     let opts = args.mqtt.v4(&client_id, password.as_deref(), None)?;
     let (client, eventloop) = AsyncClient::new(opts, 1000);
