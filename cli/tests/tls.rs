@@ -293,14 +293,26 @@ fn without_certificates_the_brokers_end_tls_with_the_swarms_own_ca() {
             .map(|k| o[*k].clone())
             .collect();
     assert_eq!(from, want);
-    // The brokers: 8883 from the NLB (passed-through TLS), 1883 from the brokers only.
-    let broker_rules: BTreeSet<(i32, BTreeSet<String>)> =
-        ingress(&o["BrokerSecurityGroupId"]).into_iter().map(|r| (r.0, r.2)).collect();
-    let only = |k: &str| BTreeSet::from([o[k].clone()]);
-    assert_eq!(
-        broker_rules,
-        BTreeSet::from([(8883, only("NlbSecurityGroupId")), (1883, only("BrokerSecurityGroupId"))])
-    );
+    // The brokers: 8883 from the NLB (passed-through TLS) and the indexers (their direct
+    // connections, TLS too), 1883 from the brokers only (their bridges).
+    let mut broker_rules: Vec<(i32, String)> = ingress(&o["BrokerSecurityGroupId"])
+        .into_iter()
+        .flat_map(|r| {
+            assert!(r.0 == r.1 && r.3.is_empty(), "a broker rule of one port, from groups only: {r:?}");
+            r.2.into_iter().map(move |g| (r.0, g))
+        })
+        .collect();
+    broker_rules.sort();
+    let mut want: Vec<(i32, String)> = [
+        (8883, "NlbSecurityGroupId"),
+        (8883, "IndexerSecurityGroupId"),
+        (1883, "BrokerSecurityGroupId"),
+    ]
+    .iter()
+    .map(|(p, k)| (*p, o[*k].clone()))
+    .collect();
+    want.sort();
+    assert_eq!(broker_rules, want);
     assert_mqtt_only_from_groups(&vpc);
 
     // A broker version: its target group on 8883, mosquitto's TLS listener from the
