@@ -368,7 +368,11 @@ pub async fn plan(e: &Engine, away: &BTreeMap<Region, Engine>, d: &Desired) -> a
                     "the swarm's base stack in network {}{}",
                     d.base.network,
                     if d.base.certificate_arn.is_some() { ", HTTPS" } else { "" }
-                ) + if d.base.broker_certificate_arn.is_some() { ", MQTT over TLS" } else { "" },
+                ) + if d.base.broker_certificate_arn.is_some() {
+                    ", MQTT over TLS ended by the NLB"
+                } else {
+                    ", MQTT over TLS ended by the brokers"
+                },
             ));
             out.steps.push(Step::Base { metrics: d.metrics.as_ref().map(|m| m.name.clone()) });
         }
