@@ -9,6 +9,7 @@ use crate::engine::model::MetricsBox;
 use crate::engine::values::AmiRef;
 use crate::engine::Engine;
 
+/// `tyrell metrics [create|list|remove]` (no subcommand: list).
 #[derive(Args, Debug)]
 pub struct MetricsArgs {
     #[command(subcommand)]
@@ -19,7 +20,7 @@ pub struct MetricsArgs {
 enum MetricsCmd {
     /// Create a metrics box (InfluxDB + Grafana) in a VPC; swarms created after it send their indexers' writes to it
     #[command(
-        after_help = "Example:\n  tyrell metrics create -v vpc-0abc1234 -a ami-0123abcd --allow-cidr 203.0.113.0/24 metrics1\n\nGrafana admits only --allow-cidr: over HTTPS (443) through a load balancer with --certificate-arn,\nelse plain HTTP on 3000; InfluxDB (8086) only the indexers of swarms in the VPC."
+        after_help = "Example:\n  tyrell metrics create -v vpc-0abc1234 -a ami-0123abcd --allow-cidr 203.0.113.0/24 metrics1\n\nGrafana serves HTTPS to --allow-cidr only: through a load balancer (443) with --certificate-arn,\nelse itself on 3000 with a self-signed certificate made on the box, whose PEM it puts in SSM\n/tyrell/NAME/grafana-certificate; InfluxDB (8086) admits only the indexers of swarms in the VPC."
     )]
     Create {
         /// The metrics box's name, also its stack's: 2-28 lowercase letters, digits and single hyphens, starting with a letter
@@ -36,7 +37,7 @@ enum MetricsCmd {
         /// Admin address range allowed to Grafana (repeatable, up to 4)
         #[arg(long = "allow-cidr", value_name = "CIDR")]
         allow_cidr: Vec<String>,
-        /// Serve Grafana over HTTPS (443, HTTP redirects) through a load balancer with this ACM certificate
+        /// Serve Grafana through a load balancer of its own with this ACM certificate (HTTPS on 443, HTTP redirects); without it Grafana serves HTTPS on 3000 with a self-signed certificate
         #[arg(long, value_name = "ARN")]
         certificate_arn: Option<String>,
     },
@@ -71,6 +72,7 @@ impl Outcome for Created {
 /// `metrics` / `metrics list`.
 #[derive(Serialize)]
 pub struct List {
+    /// The boxes of the region.
     pub metrics: Vec<MetricsBox>,
 }
 
@@ -101,6 +103,7 @@ impl Outcome for List {
 /// `metrics remove`: the box's name.
 #[derive(Serialize)]
 pub struct Removed {
+    /// The removed box's name.
     pub removed: String,
 }
 
@@ -110,6 +113,7 @@ impl Outcome for Removed {
     }
 }
 
+/// Runs a `tyrell metrics` command in `e`'s region.
 pub async fn run(e: &mut Engine, a: MetricsArgs) -> anyhow::Result<Printed> {
     match a.cmd.unwrap_or(MetricsCmd::List) {
         MetricsCmd::Create { name, vpc, ami, instance_type, allow_cidr, certificate_arn } => {

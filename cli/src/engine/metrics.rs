@@ -11,22 +11,57 @@ use crate::aws::cfn::{self, StackSpec};
 use crate::aws::{ec2, ssm};
 use crate::names::{secret_param, GRAFANA_PASSWORD};
 
+/// The role's name: `roles/metrics/`, the stacks' `tyrell:role` tag, the AMI builds'.
 pub const ROLE: &str = "metrics";
+
+/// `what` ([`secret_param`]) of the SSM String where a metrics box puts the PEM of the
+/// self-signed certificate its Grafana serves HTTPS with (made on the box at first boot by
+/// `tyrell-grafana-tls`, packer/scripts/role-metrics.sh): `/tyrell/<box>/grafana-certificate`.
+/// Public, not a secret; an operator verifies Grafana against it (docs/MULTI-REGION.md
+/// 8.5). roles/metrics/cloud-init.yaml names it as `/tyrell/{{stack}}/grafana-certificate`;
+/// the box's instance role may write it alone (`GrafanaCertificateParam`); `metrics
+/// remove` deletes it after the stack.
+pub const GRAFANA_CERTIFICATE: &str = "grafana-certificate";
+
+/// The SSM parameter holding the PEM of the Grafana certificate of metrics box `name`
+/// ([`GRAFANA_CERTIFICATE`]).
+pub fn grafana_certificate_param(name: &str) -> String {
+    secret_param(name, GRAFANA_CERTIFICATE)
+}
+
+/// The line `metrics create` prints without `--certificate-arn`: Grafana serves HTTPS
+/// itself at `url` with a self-signed certificate, whose PEM is in `param`, and the
+/// command that fetches it (to verify Grafana with, e.g. `curl --cacert`).
+pub fn self_signed_note(name: &str, url: &str, region: &str, param: &str) -> String {
+    format!(
+        "metrics box {name}: Grafana serves HTTPS at {url} with a self-signed certificate made on the box; once it has booted, its PEM is in SSM {param}: aws ssm get-parameter --region {region} --name {param} --query Parameter.Value --output text > grafana.pem"
+    )
+}
 
 /// `tyrell metrics create`, as asked.
 pub struct CreateMetrics {
+    /// The box's name, also its stack's.
     pub name: String,
+    /// The VPC it goes in.
     pub vpc_id: String,
+    /// The metrics AMI (an id or a build to resolve).
     pub ami: AmiRef,
+    /// Its EC2 instance type.
     pub instance_type: String,
+    /// The admin address ranges Grafana admits (up to 4).
     pub allow_cidrs: Vec<String>,
-    /// Grafana over HTTPS: an ACM certificate of this region, `ISSUED`, for an ALB of the
-    /// box's own (443, and 80 redirecting), reachable from `allow_cidrs` only
-    /// (docs/MULTI-REGION.md 8.5). `None`: plain HTTP on 3000, and a warning.
+    /// An ACM certificate of this region, `ISSUED`, for an ALB of the box's own (HTTPS on
+    /// 443, and 80 redirecting), reachable from `allow_cidrs` only, which reaches Grafana
+    /// over HTTPS (docs/MULTI-REGION.md 8.5). `None`: no ALB; Grafana serves HTTPS on 3000
+    /// to `allow_cidrs` with the self-signed certificate made on the box
+    /// ([`grafana_certificate_param`]). Grafana serves HTTPS either way.
     pub certificate_arn: Option<String>,
 }
 
 impl Engine {
+    /// Creates a metrics box: its Grafana password (an SSM SecureString made first), then
+    /// its stack. Without a certificate it says, through the reporter, where Grafana's
+    /// self-signed certificate is published and how to fetch it.
     pub async fn create_metrics(&mut self, req: &CreateMetrics) -> anyhow::Result<MetricsBox> {
         validate::name("metrics box", &req.name)?;
         validate::vpc(&req.vpc_id)?;
@@ -67,11 +102,14 @@ impl Engine {
             }
         }
         let password = secret_param(&req.name, GRAFANA_PASSWORD);
+        let certificate = grafana_certificate_param(&req.name);
         let mut vars = Vars::sample(ROLE);
         vars.region = self.region().to_string();
         vars.stack = req.name.clone();
         vars.version = String::new();
         vars.grafana_password_param = password.clone();
+        // The ALB's own HTTPS; Grafana serves HTTPS either way (the cloud-init does not
+        // read it).
         vars.grafana_tls = req.certificate_arn.is_some().to_string();
         let user_data = render::cloud_init(&self.lib, ROLE, &serde_json::to_value(&vars)?)?;
         let template =
@@ -87,18 +125,13 @@ impl Engine {
                 ("InstanceType".into(), req.instance_type.clone()),
                 ("AdminCidrs".into(), admin),
                 ("GrafanaPasswordParam".into(), password.clone()),
+                ("GrafanaCertificateParam".into(), certificate.clone()),
                 ("CertificateArn".into(), req.certificate_arn.clone().unwrap_or_default()),
                 ("PublicSubnetIds".into(), public.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(",")),
             ]),
             tags: tags(ROLE, &req.name, None),
         };
         super::limits::check_stack(&spec)?;
-        if req.certificate_arn.is_none() {
-            self.report.warn(&format!(
-                "metrics box {}: no --certificate-arn: Grafana serves plain HTTP on port 3000 (its admin login included); give an ACM certificate for HTTPS through a load balancer",
-                req.name
-            ));
-        }
         let created = !ssm::exists(&self.aws.ssm, &password).await?;
         if created {
             self.report.step(&format!("generating secret {password} (SSM SecureString)"));
@@ -106,21 +139,35 @@ impl Engine {
                 .await?;
         }
         match self.create_stack(&spec).await {
-            Ok(s) => Ok(MetricsBox::from(&s)),
-            Err(e) => {
-                if created {
-                    let _ = ssm::delete(&self.aws.ssm, &[password]).await;
+            Ok(s) => {
+                let m = MetricsBox::from(&s);
+                if req.certificate_arn.is_none() {
+                    let note = self_signed_note(&req.name, &m.grafana_url, &self.region().to_string(), &certificate);
+                    self.report.step(&note);
                 }
+                Ok(m)
+            }
+            Err(e) => {
+                // A box that booted before its stack failed may have published its
+                // certificate; the name is free again, so is the parameter.
+                let mut gone = vec![certificate];
+                if created {
+                    gone.push(password);
+                }
+                let _ = ssm::delete(&self.aws.ssm, &gone).await;
                 Err(e)
             }
         }
     }
 
+    /// The metrics boxes of this region.
     pub async fn metrics_boxes(&self) -> anyhow::Result<Vec<MetricsBox>> {
         Ok(cfn::list_tyrell(&self.aws.cfn, Some(ROLE)).await?.iter().map(MetricsBox::from).collect())
     }
 
     /// Removes a metrics box; refuses while a swarm's base stack admits its indexers to it.
+    /// Its Grafana password and certificate parameters go after the stack (the box wrote
+    /// the certificate's until it was terminated).
     pub async fn remove_metrics(&mut self, name: &str) -> anyhow::Result<MetricsBox> {
         validate::name("metrics box", name)?;
         let stack = self.existing(name, ROLE, "metrics box").await?;
@@ -137,7 +184,7 @@ impl Engine {
             crate::refuse!(InUse, "metrics box {name} is used by swarm(s) {}: remove them first", users.join(", "));
         }
         self.delete_stack(&stack).await?;
-        ssm::delete(&self.aws.ssm, std::slice::from_ref(&m.grafana_password_param)).await?;
+        ssm::delete(&self.aws.ssm, &[m.grafana_password_param.clone(), grafana_certificate_param(&m.name)]).await?;
         Ok(m)
     }
 }
