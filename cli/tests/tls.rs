@@ -409,7 +409,7 @@ fn bad_broker_certificates_are_refused_before_any_change() {
 
 /// Grafana over TLS (docs/MULTI-REGION.md 8.5): with a certificate, an ALB of the box's
 /// own serves HTTPS on 443 and redirects 80, both from the admin ranges only, and the box
-/// admits Grafana's port from that ALB only; without one, `metrics create` warns.
+/// admits Grafana's port from that ALB only (without one: cli/tests/grafana_tls.rs).
 #[test]
 fn grafana_behind_an_https_alb_from_the_admin_ranges_only() {
     let vpc = network();
@@ -465,17 +465,4 @@ fn grafana_behind_an_https_alb_from_the_admin_ranges_only() {
     });
     assert!(ud.contains("GF_SECURITY_COOKIE_SECURE=true"), "{ud}");
     ok(&["metrics", "remove", &name]);
-
-    // Without a certificate: plain HTTP on 3000 from the admin range, and a warning.
-    let plain = unique("grafp");
-    let out = run(&["metrics", "create", "-v", &vpc, "-a", &ami(), "--allow-cidr", admin, &plain]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.lines().any(|l| l.contains("WARNING") && l.contains("plain HTTP")), "{stderr}");
-    let s = stack(&plain).unwrap();
-    assert!(s.outputs["GrafanaUrl"].starts_with("http://") && s.outputs["GrafanaUrl"].ends_with(":3000"));
-    assert!(!s.outputs.contains_key("GrafanaListenerArn"));
-    let rules = ingress(&s.outputs["SecurityGroupId"]);
-    assert_eq!(rules, vec![(3000, 3000, BTreeSet::new(), BTreeSet::from([admin.to_string()]))]);
-    ok(&["metrics", "remove", &plain]);
 }

@@ -19,7 +19,7 @@ enum RolesCmd {
     List,
     /// Print a role's rendered cloud-init, with example values or the ones given
     #[command(
-        after_help = "Example:\n  tyrell roles render broker --set stack=swarm1 --set broker_listen_port=1884\n\nVariables: region stack role version broker_host broker_port broker_tls broker_ca_param\nbroker_tls_param broker_nlb_host broker_nlb_port broker_listen_port queue_url bucket metrics_host\nrouter_port broker_password_param router_token_param grafana_password_param grafana_tls"
+        after_help = "Example:\n  tyrell roles render broker --set stack=swarm1 --set broker_listen_port=1884\n\nVariables: region stack role version broker_host broker_port broker_tls broker_ca_param\nbroker_tls_param broker_nlb_host broker_nlb_port broker_listen_port queue_url bucket metrics_host\nrouter_port broker_password_param router_token_param grafana_password_param"
     )]
     Render {
         /// A role name (bee, broker, ...) or `metrics`

@@ -262,7 +262,6 @@ impl Engine {
             },
             router_token_param: b.secrets.router_token.clone(),
             grafana_password_param: metrics.map(|m| m.grafana_password_param).unwrap_or_default(),
-            grafana_tls: "false".into(),
             live_param: crate::names::live_param(&base.name, role),
             state_param: crate::names::state_param(&base.name, role, version),
         })

@@ -110,7 +110,6 @@ impl Engine {
         vars.grafana_password_param = password.clone();
         // The ALB's own HTTPS; Grafana serves HTTPS either way (the cloud-init does not
         // read it).
-        vars.grafana_tls = req.certificate_arn.is_some().to_string();
         let user_data = render::cloud_init(&self.lib, ROLE, &serde_json::to_value(&vars)?)?;
         let template =
             render::template_with_user_data(&self.lib, ROLE, &user_data).map_err(|e| anyhow::anyhow!("{e}"))?;

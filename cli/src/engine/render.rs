@@ -50,9 +50,6 @@ pub struct Vars {
     pub broker_password_param: String,
     pub router_token_param: String,
     pub grafana_password_param: String,
-    /// `"true"` when the metrics box's Grafana is served over HTTPS by its ALB (a
-    /// certificate was given), else `"false"`: Grafana's cookies are then TLS-only.
-    pub grafana_tls: String,
     /// The SSM parameter naming the role's live version, written by `tyrell traffic` at
     /// the end of each switch ([`crate::names::live_param`]).
     pub live_param: String,
@@ -90,7 +87,6 @@ impl Vars {
             broker_password_param: secret_param("swarm1", "broker-password"),
             router_token_param: secret_param("swarm1", "router-token"),
             grafana_password_param: secret_param("metrics", "grafana-password"),
-            grafana_tls: "false".into(),
             live_param: crate::names::live_param("swarm1", role),
             state_param: crate::names::state_param("swarm1", role, "v261123101500"),
         }
