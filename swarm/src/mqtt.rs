@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use rumqttc::tokio_rustls::rustls;
 use rumqttc::Transport;
 
 use crate::config::{duration_in, int_in, SecretSource};
@@ -70,6 +71,11 @@ pub struct MqttArgs {
     /// the system bundle); copies made by [`MqttArgs::at`] carry it. Not a setting.
     #[arg(skip)]
     ca_pem: Option<Arc<Vec<u8>>>,
+    /// The name the broker's certificate is verified for instead of `broker_host`, the
+    /// host dialled (set by [`MqttArgs::at_verifying`]; `None`: `broker_host` itself). Not
+    /// a setting.
+    #[arg(skip)]
+    tls_name: Option<String>,
     /// MQTT keep-alive: a dead connection is noticed within 1.5 times this. 1s to 65535s
     /// (the protocol carries it as 16-bit seconds).
     #[arg(long, env = "BROKER_KEEP_ALIVE", default_value = "15s",
@@ -153,9 +159,10 @@ impl MqttArgs {
 
     /// The broker's TLS transport (`None` when BROKER_TLS is off): the certificate is
     /// verified against the CA [`Self::prepare`] read, for the name in `broker_host` (a
-    /// DNS name or an IP address, which the certificate must then name). Without
-    /// `prepare`, BROKER_CA_FILE or the system bundle is read here (BROKER_CA_PARAM
-    /// cannot be: an error).
+    /// DNS name or an IP address, which the certificate must then name) — or, in options
+    /// made by [`Self::at_verifying`], for the name given there. Without `prepare`,
+    /// BROKER_CA_FILE or the system bundle is read here (BROKER_CA_PARAM cannot be: an
+    /// error).
     fn transport(&self) -> Result<Option<Transport>> {
         if !self.broker_tls {
             return Ok(None);
@@ -169,7 +176,10 @@ impl MqttArgs {
             }
             None => self.ca_from_file()?,
         };
-        Ok(Some(Transport::tls(ca, None, None)))
+        Ok(Some(match &self.tls_name {
+            None => Transport::tls(ca, None, None),
+            Some(name) => Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(verifying_for(&ca, name)?)),
+        }))
     }
 
     /// MQTT 3.1.1 options with an optional last will `(topic, payload, retain)`. Errors:
@@ -214,13 +224,38 @@ impl MqttArgs {
         Ok(o)
     }
 
-    /// The same options for the broker at `host`:`port` (an indexer's direct connection
-    /// to an announced broker, [`Announcement`]): the credentials, BROKER_TLS and the CA
-    /// [`Self::prepare`] read are kept, so with BROKER_TLS on the connection is TLS and the
-    /// broker's certificate must be valid for `host` itself (an announcement's `host` is
-    /// the broker's private IP address).
+    /// The same options for the broker at `host`:`port`: the credentials, BROKER_TLS and
+    /// the CA [`Self::prepare`] read are kept, so with BROKER_TLS on the connection is TLS
+    /// and the broker's certificate must be valid for `host` itself.
     pub fn at(&self, host: &str, port: u16) -> MqttArgs {
-        MqttArgs { broker_host: host.to_string(), broker_port: port, ..self.clone() }
+        MqttArgs { broker_host: host.to_string(), broker_port: port, tls_name: None, ..self.clone() }
+    }
+
+    /// As [`Self::at`], but with BROKER_TLS on the broker's certificate is verified —
+    /// against the same CA — for `name` rather than for `host`, the address dialled. For
+    /// a broker reached at an address its certificate does not name (see
+    /// [`Self::direct`]). Without BROKER_TLS, `name` is unused.
+    pub fn at_verifying(&self, host: &str, port: u16, name: &str) -> MqttArgs {
+        MqttArgs { tls_name: Some(name.to_string()), ..self.at(host, port) }
+    }
+
+    /// The options of an indexer's direct connection to an announced broker (`None`: no
+    /// direct connection):
+    ///
+    /// * BROKER_TLS off: plain MQTT to the announcement's `host`:`port`.
+    /// * BROKER_TLS on, and the announcement has a `tls_port` (a broker that ends TLS
+    ///   itself): TLS to `host`:`tls_port`, the certificate verified against the CA
+    ///   [`Self::prepare`] read for BROKER_HOST (the NLB's name, the one name the swarm's
+    ///   broker certificate carries), not for `host` (the broker's private IP).
+    /// * BROKER_TLS on and no `tls_port` (a broker behind an NLB that ends TLS with an ACM
+    ///   certificate, or one older than `tls_port`): `None`. Never plain MQTT instead: a
+    ///   connection that is TLS through the NLB is not downgraded for the direct link.
+    pub fn direct(&self, ann: &Announcement) -> Option<MqttArgs> {
+        match (self.broker_tls, ann.tls_port) {
+            (false, _) => Some(self.at(&ann.host, ann.port)),
+            (true, Some(tls_port)) => Some(self.at_verifying(&ann.host, tls_port, &self.broker_host)),
+            (true, None) => None,
+        }
     }
 
     fn backoff(&self) -> Backoff {
@@ -238,22 +273,107 @@ fn holds_certificate(pem: &[u8], what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A rustls client configuration trusting the CA(s) in `ca_pem` that verifies the server's
+/// certificate for `name` (a DNS name or an IP address) whatever name the connection was
+/// opened with: rumqttc hands rustls the host it dials as the server name, and an
+/// announced broker is dialled at its private IP, which its certificate does not name.
+/// Everything else is rustls's own verification ([`VerifyFor`]). The crypto provider is
+/// aws-lc-rs, the one rumqttc's rustls is built with (tokio-rustls's default). Errors: no
+/// certificate in `ca_pem`, `name` not a valid DNS name or IP address.
+fn verifying_for(ca_pem: &[u8], name: &str) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let name = ServerName::try_from(name.to_string())
+        .map_err(|e| anyhow::anyhow!("BROKER_HOST {name:?} is not a name a certificate can be verified for: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(ca_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("the broker's CA is not valid PEM")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs);
+    ensure!(!roots.is_empty(), "the broker's CA holds no usable certificate");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("building the broker certificate verifier")?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(VerifyFor { inner, name }))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// rustls's WebPKI verifier with a fixed server name: [`VerifyFor::verify_server_cert`]
+/// checks the chain to the CA, validity, and that the certificate names `name`, whatever
+/// name it is given; the handshake signatures and schemes are the inner verifier's.
+#[derive(Debug)]
+struct VerifyFor {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for VerifyFor {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _dialled: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
+}
+
 /// How long a broker's announcement lives when it carries no MQTT 5 message expiry: what
 /// roles/broker/tyrell-broker-announce sets (it re-publishes every 60 s).
 pub const ANNOUNCEMENT_EXPIRY: Duration = Duration::from_secs(180);
 
 /// A broker's announcement, the retained JSON on `tyrell/brokers/<instance-id>`
-/// ([`crate::topics::BROKERS_PREFIX`]): `{"host": "10.0.1.5", "port": 1883, "version":
-/// "v261123101500"}` — its private address and MQTT port. Published by the broker itself
-/// (roles/broker/tyrell-broker-announce) with an MQTT 5 message expiry (MQTT 5.0
-/// §3.3.2.3.3), so the announcement of a broker that died unannounced disappears; an
-/// empty payload means the broker stopped.
+/// ([`crate::topics::BROKERS_PREFIX`]): `{"host": "10.0.1.5", "port": 1883, "tls_port":
+/// 8883, "version": "v261123101500"}` — its private address, its plain MQTT port (for the
+/// other brokers' bridges) and, when the broker ends MQTT's TLS itself, its TLS port.
+/// Published by the broker itself (roles/broker/tyrell-broker-announce) with an MQTT 5
+/// message expiry (MQTT 5.0 §3.3.2.3.3), so the announcement of a broker that died
+/// unannounced disappears; an empty payload means the broker stopped. How an indexer
+/// connects to it: [`MqttArgs::direct`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Announcement {
     /// Address (IPv4/IPv6 literal) or host name.
     pub host: String,
-    /// MQTT port: 1 to 65535.
+    /// Plain MQTT port: 1 to 65535.
     pub port: u16,
+    /// MQTT over TLS port, 1 to 65535, when the broker ends TLS itself (its certificate,
+    /// from the swarm's own CA, names the NLB, not `host`); absent (or null) when it does
+    /// not (an NLB ending TLS with an ACM certificate, or a broker older than this field).
+    #[serde(default)]
+    pub tls_port: Option<u16>,
     /// The broker's release (informational).
     #[serde(default)]
     pub version: String,
@@ -261,11 +381,14 @@ pub struct Announcement {
 
 impl Announcement {
     /// Parses a non-empty announcement; errors name what is wrong (not JSON, no host,
-    /// port 0).
+    /// port 0, tls_port 0).
     pub fn parse(payload: &[u8]) -> Result<Announcement, String> {
         let a: Announcement = serde_json::from_slice(payload).map_err(|e| format!("not a broker announcement: {e}"))?;
         if a.host.trim().is_empty() || a.port == 0 {
             return Err(format!("broker announcement without a host or port: {a:?}"));
+        }
+        if a.tls_port == Some(0) {
+            return Err(format!("broker announcement with tls_port 0: {a:?}"));
         }
         Ok(a)
     }
@@ -589,6 +712,54 @@ mod tests {
         assert!(Announcement::parse(br#"{"host":"","port":1883}"#).is_err());
         assert!(Announcement::parse(br#"{"host":"h","port":0}"#).is_err());
         assert!(Announcement::parse(b"nope").unwrap_err().contains("not a broker announcement"));
+        assert_eq!(a.tls_port, None);
+        let t = Announcement::parse(br#"{"host":"10.0.1.5","port":1883,"tls_port":8883,"version":"v1"}"#).unwrap();
+        assert_eq!(t.tls_port, Some(8883));
+        assert_ne!(t, a, "a tls_port makes another announcement");
+        assert_eq!(Announcement::parse(br#"{"host":"h","port":1,"tls_port":null}"#).unwrap().tls_port, None);
+        assert!(Announcement::parse(br#"{"host":"h","port":1883,"tls_port":0}"#).unwrap_err().contains("tls_port 0"));
+        assert!(Announcement::parse(br#"{"host":"h","port":1883,"tls_port":70000}"#).is_err());
+    }
+
+    fn args(tls: bool) -> MqttArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct A {
+            #[command(flatten)]
+            m: MqttArgs,
+        }
+        let mut m = A::parse_from(["x"]).m;
+        m.broker_host = "swarm1-broker-0123.elb.eu-west-1.amazonaws.com".into();
+        m.broker_tls = tls;
+        m
+    }
+
+    #[test]
+    fn how_an_indexer_reaches_an_announced_broker() {
+        let plain = Announcement { host: "10.0.1.5".into(), port: 1883, tls_port: None, version: "v1".into() };
+        let tls = Announcement { tls_port: Some(8883), ..plain.clone() };
+        // Plain MQTT: the announced plain port, whatever else is announced.
+        for a in [&plain, &tls] {
+            let d = args(false).direct(a).unwrap();
+            assert_eq!((d.broker_host.as_str(), d.broker_port, d.broker_tls), ("10.0.1.5", 1883, false));
+        }
+        // TLS: the TLS port, verified for the NLB's name; never plain MQTT.
+        let d = args(true).direct(&tls).unwrap();
+        assert_eq!((d.broker_host.as_str(), d.broker_port, d.broker_tls), ("10.0.1.5", 8883, true));
+        assert_eq!(d.tls_name.as_deref(), Some("swarm1-broker-0123.elb.eu-west-1.amazonaws.com"));
+        assert!(args(true).direct(&plain).is_none());
+        // at() verifies for the host it dials, even from options that did not.
+        assert_eq!(d.at("10.0.1.6", 8883).tls_name, None);
+    }
+
+    #[test]
+    fn a_verifier_for_a_fixed_name_needs_a_certificate_and_a_valid_name() {
+        let not_pem = verifying_for(b"no certificate here", "broker.test").unwrap_err();
+        assert!(format!("{not_pem:#}").contains("no usable certificate"), "{not_pem:#}");
+        let bad = b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
+        assert!(verifying_for(bad, "broker.test").is_err());
+        let name = verifying_for(b"", "not a host name!").unwrap_err();
+        assert!(format!("{name:#}").contains("BROKER_HOST \"not a host name!\""), "{name:#}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! throw-away CA; the bee, the router and the indexer verifying it against BROKER_CA_FILE
 //! (the bee's results readable by the original tools, the router healthy on it), and each
 //! of the three refusing it without that CA: it keeps retrying, says why, and never
-//! connects.
+//! connects. And the indexer's direct connections to announced brokers over TLS.
 
 mod common;
 
@@ -29,50 +29,49 @@ fn make_ca(dir: &Path, name: &str, cn: &str) {
     std::fs::set_permissions(dir.join(&crt), std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
-/// A mosquitto with only a TLS listener (and a password) on 127.0.0.1, its certificate
-/// for `localhost` and 127.0.0.1 signed by a throw-away CA, `dir/ca.crt`: (broker, port,
-/// the CA's path).
-fn tls_broker(dir: &Path) -> (Mosquitto, u16, PathBuf) {
-    make_ca(dir, "ca", "tyrell test CA");
+/// A server certificate in `dir`, `<name>.key` and `<name>.crt`, for the subject
+/// alternative names `san` (e.g. `DNS:localhost,IP:127.0.0.1`), signed by the CA `<ca>`
+/// made by [`make_ca`]; both files readable by mosquitto.
+fn make_server_cert(dir: &Path, ca: &str, name: &str, san: &str) {
+    let (key, csr, crt, ext) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
     openssl(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=tyrell test broker"],
     );
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n")).unwrap();
+    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
-            "ca.crt",
+            &ca_crt,
             "-CAkey",
-            "ca.key",
+            &ca_key,
             "-CAcreateserial",
             "-out",
-            "server.crt",
+            &crt,
             "-days",
             "1",
             "-extfile",
-            "san.ext",
+            &ext,
         ],
     );
-    for f in ["server.key", "server.crt"] {
+    for f in [key, crt] {
         std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
+}
+
+/// A mosquitto with only a TLS listener (and a password) on 127.0.0.1, its certificate
+/// for `localhost` and 127.0.0.1 signed by a throw-away CA, `dir/ca.crt`: (broker, port,
+/// the CA's path).
+fn tls_broker(dir: &Path) -> (Mosquitto, u16, PathBuf) {
+    make_ca(dir, "ca", "tyrell test CA");
+    make_server_cert(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
     write_password_file(&dir.join("passwd"), USER, PASSWORD);
     let port = testkit::free_port();
     let d = dir.display();
@@ -357,4 +356,135 @@ fn programs_trust_the_ca_in_an_ssm_parameter() {
         assert!(testkit::servers::running(r.program.guard.pid), "{} keeps retrying", r.what);
         assert!(!connected(r), "{} never connected: {}", r.what, r.program.log_text());
     }
+}
+
+/// A mosquitto on 127.0.0.1 (files in a fresh directory; certificates and the password
+/// file `passwd` from `certs`): a plain listener, its [`Mosquitto::port`] (what brokers
+/// bridge on, and what the test publishes on), and one TLS listener per name in `tls`
+/// (`certs/<name>.crt` and `.key`), whose ports come back in that order.
+fn plain_and_tls_broker(certs: &Path, tls: &[&str]) -> (Mosquitto, Vec<u16>) {
+    let (plain, c) = (testkit::free_port(), certs.display());
+    let mut conf = format!(
+        "per_listener_settings false\nallow_anonymous false\npassword_file {c}/passwd\nlog_dest stderr\n\
+         connection_messages true\nlistener {plain} 127.0.0.1\n"
+    );
+    let ports: Vec<u16> = tls.iter().map(|_| testkit::free_port()).collect();
+    for (name, port) in tls.iter().zip(&ports) {
+        conf += &format!("listener {port} 127.0.0.1\ncertfile {c}/{name}.crt\nkeyfile {c}/{name}.key\n");
+    }
+    let broker = Mosquitto::start_with_config(&conf, plain, &temp_dir("mosq-tls"));
+    for p in &ports {
+        assert!(testkit::wait_for_port(*p, Duration::from_secs(10)), "no TLS listener on {p}: {}", broker.log_text());
+    }
+    (broker, ports)
+}
+
+/// An indexer's direct connections to announced brokers when its own connection is TLS
+/// (BROKER_HOST=localhost, the NLB's name here, and the swarm's CA in BROKER_CA_FILE).
+/// Every broker certificate names `localhost` only, never 127.0.0.1, the address the
+/// announcements give, as on AWS (the NLB's DNS name, not the brokers' private IPs):
+///
+/// (a) an announced `tls_port` with the swarm's certificate: the indexer connects there
+///     over TLS, verifying the certificate for BROKER_HOST, and indexes a result
+///     published on that broker only;
+/// (b) an announced `tls_port` with a certificate from another CA, or from the swarm's CA
+///     for another name: refused, never connected;
+/// (c) an announcement without `tls_port`: no connection at all (not even plain MQTT to
+///     its plain `port`, which is open), and one warning, also when it is published again.
+#[test]
+fn indexer_links_to_announced_brokers_over_tls_verified_for_the_nlb_name() {
+    let certs = temp_dir("tls-direct");
+    make_ca(&certs, "ca", "tyrell swarm CA");
+    make_ca(&certs, "other", "another CA");
+    for (name, ca, san) in [
+        ("nlb", "ca", "DNS:localhost"),
+        ("broker", "ca", "DNS:localhost"),
+        ("stranger", "other", "DNS:localhost"),
+        ("misnamed", "ca", "DNS:elsewhere.test"),
+    ] {
+        make_server_cert(&certs, ca, name, san);
+    }
+    write_password_file(&certs.join("passwd"), USER, PASSWORD);
+    // The live broker behind the "NLB", and another broker with three TLS listeners.
+    let (nlb, nlb_tls) = plain_and_tls_broker(&certs, &["nlb"]);
+    let (other, tls) = plain_and_tls_broker(&certs, &["broker", "stranger", "misnamed"]);
+    let (good, stranger, misnamed) = (tls[0], tls[1], tls[2]);
+    let announce = |id: &str, tls_port: Option<u16>| {
+        let tls = tls_port.map(|p| format!(",\"tls_port\":{p}")).unwrap_or_default();
+        let json = format!("{{\"host\":\"127.0.0.1\",\"port\":{}{tls},\"version\":\"vtest\"}}", other.port);
+        mqtt_pub(nlb.port, &format!("tyrell/brokers/{id}"), json.as_bytes(), true);
+    };
+    announce("i-tls", Some(good));
+    announce("i-stranger", Some(stranger));
+    announce("i-misnamed", Some(misnamed));
+    announce("i-plain", None);
+
+    let sqs = Sqs::new("tls-direct");
+    let id = testkit::unique("idx-tls-direct");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_indexer"));
+    testkit::Emulator::shared().apply(&mut cmd);
+    broker_env(&mut cmd, nlb_tls[0]);
+    cmd.env("BROKER_HOST", "localhost")
+        .env("BROKER_TLS", "true")
+        .env("BROKER_CA_FILE", certs.join("ca.crt"))
+        .env("INDEXER_CLIENT_ID", &id)
+        .env("QUEUE_URL", &sqs.url)
+        .env("INDEXER_LINGER", "300ms")
+        .env("STATS_INTERVAL", "200ms");
+    let indexer = Program::start(cmd, &id);
+    let on_other = |link: &str| other.log_text().contains(&format!(" as {id}-{link} "));
+    // The indexer's log lines about the broker at 127.0.0.1:`port` saying `what`.
+    let says = |port: u16, what: &str| -> Vec<String> {
+        let at = format!("\"127.0.0.1:{port}\"");
+        indexer.log_text().lines().filter(|l| l.contains(&at) && l.contains(what)).map(str::to_string).collect()
+    };
+
+    // (a) Connected over TLS to the announced tls_port (the plain listener never sees it).
+    wait_for(Duration::from_secs(20), "the direct link over TLS to the announced tls_port", || {
+        (on_other("i-tls") && !says(good, "connected to the broker").is_empty()).then_some(())
+    });
+    assert!(nlb.log_text().contains(&format!(" as {id} ")), "the NLB link is up too");
+    // Its subscriptions are in place once its presence is on that broker; a result
+    // published there (not on the NLB's broker) reaches SQS.
+    wait_for(Duration::from_secs(10), "the indexer's presence on the announced broker", || {
+        (!mqtt_sub(other.port, &format!("indexers/alive/{id}"), 1, 1).is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let rec = record::PingRecord {
+        id: testkit::unique("rec-direct"),
+        ts: swarm::now_ts(),
+        stack: "swarmtest".into(),
+        agent: "bee-direct".into(),
+        target: "127.0.0.1".into(),
+        ..Default::default()
+    };
+    mqtt_pub(other.port, "ping/127.0.0.1", &serde_json::to_vec(&rec).unwrap(), false);
+    wait_for(Duration::from_secs(20), "the result published on the announced broker in SQS", || {
+        sqs.drain(1).iter().flat_map(|m| &m.records).any(|r| r.id == rec.id).then_some(())
+    });
+
+    // (b) Another CA, or the swarm's CA for another name: refused, and it says why.
+    for (link, port) in [("i-stranger", stranger), ("i-misnamed", misnamed)] {
+        wait_for(Duration::from_secs(20), &format!("{link}'s certificate refused"), || {
+            says(port, "cannot connect to the broker")
+                .iter()
+                .any(|l| l.to_lowercase().contains("certificate"))
+                .then_some(())
+        });
+    }
+
+    // (c) No tls_port: a warning, no connection; published again (as a broker does every
+    // 60 s), no second warning.
+    let warned =
+        || indexer.log_text().lines().filter(|l| l.contains("i-plain") && l.contains("without a tls_port")).count();
+    wait_for(Duration::from_secs(10), "the warning about i-plain", || (warned() > 0).then_some(()));
+    announce("i-plain", None);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(warned(), 1, "one warning per announcement: {}", indexer.log_text());
+
+    for link in ["i-stranger", "i-misnamed", "i-plain"] {
+        assert!(!on_other(link), "{link} must never connect: {}", other.log_text());
+    }
+    assert!(says(other.port, "connected to the broker").is_empty(), "never plain MQTT to the announced port");
+    assert!(testkit::servers::running(indexer.guard.pid), "the indexer keeps running");
 }

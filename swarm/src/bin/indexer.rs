@@ -7,7 +7,9 @@
 //! the same share group — to every broker announced on `tyrell/brokers/<id>`
 //! ([`swarm::mqtt::Announcement`]), and drains and drops it when the announcement is
 //! cleared or expires. So a new broker has the indexers' shared subscription before any
-//! bee moves to it, and an old one is drained by its own subscribers until it goes.
+//! bee moves to it, and an old one is drained by its own subscribers until it goes. With
+//! BROKER_TLS on, a direct connection is TLS too, to the announced `tls_port`, or there is
+//! none ([`MqttArgs::direct`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -416,9 +418,11 @@ async fn run(mut args: Args) -> Result<()> {
     });
     tracing::info!(client_id = %client_id, subscriptions = ?ctx.shared, sqs = !args.queue_url.is_empty(), influxdb = !args.influx_url.is_empty(), "indexer starting");
     // The connection through the broker host name (the NLB: whichever broker is live), and
-    // one direct connection per announced broker (managed below).
+    // one direct connection per announced broker (managed below). An announced broker with
+    // no direct connection (`None`: TLS is on and it announces no `tls_port`) is kept too,
+    // so its re-announcements are not warned about again.
     let nlb = open_link(&ctx, 0, "nlb", args.mqtt.clone(), client_id.clone(), Some(conn))?;
-    let mut direct: HashMap<String, (Link, Announcement, tokio::time::Instant)> = HashMap::new();
+    let mut direct: HashMap<String, (Option<Link>, Announcement, tokio::time::Instant)> = HashMap::new();
     let mut next_link = 1u64;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -433,16 +437,18 @@ async fn run(mut args: Args) -> Result<()> {
                 let now = tokio::time::Instant::now();
                 let expired: Vec<String> = direct.iter().filter(|(_, (_, _, d))| *d <= now).map(|(k, _)| k.clone()).collect();
                 for id in expired {
-                    let (link, _, _) = direct.remove(&id).expect("listed");
-                    tracing::warn!(broker = %id, "the broker's announcement expired: dropping the direct connection");
-                    tokio::spawn(drain_links(ctx.clone(), vec![link], args.drain_timeout));
+                    if let (Some(link), _, _) = direct.remove(&id).expect("listed") {
+                        tracing::warn!(broker = %id, "the broker's announcement expired: dropping the direct connection");
+                        tokio::spawn(drain_links(ctx.clone(), vec![link], args.drain_timeout));
+                    }
                 }
+                stats.direct.store(direct.values().filter(|(l, _, _)| l.is_some()).count() as u64, Ordering::Relaxed);
             }
             Some(a) = announced.recv() => {
                 let now = tokio::time::Instant::now();
                 match a.announcement {
                     None => {
-                        if let Some((link, _, _)) = direct.remove(&a.id) {
+                        if let Some((Some(link), _, _)) = direct.remove(&a.id) {
                             tracing::info!(broker = %a.id, "the broker stopped announcing itself: draining the direct connection");
                             tokio::spawn(drain_links(ctx.clone(), vec![link], args.drain_timeout));
                         }
@@ -454,28 +460,39 @@ async fn run(mut args: Args) -> Result<()> {
                             *d = deadline;
                             continue;
                         }
-                        if let Some((old, _, _)) = direct.remove(&a.id) {
+                        if let Some((Some(old), _, _)) = direct.remove(&a.id) {
                             tokio::spawn(drain_links(ctx.clone(), vec![old], args.drain_timeout));
                         }
-                        let id = next_link;
-                        next_link += 1;
-                        let cid = format!("{client_id}-{}", a.id);
-                        tracing::info!(broker = %a.id, host = %ann.host, port = ann.port, version = %ann.version, client_id = %cid, "a broker announced itself: connecting to it directly");
-                        match open_link(&ctx, id, &a.id, args.mqtt.at(&ann.host, ann.port), cid, None) {
-                            Ok(link) => {
-                                direct.insert(a.id.clone(), (link, ann, deadline));
+                        match args.mqtt.direct(&ann) {
+                            None => {
+                                tracing::warn!(broker = %a.id, host = %ann.host, port = ann.port, version = %ann.version,
+                                    "a broker announced itself without a tls_port: no direct connection to it, since this indexer's broker connection is TLS (BROKER_TLS) and is never downgraded to plain MQTT (the broker does not end TLS itself: an NLB does, with an ACM certificate, or the broker is older); its results reach this indexer through the NLB only");
+                                direct.insert(a.id.clone(), (None, ann, deadline));
                             }
-                            Err(e) => tracing::error!(broker = %a.id, error = format!("{e:#}"), "cannot connect to an announced broker"),
+                            Some(mqtt) => {
+                                let id = next_link;
+                                next_link += 1;
+                                let cid = format!("{client_id}-{}", a.id);
+                                // With TLS, the name the broker's certificate is verified for.
+                                let tls_name = mqtt.broker_tls.then_some(args.mqtt.broker_host.as_str());
+                                tracing::info!(broker = %a.id, host = %mqtt.broker_host, port = mqtt.broker_port, tls_name, version = %ann.version, client_id = %cid, "a broker announced itself: connecting to it directly");
+                                match open_link(&ctx, id, &a.id, mqtt, cid, None) {
+                                    Ok(link) => {
+                                        direct.insert(a.id.clone(), (Some(link), ann, deadline));
+                                    }
+                                    Err(e) => tracing::error!(broker = %a.id, error = format!("{e:#}"), "cannot connect to an announced broker"),
+                                }
+                            }
                         }
                     }
                 }
-                stats.direct.store(direct.len() as u64, Ordering::Relaxed);
+                stats.direct.store(direct.values().filter(|(l, _, _)| l.is_some()).count() as u64, Ordering::Relaxed);
             }
         }
     }
     // Drain (a scale-in's termination hook, or a stop), every connection at once.
     let mut links = vec![nlb];
-    links.extend(direct.into_values().map(|(l, _, _)| l));
+    links.extend(direct.into_values().filter_map(|(l, _, _)| l));
     hand_over(&ctx, &links, args.handover).await;
     drain_links(ctx, links, args.drain_timeout).await;
     Ok(())
