@@ -29,7 +29,8 @@ pub const INDEXERS_ALIVE_ALL: &str = "indexers/alive/+";
 
 /// Prefix of a broker's announcement, `tyrell/brokers/<instance-id>`: retained, MQTT 5
 /// message expiry 180 s, re-published every 60 s, cleared (empty) when the broker stops;
-/// JSON `{"host": private IP, "port": 1883, "version": V}` ([`crate::mqtt::Announcement`];
+/// JSON `{"host": private IP, "port": 1883, "tls_port": 8883, "version": V}` (`tls_port`
+/// only from a broker that ends the clients' TLS itself; [`crate::mqtt::Announcement`];
 /// published by roles/broker/tyrell-broker-announce, read by tyrell-broker-bridge and the
 /// indexers).
 pub const BROKERS_PREFIX: &str = "tyrell/brokers/";
