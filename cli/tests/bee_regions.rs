@@ -214,7 +214,10 @@ fn a_swarm_whose_brokers_end_tls_gets_a_bee_region_trusting_its_ca() {
     let (_, base) = stack_in(HOME, &swarm).unwrap();
     assert_eq!(base["BrokerTlsBy"], "broker");
     let ca = &base["BrokerCaParamArn"];
-    assert!(ca.contains(&format!(":ssm:{HOME}:")) && ca.ends_with(&format!("parameter/tyrell/{swarm}/broker-ca")), "{ca}");
+    assert!(
+        ca.contains(&format!(":ssm:{HOME}:")) && ca.ends_with(&format!("parameter/tyrell/{swarm}/broker-ca")),
+        "{ca}"
+    );
     let region = "eu-central-1";
     let (net, _) = network(region, "10.51.0.0/16");
     let added = json(&["stacks", "add-region", &swarm, "--bee-region", region, "--network", &net]);

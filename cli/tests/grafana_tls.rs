@@ -30,26 +30,6 @@ fn network() -> String {
     json(&["network", "create", &unique("gtlsn")])["vpc_id"].as_str().unwrap().to_string()
 }
 
-/// One ingress permission: (from port, to port, source groups, address ranges).
-type Ingress = (i32, i32, BTreeSet<String>, BTreeSet<String>);
-
-/// The ingress permissions of a security group.
-fn ingress(group: &str) -> Vec<Ingress> {
-    block_on(async {
-        let ec2 = emulator().ec2().await;
-        let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
-        out.security_groups()[0]
-            .ip_permissions()
-            .iter()
-            .map(|p| {
-                let groups = p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(str::to_string).collect();
-                let ranges = p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string).collect();
-                (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1), groups, ranges)
-            })
-            .collect()
-    })
-}
-
 /// The user data the box boots with: its instance's `UserData` attribute, decoded.
 fn instance_user_data(instance: &str) -> String {
     block_on(async {

@@ -79,28 +79,6 @@ fn listeners_of_lb_of(listener_arn: &str) -> Vec<Listener> {
     })
 }
 
-/// One ingress permission: (from port, to port, source groups, address ranges).
-type Ingress = (i32, i32, BTreeSet<String>, BTreeSet<String>);
-
-/// The ingress permissions of a security group.
-fn ingress(group: &str) -> Vec<Ingress> {
-    block_on(async {
-        let ec2 = emulator().ec2().await;
-        let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
-        out.security_groups()[0]
-            .ip_permissions()
-            .iter()
-            .map(|p| {
-                let groups = p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(str::to_string).collect();
-                let mut ranges: BTreeSet<String> =
-                    p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string).collect();
-                ranges.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(str::to_string));
-                (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1), groups, ranges)
-            })
-            .collect()
-    })
-}
-
 /// Every security group of a VPC.
 fn groups_in(vpc: &str) -> Vec<String> {
     block_on(async {
@@ -303,14 +281,11 @@ fn without_certificates_the_brokers_end_tls_with_the_swarms_own_ca() {
         })
         .collect();
     broker_rules.sort();
-    let mut want: Vec<(i32, String)> = [
-        (8883, "NlbSecurityGroupId"),
-        (8883, "IndexerSecurityGroupId"),
-        (1883, "BrokerSecurityGroupId"),
-    ]
-    .iter()
-    .map(|(p, k)| (*p, o[*k].clone()))
-    .collect();
+    let mut want: Vec<(i32, String)> =
+        [(8883, "NlbSecurityGroupId"), (8883, "IndexerSecurityGroupId"), (1883, "BrokerSecurityGroupId")]
+            .iter()
+            .map(|(p, k)| (*p, o[*k].clone()))
+            .collect();
     want.sort();
     assert_eq!(broker_rules, want);
     assert_mqtt_only_from_groups(&vpc);

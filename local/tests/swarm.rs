@@ -228,6 +228,21 @@ fn a_whole_swarm_measures_archives_and_every_role_is_released_under_load_losing_
         let t = influx("SELECT count(loss) FROM ping GROUP BY agent");
         first_bees.iter().all(|a| t.contains(a.as_str())).then_some(())
     });
+    // The bees reach the broker over TLS only (issue 12): from a bee box, the NLB's 8883
+    // answers TLS with the certificate of the swarm's own CA (the SSM parameter the bee
+    // trusts) for the NLB's name; plain MQTT is not spoken there.
+    let bee_box = first_bees[0].trim_start_matches("bee-").to_string();
+    let tls = cloud.exec(
+        &bee_box,
+        &[
+            "sh",
+            "-c",
+            ". /etc/tyrell/bee.env && aws ssm get-parameter --region \"$AWS_REGION\" --name \"$BROKER_CA_PARAM\" \
+             --query Parameter.Value --output text > /tmp/ca.pem && openssl s_client -brief -connect \"$BROKER_HOST:$BROKER_PORT\" \
+             -verify_hostname \"$BROKER_HOST\" -CAfile /tmp/ca.pem -verify_return_error </dev/null 2>&1; echo \"exit $?\"",
+        ],
+    );
+    assert!(tls.contains("Verification: OK") && tls.contains("exit 0"), "TLS from a bee box to the broker NLB: {tls}");
     let load_from = time::OffsetDateTime::now_utc();
 
     // The request load through the ALB, for the whole release.

@@ -109,7 +109,8 @@ impl Engine {
             ));
         }
         if req.broker_certificate_arn.is_none() {
-            let tls = [crate::names::BROKER_TLS, crate::names::BROKER_CA].map(|w| crate::names::secret_param(&req.name, w));
+            let tls =
+                [crate::names::BROKER_TLS, crate::names::BROKER_CA].map(|w| crate::names::secret_param(&req.name, w));
             self.report.step(&format!(
                 "swarm {}: the brokers end MQTT's TLS on 8883 with the swarm's own CA (made by the first broker box; the clients trust {} from SSM); --broker-certificate-arn would have the NLB end it with an ACM certificate",
                 req.name, tls[1]

@@ -186,7 +186,10 @@ impl Engine {
                 // above): the bees do not read it; the password's ARN keeps the pattern.
                 (
                     "BrokerCaParamArn".into(),
-                    base.output("BrokerCaParamArn").or(base.output("BrokerPasswordParamArn")).unwrap_or_default().into(),
+                    base.output("BrokerCaParamArn")
+                        .or(base.output("BrokerPasswordParamArn"))
+                        .unwrap_or_default()
+                        .into(),
                 ),
                 ("BrokerTlsBy".into(), base.output("BrokerTlsBy").unwrap_or("nlb").into()),
                 ("BrokerHost".into(), base.output("BrokerHost").unwrap_or_default().into()),

@@ -103,7 +103,11 @@ pub fn new_version(now: time::OffsetDateTime, taken: &[String]) -> String {
 /// The port a role's boxes serve their load balancer on: the base stack output the role
 /// names in `port_output` (role.toml), else its `port`.
 fn target_port(m: &Manifest, base: &StackInfo) -> String {
-    m.traffic.port_output.as_deref().and_then(|k| base.output(k)).map_or_else(|| m.traffic.port.to_string(), str::to_string)
+    m.traffic
+        .port_output
+        .as_deref()
+        .and_then(|k| base.output(k))
+        .map_or_else(|| m.traffic.port.to_string(), str::to_string)
 }
 
 fn parse_cron_choice(m: &Manifest, choice: &ScheduleChoice) -> (String, String, i32) {
@@ -246,7 +250,11 @@ impl Engine {
                 (true, Some(super::bee_region::ROLE)) => base.output("BrokerCaParamArn").unwrap_or_default().into(),
                 (true, _) => crate::names::secret_param(&base.name, crate::names::BROKER_CA),
             },
-            broker_tls_param: if own_tls { crate::names::secret_param(&base.name, crate::names::BROKER_TLS) } else { String::new() },
+            broker_tls_param: if own_tls {
+                crate::names::secret_param(&base.name, crate::names::BROKER_TLS)
+            } else {
+                String::new()
+            },
             // A base stack made before BrokerNlbHost existed: its BrokerHost is the NLB.
             broker_nlb_host: base.output("BrokerNlbHost").or(base.output("BrokerHost")).unwrap_or_default().into(),
             broker_nlb_port: base.output("BrokerNlbPort").and_then(|p| p.parse().ok()).unwrap_or(render::BROKER_PORT),

@@ -335,3 +335,25 @@ pub fn stacks_in(region: &str, prefix: &str) -> Vec<String> {
         names
     })
 }
+
+/// One ingress permission: (from port, to port, source groups, address ranges).
+pub type Ingress = (i32, i32, std::collections::BTreeSet<String>, std::collections::BTreeSet<String>);
+
+/// The ingress permissions of a security group in the tests' region.
+pub fn ingress(group: &str) -> Vec<Ingress> {
+    block_on(async {
+        let ec2 = emulator().ec2().await;
+        let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
+        out.security_groups()[0]
+            .ip_permissions()
+            .iter()
+            .map(|p| {
+                let groups = p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(str::to_string).collect();
+                let mut ranges: std::collections::BTreeSet<String> =
+                    p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string).collect();
+                ranges.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(str::to_string));
+                (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1), groups, ranges)
+            })
+            .collect()
+    })
+}
