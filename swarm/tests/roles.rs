@@ -156,21 +156,28 @@ fn metrics_box_provisions_influxdb_and_grafana() {
     assert!(text.contains("/tyrell/metrics/grafana-password"));
 }
 
-/// The mosquitto configuration the broker role renders, with only the listener port and
-/// the data/password paths moved into a temp dir.
-fn broker_config(port: u16, dir: &std::path::Path) -> String {
+/// The mosquitto configuration the broker role renders (by default: the brokers end the
+/// clients' TLS on 8883 themselves), with only the listeners' ports and the data,
+/// password and TLS file paths moved into a temp dir (the TLS files: `server.crt`,
+/// `server.key`, `ca.crt` there, as tyrell-broker-tls installs them on the box).
+fn broker_config(port: u16, tls_port: u16, dir: &std::path::Path) -> String {
     let doc = yaml_to_json(&render("broker", &[]));
     let conf = file(&doc, "/etc/mosquitto/mosquitto.conf");
     assert!(conf.lines().any(|l| l.trim() == "allow_anonymous false"), "{conf}");
     assert!(conf.lines().any(|l| l.trim() == "listener 1883"), "{conf}");
+    assert!(conf.lines().any(|l| l.trim() == "listener 8883"), "{conf}");
     conf.lines()
-        .map(|l| match l.split_whitespace().next() {
-            Some("listener") => format!("listener {port} 127.0.0.1"),
-            Some("password_file") => format!("password_file {}", dir.join("passwd").display()),
-            Some("persistence_location") => format!("persistence_location {}/", dir.join("data").display()),
-            Some("pid_file") => format!("pid_file {}", dir.join("mosquitto.pid").display()),
+        .map(|l| match (l.split_whitespace().next(), l.split_whitespace().nth(1)) {
+            (Some("listener"), Some("8883")) => format!("listener {tls_port} 127.0.0.1"),
+            (Some("listener"), _) => format!("listener {port} 127.0.0.1"),
+            (Some("certfile"), _) => format!("certfile {}", dir.join("server.crt").display()),
+            (Some("keyfile"), _) => format!("keyfile {}", dir.join("server.key").display()),
+            (Some("cafile"), _) => format!("cafile {}", dir.join("ca.crt").display()),
+            (Some("password_file"), _) => format!("password_file {}", dir.join("passwd").display()),
+            (Some("persistence_location"), _) => format!("persistence_location {}/", dir.join("data").display()),
+            (Some("pid_file"), _) => format!("pid_file {}", dir.join("mosquitto.pid").display()),
             // The bridges tyrell-broker-bridge writes (none here: the first broker).
-            Some("include_dir") => {
+            (Some("include_dir"), _) => {
                 std::fs::create_dir_all(dir.join("tyrell.d")).unwrap();
                 format!("include_dir {}", dir.join("tyrell.d").display())
             }
@@ -198,9 +205,25 @@ fn rendered_broker_refuses_anonymous_clients_and_persists() {
     std::os::unix::fs::chown(&data, Some(uid_of("mosquitto")), None).unwrap();
     // On the box, /usr/local/sbin/tyrell-broker-passwd builds this file from SSM.
     write_password_file(&dir.join("passwd"), USER, PASSWORD);
-    let port = testkit::free_port();
-    let conf = broker_config(port, &dir);
+    // The TLS listener's files, as the swarm's first broker box makes them.
+    make_ca(&dir, "ca", "tyrell test broker CA");
+    make_server_cert(&dir, "ca", "server", "DNS:localhost");
+    let (port, tls_port) = (testkit::free_port(), testkit::free_port());
+    let conf = broker_config(port, tls_port, &dir);
     let broker = Mosquitto::start_with_config(&conf, port, &dir);
+    // The clients' port speaks TLS only, with the certificate the swarm's CA signed.
+    let tls_pub = |cafile: Option<&std::path::Path>| {
+        let mut cmd = Command::new(testkit::system_tool("mosquitto_pub"));
+        cmd.args(["-h", "localhost", "-p", &tls_port.to_string(), "-t", "t", "-m", "m", "-u", USER, "-P", PASSWORD]);
+        if let Some(ca) = cafile {
+            cmd.arg("--cafile").arg(ca);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, err) = tls_pub(Some(&dir.join("ca.crt")));
+    assert!(ok, "TLS with the swarm's CA was refused: {err}\n{}", broker.log_text());
+    assert!(!tls_pub(None).0, "plain MQTT was accepted on the TLS port");
 
     let (ok, err) = try_pub(port, None);
     assert!(!ok, "an anonymous client was accepted");

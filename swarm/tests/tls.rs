@@ -6,65 +6,12 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use testkit::servers::{temp_dir, write_password_file, Mosquitto};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new(testkit::system_tool("openssl")).args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A throw-away CA in `dir`: `<name>.key` and `<name>.crt`, common name `cn`.
-fn make_ca(dir: &Path, name: &str, cn: &str) {
-    let (key, crt, subj) = (format!("{name}.key"), format!("{name}.crt"), format!("/CN={cn}"));
-    openssl(
-        dir,
-        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt, "-subj", &subj, "-days", "1"],
-    );
-    std::fs::set_permissions(dir.join(&crt), std::fs::Permissions::from_mode(0o644)).unwrap();
-}
-
-/// A server certificate in `dir`, `<name>.key` and `<name>.crt`, for the subject
-/// alternative names `san` (e.g. `DNS:localhost,IP:127.0.0.1`), signed by the CA `<ca>`
-/// made by [`make_ca`]; both files readable by mosquitto.
-fn make_server_cert(dir: &Path, ca: &str, name: &str, san: &str) {
-    let (key, csr, crt, ext) =
-        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
-    openssl(
-        dir,
-        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=tyrell test broker"],
-    );
-    std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n")).unwrap();
-    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "1",
-            "-extfile",
-            &ext,
-        ],
-    );
-    for f in [key, crt] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-}
 
 /// A mosquitto with only a TLS listener (and a password) on 127.0.0.1, its certificate
 /// for `localhost` and 127.0.0.1 signed by a throw-away CA, `dir/ca.crt`: (broker, port,
