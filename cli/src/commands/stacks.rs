@@ -22,7 +22,7 @@ pub struct StacksArgs {
 enum StacksCmd {
     /// Create a swarm's base stack in a VPC: security groups, ALB, broker NLB, queue, bucket, instance roles, secrets
     #[command(
-        after_help = "Examples:\n  tyrell stacks create -v vpc-0abc1234 swarm1\n  tyrell stacks create -v vpc-0abc1234 --allow-cidr 203.0.113.0/24 \\\n      --certificate-arn arn:aws:acm:eu-west-1:123456789012:certificate/... \\\n      --broker-certificate-arn arn:aws:acm:eu-west-1:123456789012:certificate/... \\\n      --broker-dns-name mqtt.swarm1.example.org swarm1\n\nOnly the load balancer's port is open to the world; --allow-cidr admits an admin range (SSH)\nto the instances. Prefer `aws ssm start-session`: every instance runs the SSM agent."
+        after_help = "Examples:\n  tyrell stacks create -v vpc-0abc1234 swarm1\n  tyrell stacks create -v vpc-0abc1234 --allow-cidr 203.0.113.0/24 \\\n      --certificate-arn arn:aws:acm:eu-west-1:123456789012:certificate/... \\\n      --broker-certificate-arn arn:aws:acm:eu-west-1:123456789012:certificate/... \\\n      --broker-dns-name mqtt.swarm1.example.org swarm1\n\nMQTT is TLS (8883) with or without --broker-certificate-arn.\nOnly the load balancer's port is open to the world; --allow-cidr admits an admin range (SSH)\nto the instances. Prefer `aws ssm start-session`: every instance runs the SSM agent."
     )]
     Create {
         /// Swarm name (the base stack's name, prefix of every version stack)
@@ -36,8 +36,9 @@ enum StacksCmd {
         /// Serve HTTPS on 443 with this ACM certificate (HTTP then redirects)
         #[arg(long, value_name = "ARN")]
         certificate_arn: Option<String>,
-        /// TLS for MQTT: the broker NLB listens on 8883 with this ACM certificate and every
-        /// client verifies it (needs --broker-dns-name). Without it MQTT is plain text in the VPC
+        /// Have the broker NLB end MQTT's TLS on 8883 with this ACM certificate, which every
+        /// client verifies (needs --broker-dns-name). Without it MQTT is TLS too: the brokers
+        /// end it with the swarm's own CA, made by the first broker box (docs/MULTI-REGION.md 8.1)
         #[arg(long, value_name = "ARN")]
         broker_certificate_arn: Option<String>,
         /// The name on --broker-certificate-arn the clients connect to (make it a CNAME to the
@@ -51,7 +52,7 @@ enum StacksCmd {
     /// Add a bee region to a swarm: a VPC peering from NETWORK (in --bee-region) to the home VPC, the bee-region stack there and its link stack here
     #[command(
         name = "add-region",
-        after_help = "Example:\n  tyrell network create --region eu-west-1 --cidr 10.1.0.0/16 bees-eu\n  tyrell stacks add-region swarm1 --bee-region eu-west-1 --network bees-eu\n  tyrell bees create --region eu-west-1 -a ami-0123abcd swarm1\n\nThe swarm's broker must have TLS (stacks create --broker-certificate-arn); the network\nneeds a NAT gateway and a CIDR apart from the home VPC's and every other bee region's.\nSee docs/MULTI-REGION.md."
+        after_help = "Example:\n  tyrell network create --region eu-west-1 --cidr 10.1.0.0/16 bees-eu\n  tyrell stacks add-region swarm1 --bee-region eu-west-1 --network bees-eu\n  tyrell bees create --region eu-west-1 -a ami-0123abcd swarm1\n\nThe bees there reach the broker over TLS through a VPC peering; the network\nneeds a NAT gateway and a CIDR apart from the home VPC's and every other bee region's.\nSee docs/MULTI-REGION.md."
     )]
     AddRegion {
         /// The swarm (its base stack is in this, the home, region)

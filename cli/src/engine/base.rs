@@ -19,8 +19,8 @@ pub struct CreateBase {
     pub allow_cidrs: Vec<String>,
     pub certificate_arn: Option<String>,
     /// The broker NLB's TLS listener (8883): an ACM certificate of this region, `ISSUED`,
-    /// covering `broker_dns_name` (docs/MULTI-REGION.md 8.1). `None`: MQTT in plain text
-    /// on 1883 inside the VPC only, and a warning.
+    /// covering `broker_dns_name` (docs/MULTI-REGION.md 8.1). `None`: the brokers end TLS
+    /// on 8883 themselves, with the swarm's own CA (made by the first broker box).
     pub broker_certificate_arn: Option<String>,
     /// The name on `broker_certificate_arn` the clients connect to and verify (a CNAME to
     /// the NLB's DNS name, kept by the operator). Required with, and only with, it.

@@ -177,7 +177,8 @@ pub struct BaseWant {
     pub allow_cidrs: Vec<String>,
     /// HTTPS on 443 with this ACM certificate; `None`: HTTP on 80.
     pub certificate_arn: Option<String>,
-    /// TLS on the broker NLB (8883) with this ACM certificate; `None`: plain MQTT in the VPC.
+    /// The broker NLB ends MQTT's TLS (8883) with this ACM certificate; `None`: the brokers
+    /// end it with the swarm's own CA (docs/MULTI-REGION.md 8.1).
     pub broker_certificate_arn: Option<String>,
     /// The name on `broker_certificate_arn` the clients connect to; set exactly when it is.
     pub broker_dns_name: Option<String>,
