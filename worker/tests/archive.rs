@@ -314,18 +314,20 @@ async fn sigterm_flushes_what_is_buffered_and_exits() {
 
 #[tokio::test]
 async fn held_messages_stay_invisible_to_a_second_worker() {
-    // A 5 s visibility timeout and a 12 s buffer: without renewals the second worker would
-    // receive (and archive) the first one's messages again. (Renewals come at half-life, so
-    // a loaded machine still has 2.5 s of margin; 2 s timeouts proved flaky under load.)
-    let f = Fixture::new(5, None).await;
+    // A 10 s visibility timeout and a 24 s buffer: without renewals the second worker would
+    // receive (and archive) the first one's messages again. Renewals come at half-life, so
+    // a loaded machine has 5 s of margin. (5 s timeouts — 2.5 s of margin — failed once on
+    // 2 cores while the local cloud's lane compiled and booted boxes beside it: one message
+    // renewed late, 10 records archived twice; 2 s timeouts failed more often.)
+    let f = Fixture::new(10, None).await;
     let recs = records("v", 500, "2026-11-23T08:00:00", Duration::from_millis(10));
     f.send(&bodies(&recs, 10)).await;
-    let knobs = ["--visibility-timeout", "5", "--flush-seconds", "12"];
+    let knobs = ["--visibility-timeout", "10", "--flush-seconds", "24"];
     let mut a = Worker::start(f.worker(&knobs));
     let mut cmd = f.worker(&knobs);
     cmd.args(["--worker-id", "w2"]);
     let mut b = Worker::start(cmd);
-    let deadline = Instant::now() + Duration::from_secs(45);
+    let deadline = Instant::now() + Duration::from_secs(75);
     while f.depth(&f.queue_url).await != (0, 0) {
         assert!(Instant::now() < deadline, "queue never drained; logs:\n{}\n{}", a.log_text(), b.log_text());
         tokio::time::sleep(Duration::from_millis(250)).await;
