@@ -46,6 +46,10 @@ The same swarm from one file (docs/PLAN.md):
   tyrell up swarm1.toml                            # make it so (new versions, gated switches)
   tyrell down swarm1.toml                          # remove it
 
+Encrypted by default: MQTT is TLS on 8883 (the brokers' own CA, or the NLB with
+--broker-certificate-arn), Grafana HTTPS; the ALB is HTTP until --certificate-arn (a loud
+warning says so). docs/MULTI-REGION.md 8.
+
 AWS credentials, region and endpoint come from the standard AWS chain (AWS_PROFILE,
 AWS_REGION, AWS_ENDPOINT_URL, SSO, instance roles); the global options override them.
 Results go to stdout (--output json for scripts: shapes in docs/JSON.md); progress goes to

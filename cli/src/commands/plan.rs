@@ -32,7 +32,7 @@ const EXAMPLE: &str = r#"A plan file (docs/PLAN.md has every key):
   network = "swarm1-net"
   allow_cidrs = ["203.0.113.0/24"]
   broker_certificate_arn = "arn:aws:acm:eu-west-1:123456789012:certificate/..."
-  broker_dns_name = "mqtt.swarm1.example.org"   # MQTT over TLS (bee regions need it)
+  broker_dns_name = "mqtt.swarm1.example.org"   # the NLB ends MQTT's TLS (default: the brokers, own CA)
 
   [metrics]
   name = "swarm1-metrics"
