@@ -62,6 +62,13 @@ pub const BROKER_TLS: &str = "broker-tls";
 /// clients trust (`BROKER_CA_PARAM`). Written by the broker boxes; deleted with the swarm.
 pub const BROKER_CA: &str = "broker-ca";
 
+/// A swarm's broker TLS parameters, `[/tyrell/<swarm>/broker-tls, /tyrell/<swarm>/broker-ca]`
+/// ([`BROKER_TLS`], [`BROKER_CA`]): what `stacks create` clears when an earlier swarm of the
+/// name left them and `stacks remove` deletes.
+pub fn broker_tls_params(swarm: &str) -> [String; 2] {
+    [BROKER_TLS, BROKER_CA].map(|w| secret_param(swarm, w))
+}
+
 /// The SSM parameter of a role's traffic lock in a swarm: `/tyrell/<swarm>/locks/<role>`.
 pub fn lock_param(swarm: &str, role: &str) -> String {
     format!("/tyrell/{swarm}/locks/{role}")

@@ -109,8 +109,7 @@ impl Engine {
             ));
         }
         if req.broker_certificate_arn.is_none() {
-            let tls =
-                [crate::names::BROKER_TLS, crate::names::BROKER_CA].map(|w| crate::names::secret_param(&req.name, w));
+            let tls = crate::names::broker_tls_params(&req.name);
             self.report.step(&format!(
                 "swarm {}: the brokers end MQTT's TLS on 8883 with the swarm's own CA (made by the first broker box; the clients trust {} from SSM); --broker-certificate-arn would have the NLB end it with an ACM certificate",
                 req.name, tls[1]
@@ -302,7 +301,7 @@ impl Engine {
         self.delete_stack(&base).await?;
         // Its secrets, and the live versions its switches recorded.
         let mut params = Secrets::of(name).names().to_vec();
-        params.extend([crate::names::BROKER_TLS, crate::names::BROKER_CA].map(|w| crate::names::secret_param(name, w)));
+        params.extend(crate::names::broker_tls_params(name));
         params.extend(self.lib.roles().iter().map(|m| crate::names::live_param(name, &m.role)));
         ssm::delete(&self.aws.ssm, &params).await?;
         removed.push(base.name);
