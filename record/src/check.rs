@@ -6,8 +6,12 @@
 //! the worker's benchmark (worker/README.md) that was about half of its CPU. This reads
 //! the same JSON grammar (RFC 8259) for the fields a record has, with the same types and
 //! ranges as serde would give them, converting nothing but the `ts` and deciding `loss`
-//! from its digits. It gives up (returns `None`) on anything it does not handle exactly as
-//! serde does — an escape or a byte outside ASCII in a string, a key the record does not
+//! from its digits. First one pass eight bytes at a time finds the line's end and makes
+//! sure every byte before it is printable ASCII but `\\` (what producers write); the
+//! structure is then read without looking for escapes, control characters or other
+//! encodings inside strings. It gives up (returns `None`) on anything it does not handle
+//! exactly as serde does — a control character anywhere in the line (tabs and a `\r`
+//! before the `\n` included), a backslash, a byte outside ASCII, a key the record does not
 //! have (a later schema's field), a repeated key, an exponent in `loss`, a minus sign on
 //! any number but the float ones of `rtt_ms`, — and the
 //! caller then decides with serde, the rule's one statement ([`crate::RecordView`] and
@@ -42,39 +46,61 @@ const SEQ: u32 = 1 << 17;
 /// which serde reads as `None` when absent).
 const REQUIRED: u32 = ID | TS | STACK | REGION | AGENT | TARGET | STATUS | LOSS;
 
+/// The record's keys as serde_json writes them (`"key":`), in [`crate::PingRecord`]'s
+/// order: the `n`th is the field of bit `1 << n`.
+const RECORD_KEYS: [&[u8]; 18] = [
+    b"\"schema\":",
+    b"\"id\":",
+    b"\"ts\":",
+    b"\"stack\":",
+    b"\"region\":",
+    b"\"agent\":",
+    b"\"target\":",
+    b"\"status\":",
+    b"\"loss\":",
+    b"\"rtt_ms\":",
+    b"\"error\":",
+    b"\"sent\":",
+    b"\"ttl\":",
+    b"\"addr\":",
+    b"\"resolve_ms\":",
+    b"\"late_ms\":",
+    b"\"clock_synced\":",
+    b"\"seq\":",
+];
+
+/// A record key read as a string: its place in [`RECORD_KEYS`].
+fn record_key(key: &[u8]) -> Option<usize> {
+    RECORD_KEYS.iter().position(|k| &k[1..k.len() - 2] == key)
+}
+
+/// `rtt_ms`'s keys likewise ([`crate::Rtt`]'s order): `min`, `avg`, `max`, `stddev`, then
+/// the optional `p50`, `p90`, `p99`, `jitter`.
+const RTT_KEYS: [&[u8]; 8] =
+    [b"\"min\":", b"\"avg\":", b"\"max\":", b"\"stddev\":", b"\"p50\":", b"\"p90\":", b"\"p99\":", b"\"jitter\":"];
+
+/// An `rtt_ms` key read as a string: its place in [`RTT_KEYS`].
+fn rtt_key(key: &[u8]) -> Option<usize> {
+    RTT_KEYS.iter().position(|k| &k[1..k.len() - 2] == key)
+}
+
 /// Checks the line that starts at `text[at]` and ends at the next `\n` (or the end of
 /// `text`). `Some((end, utc))` when it is certainly a valid record: `end` is the index of
 /// that `\n` (or `text.len()`), and `utc` the record's time as [`crate::parse_ts`] reads it.
 /// `None` when not sure: the caller must check the line with serde.
 pub(crate) fn record_line(text: &[u8], at: usize) -> Option<(usize, OffsetDateTime)> {
-    let mut c = Cursor { b: text, i: at };
+    let end = plain_line_end(text, at)?;
+    let mut c = Cursor { b: &text[at..end], i: 0 };
     c.expect(b'{')?;
     let mut seen = 0u32;
     let mut ts: &[u8] = &[];
+    // Keys are looked for first as serde writes them, in the struct's order (the bits'
+    // order): the next one's `"key":` compared whole; only a line in another shape has its
+    // keys read one by one.
+    let mut next = 0;
     loop {
-        let key = c.string()?;
-        c.expect(b':')?;
-        let bit = match key {
-            b"schema" => SCHEMA,
-            b"id" => ID,
-            b"ts" => TS,
-            b"stack" => STACK,
-            b"region" => REGION,
-            b"agent" => AGENT,
-            b"target" => TARGET,
-            b"status" => STATUS,
-            b"loss" => LOSS,
-            b"rtt_ms" => RTT,
-            b"error" => ERROR,
-            b"sent" => SENT,
-            b"ttl" => TTL,
-            b"addr" => ADDR,
-            b"resolve_ms" => RESOLVE,
-            b"late_ms" => LATE,
-            b"clock_synced" => SYNCED,
-            b"seq" => SEQ,
-            _ => return None,
-        };
+        let (bit, at) = c.key(&RECORD_KEYS, next, record_key)?;
+        next = at + 1;
         if seen & bit != 0 {
             return None;
         }
@@ -94,7 +120,8 @@ pub(crate) fn record_line(text: &[u8], at: usize) -> Option<(usize, OffsetDateTi
             // Not negative (JSON has no NaN): a leading minus is left to serde.
             RESOLVE | LATE => c.or_null(|c| c.float(false))?,
             SYNCED => c.or_null(|c| c.literal(b"true").or_else(|| c.literal(b"false")))?,
-            _ => c.or_null(|c| c.unsigned(u64::MAX).map(drop))?, // SEQ
+            SEQ => c.or_null(|c| c.unsigned(u64::MAX).map(drop))?,
+            _ => return None,
         }
         match c.next()? {
             b',' => {}
@@ -105,26 +132,55 @@ pub(crate) fn record_line(text: &[u8], at: usize) -> Option<(usize, OffsetDateTi
     if seen & REQUIRED != REQUIRED {
         return None;
     }
-    // Only JSON whitespace may follow the object on its line (`\r` included: the caller
-    // drops a `\r` before `\n`, and serde reads the rest as whitespace).
+    // Only spaces may follow the object on its line.
     c.space();
-    if c.i != text.len() && text[c.i] != b'\n' {
+    if c.i != c.b.len() {
         return None;
     }
     let utc = crate::parse_ts(std::str::from_utf8(ts).ok()?).ok()?;
-    Some((c.i, utc))
+    Some((end, utc))
 }
 
+/// The index of the `\n` that ends the line starting at `text[at]` (or `text.len()`) when
+/// every byte before it is printable ASCII but `\\` (`0x20..=0x7e`, `0x7f` included);
+/// `None` at the first byte that is not (a control character, a backslash, a byte of a
+/// multi-byte UTF-8 character or not UTF-8 at all).
+#[inline]
+fn plain_line_end(text: &[u8], at: usize) -> Option<usize> {
+    let mut i = at;
+    while let Some(chunk) = text.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let special = below(w, 0x20) | zero(w ^ (ONES * u64::from(b'\\'))) | (w & HIGH);
+        if special != 0 {
+            // The lowest flagged byte is exact (the tricks' false positives only follow a
+            // byte that is flagged rightly).
+            let j = i + (special.trailing_zeros() / 8) as usize;
+            return (text[j] == b'\n').then_some(j);
+        }
+        i += 8;
+    }
+    for (j, &b) in text.iter().enumerate().skip(i) {
+        match b {
+            b'\n' => return Some(j),
+            b'\\' | 0..0x20 | 0x80.. => return None,
+            _ => {}
+        }
+    }
+    Some(text.len())
+}
+
+/// A reader over one line that [`plain_line_end`] found plain: no control character,
+/// backslash or non-ASCII byte in `b`.
 struct Cursor<'a> {
     b: &'a [u8],
     i: usize,
 }
 
 impl<'a> Cursor<'a> {
-    /// Skips JSON whitespace but `\n`, which ends the line.
+    /// Skips JSON whitespace: spaces (the line holds no other).
     #[inline]
     fn space(&mut self) {
-        while let Some(b' ' | b'\t' | b'\r') = self.b.get(self.i) {
+        while self.b.get(self.i) == Some(&b' ') {
             self.i += 1;
         }
     }
@@ -143,28 +199,46 @@ impl<'a> Cursor<'a> {
         (self.next()? == want).then_some(())
     }
 
-    /// A string of ASCII without escapes or control characters (anything else is left to
-    /// serde); its content.
+    /// A string (a plain line's: printable ASCII, no escapes); its content.
     #[inline]
     fn string(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.i;
-        // Eight bytes at a time up to the first that may be special, then byte by byte.
+        // Eight bytes at a time up to the chunk holding the closing quote.
         while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-            if may_end_string(u64::from_le_bytes(chunk.try_into().expect("8 bytes"))) {
-                break;
+            let quotes = zero(u64::from_le_bytes(chunk.try_into().expect("8 bytes")) ^ (ONES * u64::from(b'"')));
+            if quotes != 0 {
+                self.i += (quotes.trailing_zeros() / 8) as usize + 1;
+                return Some(&self.b[start..self.i - 1]);
             }
             self.i += 8;
         }
-        loop {
-            let c = *self.b.get(self.i)?;
-            self.i += 1;
-            match c {
-                b'"' => return Some(&self.b[start..self.i - 1]),
-                b'\\' | 0..0x20 | 0x80.. => return None,
-                _ => {}
+        let n = self.b[self.i..].iter().position(|&b| b == b'"')?;
+        self.i += n + 1;
+        Some(&self.b[start..self.i - 1])
+    }
+
+    /// A key and its `:`, one of `keys` (each `"key":`): the bit of its place in them and
+    /// the place. Those from `keys[next]` on are compared whole first (a line in the order
+    /// they are listed finds each at once); else the key is read as a string and `read`
+    /// places it. `None` when it is none of them.
+    #[inline]
+    fn key(&mut self, keys: &[&[u8]], next: usize, read: fn(&[u8]) -> Option<usize>) -> Option<(u32, usize)> {
+        self.space();
+        let rest = &self.b[self.i..];
+        let found = keys.iter().skip(next).position(|k| rest.starts_with(k));
+        let at = match found {
+            Some(n) => {
+                self.i += keys[next + n].len();
+                next + n
             }
-        }
+            None => {
+                let at = read(self.string()?)?;
+                self.expect(b':')?;
+                at
+            }
+        };
+        Some((1 << at, at))
     }
 
     /// `null` (taken: `Some(())`), or else the value `f` reads.
@@ -188,6 +262,18 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn digits(&mut self) -> usize {
         let start = self.i;
+        // Eight at a time: a byte of a plain line (below 0x80) is a digit when it is
+        // `0x30..=0x39`, i.e. when `byte ^ 0x30` is below 10, i.e. when adding 0x76 leaves
+        // its high bit clear (no carry crosses bytes: at most 0x7f + 0x76).
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let t = u64::from_le_bytes(chunk.try_into().expect("8 bytes")) ^ (ONES * 0x30);
+            let not_digit = t.wrapping_add(ONES * 0x76) & HIGH;
+            if not_digit != 0 {
+                self.i += (not_digit.trailing_zeros() / 8) as usize;
+                return self.i - start;
+            }
+            self.i += 8;
+        }
         while let Some(b'0'..=b'9') = self.b.get(self.i) {
             self.i += 1;
         }
@@ -266,23 +352,15 @@ impl<'a> Cursor<'a> {
     fn rtt(&mut self) -> Option<()> {
         self.expect(b'{')?;
         let mut seen = 0u32;
+        let mut next = 0;
         loop {
-            let (bit, optional) = match self.string()? {
-                b"min" => (1, false),
-                b"avg" => (2, false),
-                b"max" => (4, false),
-                b"stddev" => (8, false),
-                b"p50" => (16, true),
-                b"p90" => (32, true),
-                b"p99" => (64, true),
-                b"jitter" => (128, true),
-                _ => return None,
-            };
+            let (bit, at) = self.key(&RTT_KEYS, next, rtt_key)?;
+            next = at + 1;
+            let optional = at >= 4;
             if seen & bit != 0 {
                 return None;
             }
             seen |= bit;
-            self.expect(b':')?;
             if optional {
                 self.or_null(|c| c.float(true))?;
             } else {
@@ -298,14 +376,20 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Whether any of the 8 bytes of `w` may be `"`, `\\`, a control character (below 0x20)
-/// or not ASCII: exact when none is (the bit tricks of "Bit Twiddling Hacks", "Determine if
-/// a word has a byte less than n"), and perhaps true for a byte after one that is.
+/// The bit tricks of "Bit Twiddling Hacks" ("Determine if a word has a byte less than
+/// n"), on eight bytes at once (little-endian: the first byte is the lowest).
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+const HIGH: u64 = ONES << 7;
+
+/// The high bit of each byte of `x` below `n` (`n` at most 0x80): exact for the lowest such
+/// byte, perhaps also set for a byte after it.
 #[inline]
-fn may_end_string(w: u64) -> bool {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH: u64 = ONES << 7;
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
-    let zero = |x: u64| below(x, 1);
-    (zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | below(w, 0x20) | (w & HIGH)) != 0
+fn below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH
+}
+
+/// The high bit of each zero byte of `x`, as [`below`] (`below(x, 1)`).
+#[inline]
+fn zero(x: u64) -> u64 {
+    below(x, 1)
 }

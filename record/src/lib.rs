@@ -1027,7 +1027,17 @@ mod tests {
             serde_json::to_string(&odd).unwrap(),
             serde_json::to_string(&rec("a").tap_ts("2026-11-23T12:30:00.5+01:00")).unwrap(),
             SCHEMA_1.to_string(),
-            SCHEMA_1.replace("\",", "\" ,\t").replace("\":", "\" : ") + " \r",
+            SCHEMA_1.replace("\",", "\" , ").replace("\":", "\" : ") + " ",
+        ]
+    }
+
+    /// Valid lines the fast path leaves to serde (a tab, a `\r` before the `\n`, an escape,
+    /// a character outside ASCII).
+    fn slow_samples() -> Vec<String> {
+        vec![
+            SCHEMA_1.replace("\",", "\",\t") + "\r",
+            SCHEMA_1.replace("\"ok\"", "\"\\u006fk\""),
+            serde_json::to_string(&rec("é")).unwrap(),
         ]
     }
 
@@ -1075,7 +1085,10 @@ mod tests {
 
     #[test]
     fn bodies_read_the_same_through_the_fast_path() {
-        let lines = fast_samples();
+        for slow in slow_samples() {
+            assert_eq!(check::record_line(slow.as_bytes(), 0), None, "{slow}");
+        }
+        let lines = [fast_samples(), slow_samples()].concat();
         let nd = lines.join("\n") + "\n";
         let c = decode_checked(&nd, Encoding::Ndjson).unwrap();
         assert!(c.rejected.is_empty(), "{:?}", c.rejected);
