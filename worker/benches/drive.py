@@ -6,7 +6,10 @@
 Runs each given tyrell-worker build (`--drain`, production buffer settings), one after the
 other, over the same records: N (default 1,000,000) records shaped as the Rust bench's
 (`tests/common::records`, schema 2, ~300 B), packed as the indexer packs them (gzip+base64
-at level 1, ~256 KiB of NDJSON a message), fed to the AWS emulator (moto, from .venv)
+at level 1; RAW_KIB, default 1024, KiB of NDJSON a message: the indexer's own benchmark,
+scripts/bench-swarm, sends 3,571 records of ~280 B in each message, about 1 MiB; SQS's
+256 KiB limit is on the encoded body, which these records fill only at ~4 MiB; sessions
+before 2026-11-30 packed 256 KiB, four times as many messages), fed to the AWS emulator (moto, from .venv)
 keeping the queue <= 10 messages deep. Prints each worker's CPU seconds per million
 records (wait4 rusage: user + system), checks every record is in S3, and, measured in this
 process on the same bodies, base64 + gunzip alone and with gzip level 1 into 5 MiB objects
@@ -19,6 +22,7 @@ AWS SDKs in release first (too long for a loaded shared machine).
 import atexit, base64, gzip, json, os, shlex, socket, subprocess, sys, time, uuid
 import boto3
 n = int(os.environ.get("N", "1000000"))
+raw_kib = int(os.environ.get("RAW_KIB", "1024"))
 builds = sys.argv[1:]
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
@@ -45,7 +49,7 @@ for i in range(n):
                              "target": f"host{i % 13}.example.org", "status": "ok", "loss": 0.0, "rtt_ms": rtt, "error": None}, separators=(",", ":")))
 bodies, cur, size = [], [], 0
 for l in lines:
-    if size + len(l) + 1 > 256 * 1024:
+    if size + len(l) + 1 > raw_kib * 1024:
         bodies.append("".join(x + "\n" for x in cur)); cur, size = [], 0
     cur.append(l); size += len(l) + 1
 bodies.append("".join(x + "\n" for x in cur))

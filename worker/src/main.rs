@@ -19,7 +19,10 @@ use crate::config::Config;
 use crate::metrics::Counters;
 use crate::pipeline::{Exit, Pipeline};
 
-#[tokio::main]
+// One thread runs everything but gzip (spawn_blocking): the work is checking records, one
+// message after another, and the SDK's calls are I/O; a second runtime thread only added
+// wake-ups and hand-offs between threads (worker/README.md, the CPU per million records).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     // A setting out of range stops here, with one sentence and exit code 2.
     let cfg = Config::from_args();
