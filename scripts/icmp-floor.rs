@@ -97,22 +97,37 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// Says why in one sentence and exits with 2.
+fn refuse(why: String) -> ! {
+    eprintln!("icmp-floor: {why}");
+    std::process::exit(2)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: icmp-floor TARGETS_FILE SECONDS [WINDOW]");
-        std::process::exit(2);
+        refuse("usage: icmp-floor TARGETS_FILE SECONDS [WINDOW]".into());
     }
-    let text = std::fs::read_to_string(&args[1]).unwrap_or_else(|e| panic!("cannot read {}: {e}", args[1]));
+    let text = std::fs::read_to_string(&args[1]).unwrap_or_else(|e| refuse(format!("cannot read {}: {e}", args[1])));
     let targets: Vec<SockaddrIn> = text
         .split_whitespace()
         .map(|a| {
-            let ip: std::net::Ipv4Addr = a.parse().unwrap_or_else(|e| panic!("{a}: {e}"));
+            let ip: std::net::Ipv4Addr =
+                a.parse().unwrap_or_else(|e| refuse(format!("{a} is not an IPv4 address: {e}")));
             SockaddrIn { family: AF_INET as u16, port: 0, addr: u32::from_ne_bytes(ip.octets()), zero: [0; 8] }
         })
         .collect();
-    let seconds: f64 = args[2].parse().expect("SECONDS: a number");
-    let window: u64 = args.get(3).map_or(2000, |w| w.parse().expect("WINDOW: a whole number"));
+    let seconds: f64 = match args[2].parse() {
+        Ok(s) if s > 0.0 && s < 1e6 => s,
+        _ => refuse(format!("SECONDS must be a number of seconds above 0, not {:?}", args[2])),
+    };
+    let window: u64 = match args.get(3).map_or(Ok(2000), |w| w.parse()) {
+        Ok(w) if w > 0 => w,
+        _ => refuse(format!("WINDOW must be a whole number above 0, not {:?}", args[3])),
+    };
+    if targets.is_empty() {
+        refuse(format!("{} holds no address", args[1]));
+    }
     // SAFETY: plain system calls on values owned here, with their sizes.
     let (fd, raw) = unsafe {
         match socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, IPPROTO_ICMP) {
@@ -120,7 +135,9 @@ fn main() {
             _ => (socket(AF_INET, SOCK_RAW | SOCK_NONBLOCK, IPPROTO_ICMP), true),
         }
     };
-    assert!(fd >= 0, "no ICMP socket: run as root (or allow ping sockets)");
+    if fd < 0 {
+        refuse("no ICMP socket: run as root, or allow ping sockets (net.ipv4.ping_group_range)".into());
+    }
     let one: i32 = 1;
     let buf: i32 = 8 << 20;
     let filter: u32 = !1;
@@ -187,7 +204,8 @@ fn main() {
             for (i, h) in hdrs.iter().take(n as usize).enumerate() {
                 let p = &data[i * 2048..i * 2048 + h.len as usize];
                 // RAW sockets hand over the IP header too; ping sockets the ICMP message.
-                let icmp = if raw { p.get(usize::from(p.first().unwrap_or(&0x45) & 15) * 4..).unwrap_or(&[]) } else { p };
+                let icmp =
+                    if raw { p.get(usize::from(p.first().unwrap_or(&0x45) & 15) * 4..).unwrap_or(&[]) } else { p };
                 if icmp.first() == Some(&0) && (!raw || icmp.get(4..6) == Some(&ident[..])) {
                     received += 1;
                     outstanding = outstanding.saturating_sub(1);
