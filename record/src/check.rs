@@ -69,20 +69,10 @@ const RECORD_KEYS: [&[u8]; 18] = [
     b"\"seq\":",
 ];
 
-/// A record key read as a string: its place in [`RECORD_KEYS`].
-fn record_key(key: &[u8]) -> Option<usize> {
-    RECORD_KEYS.iter().position(|k| &k[1..k.len() - 2] == key)
-}
-
 /// `rtt_ms`'s keys likewise ([`crate::Rtt`]'s order): `min`, `avg`, `max`, `stddev`, then
 /// the optional `p50`, `p90`, `p99`, `jitter`.
 const RTT_KEYS: [&[u8]; 8] =
     [b"\"min\":", b"\"avg\":", b"\"max\":", b"\"stddev\":", b"\"p50\":", b"\"p90\":", b"\"p99\":", b"\"jitter\":"];
-
-/// An `rtt_ms` key read as a string: its place in [`RTT_KEYS`].
-fn rtt_key(key: &[u8]) -> Option<usize> {
-    RTT_KEYS.iter().position(|k| &k[1..k.len() - 2] == key)
-}
 
 /// Checks the line that starts at `text[at]` and ends at the next `\n` (or the end of
 /// `text`). `Some((end, utc))` when it is certainly a valid record: `end` is the index of
@@ -99,7 +89,7 @@ pub(crate) fn record_line(text: &[u8], at: usize) -> Option<(usize, OffsetDateTi
     // keys read one by one.
     let mut next = 0;
     loop {
-        let (bit, at) = c.key(&RECORD_KEYS, next, record_key)?;
+        let (bit, at) = c.key(&RECORD_KEYS, next)?;
         next = at + 1;
         if seen & bit != 0 {
             return None;
@@ -220,10 +210,10 @@ impl<'a> Cursor<'a> {
 
     /// A key and its `:`, one of `keys` (each `"key":`): the bit of its place in them and
     /// the place. Those from `keys[next]` on are compared whole first (a line in the order
-    /// they are listed finds each at once); else the key is read as a string and `read`
-    /// places it. `None` when it is none of them.
+    /// they are listed finds each at once); else the key is read as a string (spaces
+    /// before the `:` allowed) and looked up among all of them. `None` when it is none.
     #[inline]
-    fn key(&mut self, keys: &[&[u8]], next: usize, read: fn(&[u8]) -> Option<usize>) -> Option<(u32, usize)> {
+    fn key(&mut self, keys: &[&[u8]], next: usize) -> Option<(u32, usize)> {
         self.space();
         let rest = &self.b[self.i..];
         let found = keys.iter().skip(next).position(|k| rest.starts_with(k));
@@ -233,7 +223,8 @@ impl<'a> Cursor<'a> {
                 next + n
             }
             None => {
-                let at = read(self.string()?)?;
+                let key = self.string()?;
+                let at = keys.iter().position(|k| &k[1..k.len() - 2] == key)?;
                 self.expect(b':')?;
                 at
             }
@@ -354,7 +345,7 @@ impl<'a> Cursor<'a> {
         let mut seen = 0u32;
         let mut next = 0;
         loop {
-            let (bit, at) = self.key(&RTT_KEYS, next, rtt_key)?;
+            let (bit, at) = self.key(&RTT_KEYS, next)?;
             next = at + 1;
             let optional = at >= 4;
             if seen & bit != 0 {
