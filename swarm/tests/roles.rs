@@ -187,11 +187,18 @@ fn broker_config(port: u16, tls_port: u16, dir: &std::path::Path) -> String {
         .join("\n")
 }
 
-fn try_pub(port: u16, creds: Option<(&str, &str)>) -> (bool, String) {
+/// Publishes a retained `watch` with mosquitto_pub: whether it succeeded, and its stderr.
+/// With `cafile`, over TLS to `localhost` (the name on the test's server certificate),
+/// verifying the broker against that CA.
+fn try_pub(port: u16, creds: Option<(&str, &str)>, cafile: Option<&std::path::Path>) -> (bool, String) {
     let mut cmd = Command::new(testkit::system_tool("mosquitto_pub"));
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "watch", "-m", "127.0.0.1", "-r", "-q", "1"]);
+    let host = if cafile.is_some() { "localhost" } else { "127.0.0.1" };
+    cmd.args(["-h", host, "-p", &port.to_string(), "-t", "watch", "-m", "127.0.0.1", "-r", "-q", "1"]);
     if let Some((u, p)) = creds {
         cmd.args(["-u", u, "-P", p]);
+    }
+    if let Some(ca) = cafile {
+        cmd.arg("--cafile").arg(ca);
     }
     let out = cmd.output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
@@ -212,24 +219,15 @@ fn rendered_broker_refuses_anonymous_clients_and_persists() {
     let conf = broker_config(port, tls_port, &dir);
     let broker = Mosquitto::start_with_config(&conf, port, &dir);
     // The clients' port speaks TLS only, with the certificate the swarm's CA signed.
-    let tls_pub = |cafile: Option<&std::path::Path>| {
-        let mut cmd = Command::new(testkit::system_tool("mosquitto_pub"));
-        cmd.args(["-h", "localhost", "-p", &tls_port.to_string(), "-t", "t", "-m", "m", "-u", USER, "-P", PASSWORD]);
-        if let Some(ca) = cafile {
-            cmd.arg("--cafile").arg(ca);
-        }
-        let out = cmd.output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
-    };
-    let (ok, err) = tls_pub(Some(&dir.join("ca.crt")));
+    let (ok, err) = try_pub(tls_port, Some((USER, PASSWORD)), Some(&dir.join("ca.crt")));
     assert!(ok, "TLS with the swarm's CA was refused: {err}\n{}", broker.log_text());
-    assert!(!tls_pub(None).0, "plain MQTT was accepted on the TLS port");
+    assert!(!try_pub(tls_port, Some((USER, PASSWORD)), None).0, "plain MQTT was accepted on the TLS port");
 
-    let (ok, err) = try_pub(port, None);
+    let (ok, err) = try_pub(port, None, None);
     assert!(!ok, "an anonymous client was accepted");
     assert!(err.contains("not authori"), "{err}");
-    assert!(!try_pub(port, Some((USER, "wrong"))).0, "a wrong password was accepted");
-    let (ok, err) = try_pub(port, Some((USER, PASSWORD)));
+    assert!(!try_pub(port, Some((USER, "wrong")), None).0, "a wrong password was accepted");
+    let (ok, err) = try_pub(port, Some((USER, PASSWORD)), None);
     assert!(ok, "the swarm's user was refused: {err}\n{}", broker.log_text());
 
     // Persistence: the retained watch list survives a broker restart.
