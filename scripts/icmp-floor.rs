@@ -13,7 +13,9 @@
 //! WINDOW are unanswered, reads replies 64 at a time (`recvmmsg`), and prints one line:
 //! `sent received seconds cpu_seconds` (seconds: sending, SECONDS; cpu: its own user +
 //! system time, getrusage(2), the reading of the last replies included). Probes unanswered
-//! after 100 ms of silence are counted lost and the window opens again.
+//! after 100 ms of silence are counted lost and the window opens again. Run it alone: a RAW
+//! socket also reads every other echo reply on the host (not counted, but its CPU is), as
+//! the bee's does; `scripts/bench-swarm` runs its parts one after another.
 
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
@@ -99,13 +101,15 @@ fn checksum(data: &[u8]) -> u16 {
 
 /// Says why in one sentence and exits with 2.
 fn refuse(why: String) -> ! {
-    eprintln!("icmp-floor: {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "icmp-floor: {why}");
     std::process::exit(2)
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() < 3 {
+    // Arguments that are not UTF-8 are refused below, not unwrapped.
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    if !(3..=4).contains(&args.len()) {
         refuse("usage: icmp-floor TARGETS_FILE SECONDS [WINDOW]".into());
     }
     let text = std::fs::read_to_string(&args[1]).unwrap_or_else(|e| refuse(format!("cannot read {}: {e}", args[1])));
@@ -119,7 +123,7 @@ fn main() {
         .collect();
     let seconds: f64 = match args[2].parse() {
         Ok(s) if s > 0.0 && s < 1e6 => s,
-        _ => refuse(format!("SECONDS must be a number of seconds above 0, not {:?}", args[2])),
+        _ => refuse(format!("SECONDS must be a number of seconds above 0 and below 1000000, not {:?}", args[2])),
     };
     let window: u64 = match args.get(3).map_or(Ok(2000), |w| w.parse()) {
         Ok(w) if w > 0 => w,
@@ -225,5 +229,9 @@ fn main() {
     let mut ru: Rusage = unsafe { std::mem::zeroed() };
     unsafe { getrusage(0, &mut ru) };
     let cpu = |t: &Timeval| t.sec as f64 + t.usec as f64 / 1e6;
-    println!("{sent} {received} {secs:.3} {:.3}", cpu(&ru.utime) + cpu(&ru.stime));
+    use std::io::Write;
+    if writeln!(std::io::stdout(), "{sent} {received} {secs:.3} {:.3}", cpu(&ru.utime) + cpu(&ru.stime)).is_err() {
+        let _ = writeln!(std::io::stderr(), "icmp-floor: cannot write the result to standard output");
+        std::process::exit(1);
+    }
 }

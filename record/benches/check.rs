@@ -3,7 +3,7 @@
 //! as `RecordView` (what deciding every line with serde would cost), in the same run.
 //!
 //! Run: `cargo bench -p tyrell-record --bench check` (TYRELL_BENCH_LINES, default 20000,
-//! lines shaped as worker/benches/drive.py's, ~307 B). Prints ns per record (the best of
+//! lines shaped as worker/benches/drive.py's, ~304 B). Prints ns per record (the best of
 //! 15 passes, so a busy machine moves it less) for each.
 
 use std::time::Instant;
