@@ -90,7 +90,20 @@ pub fn ami() -> String {
     AMI.get_or_init(|| {
         block_on(async {
             let ec2 = emulator().ec2().await;
-            let out = ec2.describe_images().owners("amazon").send().await.unwrap();
+            // The emulator's first DescribeImages loads its image catalogue; under the test
+            // lanes' load it once answered 500 (seen in scripts/test): a bounded retry.
+            let mut tries = 0;
+            let out = loop {
+                match ec2.describe_images().owners("amazon").send().await {
+                    Ok(out) => break out,
+                    Err(e) if tries < 4 => {
+                        tries += 1;
+                        eprintln!("DescribeImages failed ({e:?}); trying again ({tries} of 4)");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => panic!("DescribeImages failed 5 times: {e:?}"),
+                }
+            };
             out.images()
                 .iter()
                 .filter_map(|i| i.image_id())
